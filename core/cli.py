@@ -1,0 +1,59 @@
+"""Command-line interface: ``python -m core [--workspace DIR] COMMAND ...``.
+
+Each command group is a module under ``core/commands`` exposing ``register(subparsers)``
+(found automatically);
+handlers take ``(args, workspace)`` and return an exit code. User mistakes raise one of
+``USER_ERRORS`` and are printed as a single ``error: ...`` line with exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sqlite3
+import sys
+from typing import Sequence
+
+from core.errors import UserError
+from core.schema import SchemaError, UnknownValueError
+from core.store import StoreError
+from core.workspace import ENV_WORKSPACE, Workspace
+
+
+
+def command_modules() -> list[str]:
+    """Every module under core/commands (one per capability), in a stable order."""
+    import core.commands as package
+    return sorted(f"{package.__name__}.{m.name}" for m in pkgutil.iter_modules(package.__path__))
+
+
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    UserError, SchemaError, UnknownValueError, StoreError, FileNotFoundError, PermissionError,
+    sqlite3.OperationalError,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m core",
+        description="Car Grouping: active learning for vehicle color, type and orientation.")
+    parser.add_argument("--workspace", "-w", default=None,
+                        help=f"workspace folder (default: ${ENV_WORKSPACE} or ./workspace)")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in command_modules():
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    workspace = Workspace(args.workspace)
+    try:
+        return int(args.handler(args, workspace) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except USER_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

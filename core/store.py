@@ -1,0 +1,656 @@
+"""The project store: one SQLite database per workspace.
+
+Why SQLite: the app is one team's tool on one machine; a file database with WAL gives
+concurrent readers (the dashboard) next to one writer (a background job) with no server to run.
+
+Tables (see ``MIGRATIONS``):
+- ``images``: every accepted pool image (path, content hash, size, fixed split, cache row).
+- ``rejects``: files that could not be used, with the reason.
+- ``labels`` + ``label_values``: a label *version* per image with provenance; values are
+  per attribute and may be partial. A re-label adds a version; the current label is the
+  highest version. ``ground_truth`` holds hidden labels for the simulated annotator.
+- ``rounds`` + ``round_items``: labeling rounds (round 0 is the random seed batch) and
+  the ranked images queued in each.
+- ``models``: trained checkpoints and their metrics; one is current.
+- ``predictions`` + ``scores``: per-model, per-image predicted class/probability and
+  uncertainty scores.
+- ``jobs``: background-job state (training, scoring, ...).
+- ``cvat_tasks`` + ``cvat_task_items``: which images went to which CVAT task.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+SPLITS = ("train", "val", "test")
+LABEL_SOURCES = ("cvat", "builtin", "import", "simulated")
+
+MIGRATIONS: list[str] = [
+    # 1: initial schema
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE images (
+        id INTEGER PRIMARY KEY,
+        path TEXT NOT NULL,
+        name TEXT NOT NULL,
+        sha256 TEXT NOT NULL UNIQUE,
+        width INTEGER NOT NULL,
+        height INTEGER NOT NULL,
+        bytes INTEGER NOT NULL,
+        status TEXT NOT NULL DEFAULT 'ok',
+        split TEXT NOT NULL CHECK (split IN ('train','val','test')),
+        group_key TEXT,
+        source TEXT,
+        cache_row INTEGER,
+        added_at REAL NOT NULL
+    );
+    CREATE INDEX images_split ON images(split);
+    CREATE TABLE rejects (
+        id INTEGER PRIMARY KEY,
+        path TEXT NOT NULL,
+        source TEXT,
+        reason TEXT NOT NULL,
+        added_at REAL NOT NULL,
+        UNIQUE (path, source)
+    );
+    CREATE TABLE labels (
+        id INTEGER PRIMARY KEY,
+        image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+        version INTEGER NOT NULL,
+        source TEXT NOT NULL CHECK (source IN ('cvat','builtin','import','simulated')),
+        source_ref TEXT,
+        annotator TEXT,
+        round_id INTEGER REFERENCES rounds(id),
+        created_at REAL NOT NULL,
+        UNIQUE (image_id, version)
+    );
+    CREATE TABLE label_values (
+        label_id INTEGER NOT NULL REFERENCES labels(id) ON DELETE CASCADE,
+        attribute TEXT NOT NULL,
+        value TEXT NOT NULL,
+        PRIMARY KEY (label_id, attribute)
+    );
+    CREATE TABLE ground_truth (
+        image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+        attribute TEXT NOT NULL,
+        value TEXT NOT NULL,
+        PRIMARY KEY (image_id, attribute)
+    );
+    CREATE TABLE rounds (
+        id INTEGER PRIMARY KEY,
+        number INTEGER NOT NULL UNIQUE,
+        kind TEXT NOT NULL,
+        strategy TEXT,
+        params TEXT NOT NULL DEFAULT '{}',
+        record TEXT NOT NULL DEFAULT '{}',
+        model_id INTEGER REFERENCES models(id),
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE round_items (
+        round_id INTEGER NOT NULL REFERENCES rounds(id) ON DELETE CASCADE,
+        image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+        rank INTEGER NOT NULL,
+        score REAL,
+        PRIMARY KEY (round_id, image_id)
+    );
+    CREATE INDEX round_items_image ON round_items(image_id);
+    CREATE TABLE models (
+        id INTEGER PRIMARY KEY,
+        path TEXT NOT NULL,
+        round_id INTEGER REFERENCES rounds(id),
+        parent_id INTEGER REFERENCES models(id),
+        status TEXT NOT NULL CHECK (status IN ('ready','failed','retired')),
+        is_current INTEGER NOT NULL DEFAULT 0,
+        params TEXT NOT NULL DEFAULT '{}',
+        metrics TEXT NOT NULL DEFAULT '{}',
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE predictions (
+        model_id INTEGER NOT NULL REFERENCES models(id) ON DELETE CASCADE,
+        image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+        attribute TEXT NOT NULL,
+        value TEXT NOT NULL,
+        prob REAL NOT NULL,
+        PRIMARY KEY (model_id, image_id, attribute)
+    );
+    CREATE TABLE scores (
+        model_id INTEGER NOT NULL REFERENCES models(id) ON DELETE CASCADE,
+        image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        value REAL NOT NULL,
+        PRIMARY KEY (model_id, image_id, name)
+    );
+    CREATE TABLE jobs (
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('queued','running','succeeded','failed','cancelled')),
+        progress REAL NOT NULL DEFAULT 0,
+        message TEXT NOT NULL DEFAULT '',
+        params TEXT NOT NULL DEFAULT '{}',
+        result TEXT NOT NULL DEFAULT '{}',
+        log TEXT NOT NULL DEFAULT '[]',
+        pid INTEGER,
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE cvat_tasks (
+        id INTEGER PRIMARY KEY,
+        host TEXT NOT NULL,
+        task_id INTEGER NOT NULL,
+        round_id INTEGER REFERENCES rounds(id),
+        name TEXT NOT NULL,
+        prefilled INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        UNIQUE (host, task_id)
+    );
+    CREATE TABLE cvat_task_items (
+        cvat_task INTEGER NOT NULL REFERENCES cvat_tasks(id) ON DELETE CASCADE,
+        image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+        frame INTEGER NOT NULL,
+        item_name TEXT NOT NULL,
+        PRIMARY KEY (cvat_task, image_id),
+        UNIQUE (cvat_task, item_name)
+    );
+    """,
+]
+
+
+class StoreError(RuntimeError):
+    """A request the store refuses (unknown image, a test image into training, ...)."""
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    id: int
+    path: str
+    name: str
+    sha256: str
+    width: int
+    height: int
+    bytes: int
+    split: str
+    group_key: str | None
+    source: str | None
+    cache_row: int | None
+
+
+@dataclass(frozen=True)
+class LabelVersion:
+    id: int
+    image_id: int
+    version: int
+    values: dict[str, str]
+    source: str
+    source_ref: str | None
+    annotator: str | None
+    round_id: int | None
+    created_at: float
+
+
+def _now() -> float:
+    return time.time()
+
+
+class ProjectStore:
+    """Typed access to the project database. One instance per thread/process."""
+
+    def __init__(self, path: str | Path, *, timeout: float = 30.0) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.conn = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None,
+                                    check_same_thread=False)
+        self.conn.row_factory = sqlite3.Row
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA foreign_keys=ON")
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        self._migrate()
+
+    # -- plumbing -------------------------------------------------------------------------
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> "ProjectStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def schema_version(self) -> int:
+        return int(self.conn.execute("PRAGMA user_version").fetchone()[0])
+
+    def _migrate(self) -> None:
+        current = self.schema_version
+        if current > len(MIGRATIONS):
+            raise StoreError(
+                f"{self.path} was written by a newer version (schema {current}); update the app")
+        for number, script in enumerate(MIGRATIONS[current:], start=current + 1):
+            with self.transaction():
+                for statement in script.split(";"):
+                    if statement.strip():
+                        self.conn.execute(statement)
+                self.conn.execute(f"PRAGMA user_version={number}")
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """All-or-nothing block; nested calls join the outer transaction."""
+        if self.conn.in_transaction:
+            yield self.conn
+            return
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        else:
+            self.conn.execute("COMMIT")
+
+    def get_meta(self, key: str, default: str | None = None) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row[0] if row else default
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.conn.execute("INSERT INTO meta(key, value) VALUES(?, ?) "
+                          "ON CONFLICT(key) DO UPDATE SET value=excluded.value", (key, value))
+
+    # -- images ---------------------------------------------------------------------------
+    def add_image(self, *, path: str, name: str, sha256: str, width: int, height: int,
+                  nbytes: int, split: str, group_key: str | None = None,
+                  source: str | None = None, cache_row: int | None = None) -> tuple[int, bool]:
+        """Insert an image; returns (id, created). A known content hash is not added twice."""
+        if split not in SPLITS:
+            raise StoreError(f"unknown split {split!r}")
+        row = self.conn.execute("SELECT id FROM images WHERE sha256=?", (sha256,)).fetchone()
+        if row:
+            return int(row[0]), False
+        cur = self.conn.execute(
+            "INSERT INTO images(path, name, sha256, width, height, bytes, split, group_key, "
+            "source, cache_row, added_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (path, name, sha256, width, height, nbytes, split, group_key, source, cache_row,
+             _now()))
+        return int(cur.lastrowid), True
+
+    def known_hashes(self) -> dict[str, int]:
+        return {r[0]: int(r[1]) for r in self.conn.execute("SELECT sha256, id FROM images")}
+
+    def set_cache_row(self, image_id: int, row: int) -> None:
+        self.conn.execute("UPDATE images SET cache_row=? WHERE id=?", (row, image_id))
+
+    def set_split(self, image_id: int, split: str) -> None:
+        """Move an image between train and val. The test split is fixed both ways."""
+        current = self.image(image_id).split
+        if split not in SPLITS:
+            raise StoreError(f"unknown split {split!r}")
+        if current != split and "test" in (current, split):
+            raise StoreError(f"image {image_id}: the test split is fixed ({current} -> {split})")
+        self.conn.execute("UPDATE images SET split=? WHERE id=?", (split, image_id))
+
+    def image(self, image_id: int) -> ImageRecord:
+        row = self.conn.execute("SELECT * FROM images WHERE id=?", (image_id,)).fetchone()
+        if row is None:
+            raise StoreError(f"no image with id {image_id}")
+        return self._image(row)
+
+    def images(self, ids: Iterable[int] | None = None, *, split: str | None = None) -> list[ImageRecord]:
+        sql, args = "SELECT * FROM images", []
+        clauses = []
+        if split is not None:
+            clauses.append("split=?")
+            args.append(split)
+        if ids is not None:
+            id_list = list(ids)
+            if not id_list:
+                return []
+            clauses.append(f"id IN ({','.join('?' * len(id_list))})")
+            args.extend(id_list)
+        if clauses:
+            sql += " WHERE " + " AND ".join(clauses)
+        rows = self.conn.execute(sql + " ORDER BY id", args).fetchall()
+        return [self._image(r) for r in rows]
+
+    def image_by_name(self, name: str) -> list[ImageRecord]:
+        rows = self.conn.execute("SELECT * FROM images WHERE name=? ORDER BY id", (name,))
+        return [self._image(r) for r in rows]
+
+    @staticmethod
+    def _image(row: sqlite3.Row) -> ImageRecord:
+        return ImageRecord(id=row["id"], path=row["path"], name=row["name"], sha256=row["sha256"],
+                           width=row["width"], height=row["height"], bytes=row["bytes"],
+                           split=row["split"], group_key=row["group_key"], source=row["source"],
+                           cache_row=row["cache_row"])
+
+    def count_images(self) -> int:
+        return int(self.conn.execute("SELECT COUNT(*) FROM images").fetchone()[0])
+
+    # -- rejects --------------------------------------------------------------------------
+    def add_reject(self, path: str, reason: str, source: str | None = None) -> None:
+        self.conn.execute(
+            "INSERT INTO rejects(path, source, reason, added_at) VALUES (?,?,?,?) "
+            "ON CONFLICT(path, source) DO UPDATE SET reason=excluded.reason",
+            (path, source, reason, _now()))
+
+    def rejects(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in self.conn.execute(
+            "SELECT path, source, reason, added_at FROM rejects ORDER BY id")]
+
+    # -- labels ---------------------------------------------------------------------------
+    def add_label(self, image_id: int, values: Mapping[str, str], *, source: str,
+                  source_ref: str | None = None, annotator: str | None = None,
+                  round_id: int | None = None, skip_if_same: bool = True) -> int | None:
+        """Record a label version. Returns the new version, or None when nothing changed.
+
+        ``values`` must already be normalised through the schema; attributes not present are
+        "not labelled" (partial labels are normal). When ``skip_if_same`` and the current
+        label has exactly these values, no version is added (re-pulls are idempotent).
+        """
+        if source not in LABEL_SOURCES:
+            raise StoreError(f"unknown label source {source!r}")
+        self.image(image_id)
+        with self.transaction():
+            current = self.current_label(image_id)
+            if skip_if_same and current is not None and current.values == dict(values):
+                return None
+            version = (current.version if current else 0) + 1
+            cur = self.conn.execute(
+                "INSERT INTO labels(image_id, version, source, source_ref, annotator, round_id, "
+                "created_at) VALUES (?,?,?,?,?,?,?)",
+                (image_id, version, source, source_ref, annotator, round_id, _now()))
+            label_id = cur.lastrowid
+            self.conn.executemany(
+                "INSERT INTO label_values(label_id, attribute, value) VALUES (?,?,?)",
+                [(label_id, a, v) for a, v in values.items()])
+        return version
+
+    def _label_versions(self, where: str, args: Sequence[Any]) -> list[LabelVersion]:
+        rows = self.conn.execute(
+            f"SELECT l.*, v.attribute, v.value FROM labels l "
+            f"LEFT JOIN label_values v ON v.label_id = l.id WHERE {where} "
+            f"ORDER BY l.image_id, l.version", args).fetchall()
+        out: dict[int, LabelVersion] = {}
+        for r in rows:
+            lv = out.get(r["id"])
+            if lv is None:
+                lv = LabelVersion(id=r["id"], image_id=r["image_id"], version=r["version"],
+                                  values={}, source=r["source"], source_ref=r["source_ref"],
+                                  annotator=r["annotator"], round_id=r["round_id"],
+                                  created_at=r["created_at"])
+                out[r["id"]] = lv
+            if r["attribute"] is not None:
+                lv.values[r["attribute"]] = r["value"]
+        return list(out.values())
+
+    def current_label(self, image_id: int) -> LabelVersion | None:
+        versions = self._label_versions(
+            "l.image_id=? AND l.version=(SELECT MAX(version) FROM labels WHERE image_id=?)",
+            (image_id, image_id))
+        return versions[0] if versions else None
+
+    def label_history(self, image_id: int) -> list[LabelVersion]:
+        return self._label_versions("l.image_id=?", (image_id,))
+
+    def current_labels(self, *, split: str | None = None,
+                       include_empty: bool = False) -> dict[int, dict[str, str]]:
+        """{image_id: {attribute: value}} for every labelled image (current versions)."""
+        where = "l.version=(SELECT MAX(version) FROM labels x WHERE x.image_id=l.image_id)"
+        args: list[Any] = []
+        if split is not None:
+            where += " AND l.image_id IN (SELECT id FROM images WHERE split=?)"
+            args.append(split)
+        result = {lv.image_id: lv.values for lv in self._label_versions(where, args)}
+        if not include_empty:
+            result = {k: v for k, v in result.items() if v}
+        return result
+
+    def labelled_ids(self) -> set[int]:
+        """Images with a current label holding at least one attribute."""
+        return set(self.current_labels())
+
+    # -- ground truth (hidden; for the simulated annotator) --------------------------------
+    def set_ground_truth(self, image_id: int, values: Mapping[str, str]) -> None:
+        with self.transaction():
+            self.conn.execute("DELETE FROM ground_truth WHERE image_id=?", (image_id,))
+            self.conn.executemany(
+                "INSERT INTO ground_truth(image_id, attribute, value) VALUES (?,?,?)",
+                [(image_id, a, v) for a, v in values.items()])
+
+    def ground_truth(self, ids: Iterable[int] | None = None) -> dict[int, dict[str, str]]:
+        rows = self.conn.execute("SELECT image_id, attribute, value FROM ground_truth")
+        wanted = set(ids) if ids is not None else None
+        out: dict[int, dict[str, str]] = {}
+        for image_id, attr, value in rows:
+            if wanted is None or image_id in wanted:
+                out.setdefault(int(image_id), {})[attr] = value
+        return out
+
+    # -- rounds and queues ----------------------------------------------------------------
+    def create_round(self, image_ids: Sequence[int], *, kind: str, strategy: str | None = None,
+                     scores: Sequence[float] | None = None,
+                     params: Mapping[str, Any] | None = None,
+                     model_id: int | None = None) -> int:
+        """Record a labeling round with its ranked images; returns the round number."""
+        if scores is not None and len(scores) != len(image_ids):
+            raise StoreError("scores and image_ids differ in length")
+        with self.transaction():
+            number = self.conn.execute("SELECT COALESCE(MAX(number), -1) + 1 FROM rounds").fetchone()[0]
+            cur = self.conn.execute(
+                "INSERT INTO rounds(number, kind, strategy, params, model_id, created_at) "
+                "VALUES (?,?,?,?,?,?)",
+                (number, kind, strategy, json.dumps(dict(params or {})), model_id, _now()))
+            round_id = cur.lastrowid
+            self.conn.executemany(
+                "INSERT INTO round_items(round_id, image_id, rank, score) VALUES (?,?,?,?)",
+                [(round_id, int(i), rank, None if scores is None else float(scores[rank]))
+                 for rank, i in enumerate(image_ids)])
+        return int(number)
+
+    def rounds(self) -> list[dict[str, Any]]:
+        rows = self.conn.execute(
+            "SELECT r.*, (SELECT COUNT(*) FROM round_items i WHERE i.round_id=r.id) AS size "
+            "FROM rounds r ORDER BY number").fetchall()
+        out = []
+        for r in rows:
+            d = dict(r)
+            d["params"] = json.loads(d["params"])
+            d["record"] = json.loads(d["record"])
+            out.append(d)
+        return out
+
+    def round(self, number: int) -> dict[str, Any]:
+        for r in self.rounds():
+            if r["number"] == number:
+                return r
+        raise StoreError(f"no round {number}")
+
+    def latest_round(self) -> dict[str, Any] | None:
+        rounds = self.rounds()
+        return rounds[-1] if rounds else None
+
+    def round_items(self, number: int) -> list[dict[str, Any]]:
+        rows = self.conn.execute(
+            "SELECT i.image_id, i.rank, i.score FROM round_items i JOIN rounds r "
+            "ON r.id=i.round_id WHERE r.number=? ORDER BY i.rank", (number,))
+        return [dict(r) for r in rows]
+
+    def update_round_record(self, number: int, record: Mapping[str, Any]) -> None:
+        """Merge ``record`` into the round's record (label counts, metrics, timings)."""
+        current = self.round(number)["record"]
+        current.update(record)
+        self.conn.execute("UPDATE rounds SET record=? WHERE number=?",
+                          (json.dumps(current), number))
+
+    def queued_ids(self) -> set[int]:
+        """Images placed in any round (whether labelled yet or not)."""
+        return {int(r[0]) for r in self.conn.execute("SELECT DISTINCT image_id FROM round_items")}
+
+    def unlabelled_ids(self, *, exclude_splits: Iterable[str] = (),
+                       exclude_queued: bool = False) -> list[int]:
+        labelled = self.labelled_ids()
+        queued = self.queued_ids() if exclude_queued else set()
+        skip = tuple(exclude_splits)
+        sql = "SELECT id FROM images"
+        if skip:
+            sql += f" WHERE split NOT IN ({','.join('?' * len(skip))})"
+        ids = [int(r[0]) for r in self.conn.execute(sql + " ORDER BY id", skip)]
+        return [i for i in ids if i not in labelled and i not in queued]
+
+    # -- models ---------------------------------------------------------------------------
+    def add_model(self, path: str, *, round_id: int | None = None, parent_id: int | None = None,
+                  params: Mapping[str, Any] | None = None, metrics: Mapping[str, Any] | None = None,
+                  make_current: bool = True) -> int:
+        with self.transaction():
+            if make_current:
+                self.conn.execute("UPDATE models SET is_current=0")
+            cur = self.conn.execute(
+                "INSERT INTO models(path, round_id, parent_id, status, is_current, params, metrics,"
+                " created_at) VALUES (?,?,?,?,?,?,?,?)",
+                (path, round_id, parent_id, "ready", int(make_current),
+                 json.dumps(dict(params or {})), json.dumps(dict(metrics or {})), _now()))
+        return int(cur.lastrowid)
+
+    def set_model_metrics(self, model_id: int, metrics: Mapping[str, Any]) -> None:
+        self.conn.execute("UPDATE models SET metrics=? WHERE id=?",
+                          (json.dumps(dict(metrics)), model_id))
+
+    def set_current_model(self, model_id: int) -> None:
+        with self.transaction():
+            self.conn.execute("UPDATE models SET is_current=0")
+            self.conn.execute("UPDATE models SET is_current=1 WHERE id=?", (model_id,))
+
+    def models(self) -> list[dict[str, Any]]:
+        out = []
+        for r in self.conn.execute("SELECT * FROM models ORDER BY id"):
+            d = dict(r)
+            d["params"] = json.loads(d["params"])
+            d["metrics"] = json.loads(d["metrics"])
+            out.append(d)
+        return out
+
+    def current_model(self) -> dict[str, Any] | None:
+        for m in self.models():
+            if m["is_current"]:
+                return m
+        return None
+
+    # -- predictions and scores -----------------------------------------------------------
+    def save_predictions(self, model_id: int, rows: Iterable[tuple[int, str, str, float]]) -> None:
+        """rows: (image_id, attribute, predicted value, probability); replaces earlier ones."""
+        with self.transaction():
+            self.conn.executemany(
+                "INSERT OR REPLACE INTO predictions(model_id, image_id, attribute, value, prob) "
+                "VALUES (?,?,?,?,?)", [(model_id, *r) for r in rows])
+
+    def save_scores(self, model_id: int, rows: Iterable[tuple[int, str, float]]) -> None:
+        """rows: (image_id, score name, value); replaces earlier ones."""
+        with self.transaction():
+            self.conn.executemany(
+                "INSERT OR REPLACE INTO scores(model_id, image_id, name, value) VALUES (?,?,?,?)",
+                [(model_id, *r) for r in rows])
+
+    def predictions(self, model_id: int, ids: Iterable[int] | None = None) -> dict[int, dict[str, tuple[str, float]]]:
+        out: dict[int, dict[str, tuple[str, float]]] = {}
+        wanted = set(ids) if ids is not None else None
+        for image_id, attr, value, prob in self.conn.execute(
+                "SELECT image_id, attribute, value, prob FROM predictions WHERE model_id=?",
+                (model_id,)):
+            if wanted is None or image_id in wanted:
+                out.setdefault(int(image_id), {})[attr] = (value, float(prob))
+        return out
+
+    def scores(self, model_id: int, name: str) -> dict[int, float]:
+        return {int(i): float(v) for i, v in self.conn.execute(
+            "SELECT image_id, value FROM scores WHERE model_id=? AND name=?", (model_id, name))}
+
+    # -- jobs -----------------------------------------------------------------------------
+    def create_job(self, kind: str, params: Mapping[str, Any] | None = None) -> int:
+        t = _now()
+        cur = self.conn.execute(
+            "INSERT INTO jobs(kind, status, params, created_at, updated_at) VALUES (?,?,?,?,?)",
+            (kind, "queued", json.dumps(dict(params or {})), t, t))
+        return int(cur.lastrowid)
+
+    def update_job(self, job_id: int, *, status: str | None = None, progress: float | None = None,
+                   message: str | None = None, result: Mapping[str, Any] | None = None,
+                   pid: int | None = None, log_entry: Mapping[str, Any] | None = None) -> None:
+        sets, args = ["updated_at=?"], [_now()]
+        for col, val in (("status", status), ("progress", progress), ("message", message),
+                         ("pid", pid)):
+            if val is not None:
+                sets.append(f"{col}=?")
+                args.append(val)
+        if result is not None:
+            sets.append("result=?")
+            args.append(json.dumps(dict(result)))
+        with self.transaction():
+            if log_entry is not None:
+                log = json.loads(self.conn.execute(
+                    "SELECT log FROM jobs WHERE id=?", (job_id,)).fetchone()[0])
+                log.append(dict(log_entry))
+                sets.append("log=?")
+                args.append(json.dumps(log))
+            self.conn.execute(f"UPDATE jobs SET {', '.join(sets)} WHERE id=?", (*args, job_id))
+
+    def request_cancel(self, job_id: int) -> None:
+        self.conn.execute("UPDATE jobs SET cancel_requested=1, updated_at=? WHERE id=?",
+                          (_now(), job_id))
+
+    def job(self, job_id: int) -> dict[str, Any]:
+        row = self.conn.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
+        if row is None:
+            raise StoreError(f"no job {job_id}")
+        d = dict(row)
+        for key in ("params", "result", "log"):
+            d[key] = json.loads(d[key])
+        return d
+
+    def jobs(self, kind: str | None = None, *, active_only: bool = False) -> list[dict[str, Any]]:
+        sql, args = "SELECT id FROM jobs", []
+        clauses = []
+        if kind:
+            clauses.append("kind=?")
+            args.append(kind)
+        if active_only:
+            clauses.append("status IN ('queued','running')")
+        if clauses:
+            sql += " WHERE " + " AND ".join(clauses)
+        return [self.job(int(r[0])) for r in self.conn.execute(sql + " ORDER BY id", args)]
+
+    # -- status ---------------------------------------------------------------------------
+    def status_counts(self) -> dict[str, Any]:
+        """Counts for ``status``: images by split, labelled by source, rounds, rejects."""
+        q = self.conn.execute
+        by_split = {s: 0 for s in SPLITS}
+        by_split.update({r[0]: r[1] for r in q("SELECT split, COUNT(*) FROM images GROUP BY split")})
+        labelled = self.current_labels()
+        label_sources: dict[str, int] = {}
+        for r in q("SELECT l.source, COUNT(*) FROM labels l WHERE l.version=(SELECT MAX(version) "
+                   "FROM labels x WHERE x.image_id=l.image_id) GROUP BY l.source"):
+            label_sources[r[0]] = r[1]
+        per_attr = {}
+        for values in labelled.values():
+            for a in values:
+                per_attr[a] = per_attr.get(a, 0) + 1
+        labelled_by_split = {s: 0 for s in SPLITS}
+        for r in q("SELECT split, id FROM images"):
+            if r[1] in labelled:
+                labelled_by_split[r[0]] += 1
+        rounds = [{"number": r["number"], "kind": r["kind"], "strategy": r["strategy"],
+                   "size": r["size"]} for r in self.rounds()]
+        return {
+            "images": self.count_images(),
+            "by_split": by_split,
+            "labelled": len(labelled),
+            "unlabelled": self.count_images() - len(labelled),
+            "labelled_by_split": labelled_by_split,
+            "labelled_by_source": label_sources,
+            "labelled_by_attribute": per_attr,
+            "rounds": rounds,
+            "rejects": int(q("SELECT COUNT(*) FROM rejects").fetchone()[0]),
+            "models": int(q("SELECT COUNT(*) FROM models").fetchone()[0]),
+        }

@@ -1,0 +1,1 @@
+"""Image I/O, ingestion, the preprocessed cache, datasets, transforms, Datumaro I/O, demo data."""

@@ -1,0 +1,1 @@
+"""The three-head network, training, evaluation and export."""

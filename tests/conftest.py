@@ -1,0 +1,34 @@
+"""Shared fixtures: a fresh workspace, small generated images, the ../shared data path."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.workspace import Workspace, WorkspaceConfig
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+SHARED_REAL = SHARED / "data" / "real"
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Workspace:
+    """An initialised workspace with a 64 px cache (tests keep images small)."""
+    return Workspace(tmp_path / "ws").init(WorkspaceConfig(cache_size=64))
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
+
+
+def require_shared_real() -> Path:
+    """Skip the calling test when ../shared/data/real is not beside the checkout."""
+    if not SHARED_REAL.is_dir():
+        pytest.skip(f"real data not available at {SHARED_REAL}")
+    return SHARED_REAL
