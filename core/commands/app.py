@@ -1,0 +1,82 @@
+"""App commands: ``app`` (start the Streamlit dashboard), ``jobs`` and the hidden ``job-run``."""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+from core.errors import UserError
+from core.jobs import FINISHED, REPO_ROOT, cancel_job, run_job
+from core.workspace import ENV_WORKSPACE, Workspace
+
+APP_ENTRY = REPO_ROOT / "app" / "Home.py"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("app", help="open the dashboard (Streamlit, 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--address", default="127.0.0.1",
+                   help="interface to bind (default 127.0.0.1: this machine only)")
+    p.set_defaults(handler=cmd_app)
+
+    p = subparsers.add_parser("jobs", help="list background jobs, or cancel one")
+    p.add_argument("--cancel", type=int, default=None, metavar="ID")
+    p.add_argument("--all", action="store_true", help="include finished jobs")
+    p.set_defaults(handler=cmd_jobs)
+
+    # Hidden: the app starts this in a new session to run one job in the background.
+    p = subparsers.add_parser("job-run")
+    p.add_argument("job_id", type=int)
+    p.set_defaults(handler=cmd_job_run)
+
+
+def streamlit_command(ws: Workspace, *, port: int, address: str) -> list[str]:
+    """The ``streamlit run`` command line for this workspace (used by the CLI and tests)."""
+    return [sys.executable, "-m", "streamlit", "run", str(APP_ENTRY),
+            "--server.address", address, "--server.port", str(port),
+            "--server.headless", "true", "--browser.gatherUsageStats", "false",
+            "--client.toolbarMode", "minimal",
+            "--", "--workspace", str(ws.root)]
+
+
+def cmd_app(args: argparse.Namespace, ws: Workspace) -> int:
+    ws.init()  # an empty workspace is fine: the Overview page offers a demo pool or ingestion
+    env = dict(os.environ, **{ENV_WORKSPACE: str(ws.root)})
+    print(f"workspace: {ws.root}")
+    print(f"open http://{args.address}:{args.port} in a browser (Ctrl+C stops the app)")
+    proc = subprocess.Popen(streamlit_command(ws, port=args.port, address=args.address),
+                            cwd=str(REPO_ROOT), env=env)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        proc.wait(timeout=10)
+        return 130
+
+
+def cmd_jobs(args: argparse.Namespace, ws: Workspace) -> int:
+    if not ws.exists:
+        raise UserError(f"no workspace at {ws.root}")
+    if args.cancel is not None:
+        cancel_job(ws, args.cancel)
+        print(f"cancel requested for job {args.cancel}")
+        return 0
+    from core.jobs import reap_stale
+    with ws.store() as store:
+        reap_stale(store)
+        jobs = store.jobs(active_only=not args.all)
+    if not jobs:
+        print("no jobs" if args.all else "no active jobs")
+    for j in jobs:
+        age = time.time() - j["created_at"]
+        print(f"#{j['id']} {j['kind']:<10} {j['status']:<10} {j['progress'] * 100:5.1f}%  "
+              f"{age:7.0f}s ago  {j['message']}")
+    return 0
+
+
+def cmd_job_run(args: argparse.Namespace, ws: Workspace) -> int:
+    status = run_job(ws, args.job_id)
+    print(f"job {args.job_id}: {status}")
+    return 0 if status in FINISHED and status != "failed" else 1

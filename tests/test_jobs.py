@@ -1,0 +1,120 @@
+"""Background jobs: a real worker process, one job per lock group, cancel, dead workers, errors."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from core.cli import main
+from core.errors import UserError
+from core.jobs import (JobConflict, JobContext, _interpret_progress, active_jobs, cancel_job,
+                       get_job, latest_job, log_path, reap_stale, run_job, start_job, wait_job)
+from core.workspace import Workspace
+
+
+def test_worker_process_runs_job_and_records_progress(workspace: Workspace) -> None:
+    job_id = start_job(workspace, "selftest", {"steps": 3})
+    job = wait_job(workspace, job_id, timeout=120)
+    assert job["status"] == "succeeded", (job["message"], log_path(workspace, job_id).read_text())
+    assert job["progress"] == 1.0
+    assert job["result"]["steps"] == 3
+    assert [e["step"] for e in job["log"]] == [1, 2, 3]
+    assert [e["value"] for e in job["log"]] == [1, 4, 9]
+    assert job["pid"] and job["message"] == "counted to 3"
+    assert "job %d: succeeded" % job_id in log_path(workspace, job_id).read_text()
+
+
+def test_second_job_in_same_group_is_refused_then_cancel_frees_it(workspace: Workspace) -> None:
+    first = start_job(workspace, "selftest", {"steps": 200, "delay": 0.1})
+    with pytest.raises(JobConflict, match=f"#{first}"):
+        start_job(workspace, "selftest", {"steps": 1})
+    # another tab (a fresh store connection) sees the same active job
+    with workspace.store() as store:
+        assert [j["id"] for j in active_jobs(store, kind="selftest")] == [first]
+    cancel_job(workspace, first)
+    job = wait_job(workspace, first, timeout=120)
+    assert job["status"] == "cancelled"
+    assert job["progress"] < 1.0
+    second = start_job(workspace, "selftest", {"steps": 1}, spawn=False)
+    assert run_job(workspace, second) == "succeeded"
+
+
+def test_dead_worker_is_marked_failed_and_releases_the_lock(workspace: Workspace) -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    job_id = start_job(workspace, "selftest", {"steps": 1}, spawn=False)
+    with workspace.store() as store:
+        store.update_job(job_id, status="running", pid=dead.pid)
+        assert reap_stale(store) == [job_id]
+        assert "stopped unexpectedly" in store.job(job_id)["message"]
+    start_job(workspace, "selftest", {"steps": 1}, spawn=False)  # not refused any more
+
+
+def test_queued_job_without_worker_expires(workspace: Workspace) -> None:
+    job_id = start_job(workspace, "selftest", {}, spawn=False)
+    with workspace.store() as store:
+        created = store.job(job_id)["created_at"]
+        assert reap_stale(store, now=created + 1) == []
+        assert reap_stale(store, now=created + 3600) == [job_id]
+
+
+def test_failure_is_a_readable_message(workspace: Workspace) -> None:
+    job_id = start_job(workspace, "selftest", {"steps": 3, "fail_at": 2}, spawn=False)
+    assert run_job(workspace, job_id) == "failed"
+    job = get_job(workspace, job_id)
+    assert job["message"] == "self-test failed at step 2 as asked"
+    assert [e["step"] for e in job["log"]] == [1]
+    assert latest_job(workspace.store(), "selftest")["id"] == job_id
+
+
+def test_cancel_before_start_and_unknown_kind(workspace: Workspace) -> None:
+    job_id = start_job(workspace, "selftest", {}, spawn=False)
+    cancel_job(workspace, job_id)
+    assert get_job(workspace, job_id)["status"] == "cancelled"
+    assert run_job(workspace, job_id) == "cancelled"  # a worker arriving late does nothing
+    with pytest.raises(UserError, match="unknown job kind"):
+        start_job(workspace, "nope", {})
+
+
+def test_missing_feature_module_fails_readably(workspace: Workspace, monkeypatch) -> None:
+    from core import jobs
+    monkeypatch.setitem(jobs.JOB_KINDS, "ghost",
+                        jobs.JobKind("core.no_such_module:run", "ghost", "ghost"))
+    job_id = start_job(workspace, "ghost", {}, spawn=False)
+    assert run_job(workspace, job_id) == "failed"
+    assert "missing module core.no_such_module" in get_job(workspace, job_id)["message"]
+
+
+def test_context_throttles_progress_but_keeps_log(workspace: Workspace) -> None:
+    job_id = start_job(workspace, "selftest", {}, spawn=False)
+    with workspace.store() as store:
+        ctx = JobContext(store, job_id, min_interval=3600)
+        ctx.progress(0.1, "a", force=True)
+        ctx.progress(0.5, "b")           # throttled: not written
+        assert store.job(job_id)["progress"] == pytest.approx(0.1)
+        ctx.log(epoch=1, train_loss=0.5)  # log entries always written
+        job = store.job(job_id)
+        assert job["progress"] == pytest.approx(0.5) and job["log"][0]["epoch"] == 1
+        store.request_cancel(job_id)
+        ctx._last_cancel_check = 0
+        assert ctx.cancelled()
+
+
+@pytest.mark.parametrize("args, kwargs, expected", [
+    ((3, 4), {}, (0.75, "3/4")),
+    ((0.5,), {}, (0.5, None)),
+    (({"done": 1, "total": 2, "message": "decoding"},), {}, (0.5, "decoding")),
+    ((), {"fraction": 2.0}, (1.0, None)),
+    ((1, 4, "ingest"), {}, (0.25, "ingest")),
+])
+def test_progress_callback_shapes(args, kwargs, expected) -> None:
+    assert _interpret_progress(args, kwargs) == expected
+
+
+def test_cli_job_run_and_jobs_listing(workspace: Workspace, capsys) -> None:
+    job_id = start_job(workspace, "selftest", {"steps": 2}, spawn=False)
+    assert main(["--workspace", str(workspace.root), "job-run", str(job_id)]) == 0
+    assert main(["--workspace", str(workspace.root), "jobs", "--all"]) == 0
+    out = capsys.readouterr().out
+    assert f"#{job_id} selftest" in out and "succeeded" in out
