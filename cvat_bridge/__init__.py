@@ -1,0 +1,1 @@
+"""Everything that talks to CVAT: settings, connection, label spec, push, pull, manual route."""
