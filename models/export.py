@@ -1,0 +1,350 @@
+"""ONNX export with a parity gate: an export is published only when it computes what PyTorch does.
+
+Why a gate: an ONNX file that silently differs from the trained network (a wrong opset lowering,
+a stale or corrupted file) would mislabel images in CVAT auto-annotation and skew pool scoring
+without anyone noticing. So every export is written to a staging file, run through onnxruntime
+on real pool images from the cache next to the PyTorch model, and moved to its published path
+(``ws.exports_dir/model_<id>/model.onnx``) only when the logits agree (max abs difference and
+per-head argmax agreement within thresholds). A failing file is kept beside it as
+``model.onnx.rejected`` for inspection and a :class:`ParityError` names the figures.
+
+The ONNX contract other parts rely on (CVAT auto-annotation, pool scoring, the Jetson bundle):
+- input ``image``: float32 N x 3 x S x S, normalised as in :mod:`data.preprocess`, dynamic N;
+- outputs: one logits tensor per attribute, named by the attribute, plus ``embedding`` (N x 512,
+  the penultimate features);
+- ``metadata_props``: ``cargroup.schema`` (JSON {attribute: [class names]}),
+  ``cargroup.preprocess`` (JSON size/mean/std/scale/channel order/layout/resize), model id and
+  creation info, and the parity figures. A consumer needs nothing else.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from core.errors import UserError
+from core.workspace import Workspace
+from data.cache import ImageCache
+from data.preprocess import normalise_batch
+from models.network import IMAGENET_MEAN, IMAGENET_STD, MultiHeadResNet
+
+log = logging.getLogger(__name__)
+
+# Opset 17 is the newest that TensorRT 8.5 (JetPack 5) parses, and ORT runs it everywhere.
+ONNX_OPSET = 17
+INPUT_NAME = "image"
+EMBEDDING_NAME = "embedding"
+META_SCHEMA = "cargroup.schema"
+META_PREPROCESS = "cargroup.preprocess"
+META_MODEL_ID = "cargroup.model_id"
+META_CREATED = "cargroup.created_at"
+META_EXPORTER = "cargroup.exporter"
+META_OUTPUTS = "cargroup.outputs"
+META_PARITY = "cargroup.parity"
+META_PRECISION = "cargroup.precision"
+
+FP32_NAME = "model.onnx"
+INT8_NAME = "model.int8.onnx"
+PARITY_NAME = "parity.json"
+
+# Defaults for the parity gate. fp32 ORT vs PyTorch normally differs by ~1e-5 on logits; a
+# difference of 1e-3 already means a different computation, not float rounding.
+DEFAULT_MAX_ABS_DIFF = 1e-3
+DEFAULT_MIN_AGREEMENT = 0.99
+DEFAULT_PARITY_IMAGES = 64
+
+
+class ExportError(UserError):
+    """An export that cannot be made or must not be published (printed as one line by the CLI)."""
+
+
+class ParityError(ExportError):
+    """The ONNX model's outputs differ from PyTorch's beyond the thresholds; not published."""
+
+    def __init__(self, message: str, report: "ParityReport") -> None:
+        super().__init__(message)
+        self.report = report
+
+
+@dataclass
+class ParityReport:
+    """PyTorch vs onnxruntime on the same normalised batch, per head."""
+
+    n_images: int
+    max_abs_diff: dict[str, float]
+    argmax_agreement: dict[str, float]
+    embedding_max_abs_diff: float
+    threshold_max_abs_diff: float
+    threshold_min_agreement: float
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["passed"] = self.passed
+        return d
+
+    def summary(self) -> str:
+        heads = ", ".join(f"{a}: max|d|={self.max_abs_diff[a]:.2e} argmax={self.argmax_agreement[a]:.1%}"
+                          for a in self.max_abs_diff)
+        return (f"parity on {self.n_images} pool images: {heads}; "
+                f"embedding max|d|={self.embedding_max_abs_diff:.2e}")
+
+
+class _OnnxHeads(nn.Module):
+    """Tuple-returning view of :class:`MultiHeadResNet` (ONNX outputs are positional)."""
+
+    def __init__(self, model: MultiHeadResNet) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        logits, emb = self.model.forward_with_embedding(x)
+        return (*(logits[a] for a in self.model.attributes), emb)
+
+
+# -- metadata ----------------------------------------------------------------------------------
+def preprocess_spec(image_size: int) -> dict[str, Any]:
+    """The preprocessing a consumer must apply, as stored in the model (mirrors data.preprocess)."""
+    return {"size": int(image_size), "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+            "scale": 1.0 / 255.0, "channel_order": "RGB", "layout": "NCHW", "resize": "square",
+            "dtype": "float32", "input": INPUT_NAME}
+
+
+def set_metadata(model_proto: onnx.ModelProto, props: Mapping[str, str], *,
+                 replace: bool = False) -> None:
+    """Merge string properties into ``metadata_props`` (or replace them all when ``replace``)."""
+    merged = {} if replace else {p.key: p.value for p in model_proto.metadata_props}
+    merged.update({k: str(v) for k, v in props.items()})
+    del model_proto.metadata_props[:]
+    for key, value in merged.items():
+        entry = model_proto.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """``metadata_props`` of an ONNX file as a dict (weights are not loaded)."""
+    proto = onnx.load(str(path), load_external_data=False)
+    return {p.key: p.value for p in proto.metadata_props}
+
+
+def export_metadata(model: MultiHeadResNet, image_size: int, model_id: int | None,
+                    extra: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """The metadata a published export carries (see module docstring)."""
+    props = {
+        META_SCHEMA: json.dumps({a: list(model.class_names[a]) for a in model.attributes}),
+        META_PREPROCESS: json.dumps(preprocess_spec(image_size)),
+        META_OUTPUTS: json.dumps([*model.attributes, EMBEDDING_NAME]),
+        META_MODEL_ID: "" if model_id is None else str(model_id),
+        META_CREATED: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        META_EXPORTER: f"torch {torch.__version__} / onnx {onnx.__version__} / opset {ONNX_OPSET}",
+        META_PRECISION: "fp32",
+    }
+    for k, v in (extra or {}).items():
+        props[k] = v if isinstance(v, str) else json.dumps(v)
+    return props
+
+
+# -- export and parity -------------------------------------------------------------------------
+def torch_to_onnx(model: MultiHeadResNet, path: str | Path, image_size: int) -> Path:
+    """Trace the model to ONNX with a dynamic batch axis (no metadata, no checks).
+
+    The TorchScript-based exporter is used on purpose: it lowers ResNet18 to plain opset-17 ops
+    (Conv with BatchNorm folded, Gemm) that TensorRT 8.x on JetPack parses, and it needs no
+    onnxscript.
+    """
+    path = Path(path)
+    model = model.eval()
+    dummy = torch.zeros(2, 3, image_size, image_size)
+    outputs = [*model.attributes, EMBEDDING_NAME]
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(_OnnxHeads(model), (dummy,), str(path), dynamo=False,
+                          input_names=[INPUT_NAME], output_names=outputs,
+                          dynamic_axes={n: {0: "batch"} for n in [INPUT_NAME, *outputs]},
+                          opset_version=ONNX_OPSET)
+    return path
+
+
+def _torch_outputs(model: MultiHeadResNet, batch: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    with torch.no_grad():
+        logits, emb = model.eval().forward_with_embedding(torch.from_numpy(batch))
+    return {a: v.numpy() for a, v in logits.items()}, emb.numpy()
+
+
+def check_parity(model: MultiHeadResNet, onnx_path: str | Path, images: np.ndarray, image_size: int,
+                 *, max_abs_diff: float = DEFAULT_MAX_ABS_DIFF,
+                 min_agreement: float = DEFAULT_MIN_AGREEMENT, batch_size: int = 32) -> ParityReport:
+    """Run PyTorch and onnxruntime on the same uint8 NHWC images and compare per head.
+
+    Both see the output of :func:`data.preprocess.normalise_batch`, so only the network is
+    compared. Fails on an empty image set: an unverified export is not a verified one.
+    """
+    from models.onnx_runtime import OnnxClassifier
+
+    if len(images) == 0:
+        raise ExportError("parity check needs at least one pool image in the cache")
+    ort_model = OnnxClassifier(onnx_path)
+    missing = [a for a in model.attributes if a not in ort_model.attributes]
+    if missing:
+        raise ExportError(f"{onnx_path} has no output for {missing}")
+    diffs = {a: 0.0 for a in model.attributes}
+    agree = {a: 0 for a in model.attributes}
+    emb_diff, emb_scale = 0.0, 1.0
+    for start in range(0, len(images), batch_size):
+        batch = normalise_batch(np.asarray(images[start:start + batch_size]), image_size)
+        t_logits, t_emb = _torch_outputs(model, batch)
+        o_logits, o_emb = ort_model.run(batch)
+        for a in model.attributes:
+            diffs[a] = max(diffs[a], float(np.max(np.abs(t_logits[a] - o_logits[a]))))
+            agree[a] += int(np.sum(t_logits[a].argmax(1) == o_logits[a].argmax(1)))
+        emb_diff = max(emb_diff, float(np.max(np.abs(t_emb - o_emb))))
+        emb_scale = max(emb_scale, float(np.max(np.abs(t_emb))))
+    n = len(images)
+    agreement = {a: agree[a] / n for a in model.attributes}
+    failures = [f"{a}: max abs logit diff {diffs[a]:.3g} > {max_abs_diff:g}"
+                for a in model.attributes if not diffs[a] <= max_abs_diff]
+    failures += [f"{a}: argmax agreement {agreement[a]:.1%} < {min_agreement:.1%}"
+                 for a in model.attributes if agreement[a] < min_agreement]
+    # The embedding feeds diversity sampling; its tolerance scales with its magnitude.
+    if not emb_diff <= max_abs_diff * emb_scale:
+        failures.append(f"embedding: max abs diff {emb_diff:.3g} > {max_abs_diff * emb_scale:.3g}")
+    return ParityReport(n_images=n, max_abs_diff=diffs, argmax_agreement=agreement,
+                        embedding_max_abs_diff=emb_diff, threshold_max_abs_diff=max_abs_diff,
+                        threshold_min_agreement=min_agreement, failures=failures)
+
+
+def publish_onnx(model: MultiHeadResNet, out_dir: str | Path, parity_images: np.ndarray,
+                 image_size: int, *, model_id: int | None = None,
+                 extra_metadata: Mapping[str, Any] | None = None,
+                 max_abs_diff: float = DEFAULT_MAX_ABS_DIFF,
+                 min_agreement: float = DEFAULT_MIN_AGREEMENT) -> tuple[Path, ParityReport]:
+    """Export ``model`` into ``out_dir/model.onnx`` only if it passes the parity gate.
+
+    Steps: trace to a staging file, add metadata, ``onnx.checker``, parity via onnxruntime,
+    then an atomic rename. A failed gate leaves any earlier published file untouched, keeps the
+    candidate as ``model.onnx.rejected`` and raises :class:`ParityError`.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = out_dir / f".staging-{os.getpid()}-{FP32_NAME}"
+    final = out_dir / FP32_NAME
+    try:
+        torch_to_onnx(model, staging, image_size)
+        proto = onnx.load(str(staging))
+        set_metadata(proto, export_metadata(model, image_size, model_id, extra_metadata))
+        onnx.checker.check_model(proto)
+        onnx.save(proto, str(staging))
+        report = check_parity(model, staging, parity_images, image_size,
+                              max_abs_diff=max_abs_diff, min_agreement=min_agreement)
+        (out_dir / PARITY_NAME).write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")
+        if not report.passed:
+            os.replace(staging, out_dir / (FP32_NAME + ".rejected"))
+            raise ParityError("ONNX export refused, parity failed: " + "; ".join(report.failures)
+                              + f" (candidate kept at {out_dir / (FP32_NAME + '.rejected')})",
+                              report)
+        set_metadata(proto, {META_PARITY: json.dumps(
+            {"n_images": report.n_images, "max_abs_diff": report.max_abs_diff,
+             "argmax_agreement": report.argmax_agreement})})
+        onnx.save(proto, str(staging))
+        os.replace(staging, final)
+    finally:
+        staging.unlink(missing_ok=True)
+    log.info("published %s (%s)", final, report.summary())
+    return final, report
+
+
+# -- workspace level ---------------------------------------------------------------------------
+def export_dir(ws: Workspace, model_id: int) -> Path:
+    """Where every export of one model lives."""
+    return ws.exports_dir / f"model_{int(model_id)}"
+
+
+def resolve_model_id(ws: Workspace, model_id: int | None) -> int:
+    """``model_id`` checked against the store, or the current model's id."""
+    with ws.store() as store:
+        models = {int(m["id"]): m for m in store.models()}
+        current = store.current_model()
+    if model_id is None:
+        if current is None:
+            raise ExportError("no current model to export; train one first (python -m core train)")
+        return int(current["id"])
+    if int(model_id) not in models:
+        raise ExportError(f"no model with id {model_id} (known: {sorted(models) or 'none'})")
+    return int(model_id)
+
+
+def _meta_get(meta: Any, key: str, default: Any = None) -> Any:
+    if isinstance(meta, Mapping):
+        return meta.get(key, default)
+    return getattr(meta, key, default)
+
+
+def load_for_export(ws: Workspace, model_id: int) -> tuple[MultiHeadResNet, int]:
+    """(eval-mode model, input size) through the training code's checkpoint loader."""
+    from models.checkpoint import load_model
+
+    model, meta = load_model(ws, model_id)
+    size = _meta_get(meta, "image_size") or ws.config.cache_size
+    return model.eval(), int(size)
+
+
+def pool_images(ws: Workspace, n: int, *, split: str | None = None, seed: int = 0,
+                ) -> tuple[list[int], np.ndarray]:
+    """Up to ``n`` cached pool images (ids, uint8 NHWC), a seeded random spread over the pool."""
+    with ws.store() as store:
+        records = [r for r in store.images(split=split) if r.cache_row is not None]
+    if n < len(records):
+        pick = np.sort(np.random.default_rng(seed).choice(len(records), size=n, replace=False))
+        records = [records[i] for i in pick]
+    cache = ImageCache(ws.cache_dir, ws.config.cache_size)
+    return [r.id for r in records], cache.read([r.cache_row for r in records])
+
+
+def export_onnx(ws: Workspace, model_id: int | None = None, *,
+                parity_images: int = DEFAULT_PARITY_IMAGES,
+                max_abs_diff: float = DEFAULT_MAX_ABS_DIFF,
+                min_agreement: float = DEFAULT_MIN_AGREEMENT) -> Path:
+    """Export a stored model (default: the current one) to ``exports/model_<id>/model.onnx``.
+
+    Raises :class:`ParityError` (nothing published) when onnxruntime disagrees with PyTorch on
+    ``parity_images`` real pool images from the cache.
+    """
+    model_id = resolve_model_id(ws, model_id)
+    model, size = load_for_export(ws, model_id)
+    _, images = pool_images(ws, parity_images)
+    path, _ = publish_onnx(model, export_dir(ws, model_id), images, size, model_id=model_id,
+                           max_abs_diff=max_abs_diff, min_agreement=min_agreement)
+    return path
+
+
+def load_parity(ws: Workspace, model_id: int) -> dict[str, Any] | None:
+    """The last parity report written for a model's export, if any."""
+    path = export_dir(ws, model_id) / PARITY_NAME
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+
+def find_export(ws: Workspace, model_id: int, prefer_int8: bool = True) -> Path | None:
+    """The published ONNX file of a model (int8 first when asked and present), else None.
+
+    Only published files are returned: rejected candidates and staging files never are.
+    """
+    folder = export_dir(ws, model_id)
+    order: Sequence[str] = (INT8_NAME, FP32_NAME) if prefer_int8 else (FP32_NAME, INT8_NAME)
+    for name in order:
+        if (folder / name).is_file():
+            return folder / name
+    return None
