@@ -1,0 +1,17 @@
+"""Car Grouping dashboard entry point: ``streamlit run app/Home.py -- --workspace DIR``.
+
+Only sets up navigation; every page lives in ``app/pages`` and draws through ``app/ui.py``.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import streamlit as st
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import ui  # noqa: E402
+
+st.set_page_config(page_title="Car Grouping", page_icon=":material/directions_car:", layout="wide")
+pages = [st.Page(f, title=t, icon=i, default=(n == 0)) for n, (f, t, i) in enumerate(ui.PAGES)]
+st.navigation(pages).run()

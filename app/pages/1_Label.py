@@ -1,0 +1,192 @@
+"""Label: the built-in annotator. One queued image, three button groups with keyboard shortcuts."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import ui  # noqa: E402
+
+from core import labeling  # noqa: E402
+
+# Keys per attribute, in class order. "C" and "R" are reserved by Streamlit.
+KEYS = {
+    "color": list("1234567890"),
+    "type": list("QWETYUIO"),
+    "orientation": list("ASDFGHJK"),
+}
+UNSURE_KEYS = {"color": "Z", "type": "X", "orientation": "V"}
+DISPLAY_PX = 384
+
+S = st.session_state
+
+
+def keys_for(attr: str, n: int, position: int) -> list[str | None]:
+    keys = KEYS.get(attr, [])
+    return [keys[i] if i < len(keys) else None for i in range(n)]
+
+
+def choose(attr: str, value: str | None) -> None:
+    S.label_choice = {**S.label_choice, attr: value}
+    S.label_touched = S.label_touched | {attr}
+
+
+def load(image_id: int, batch: int) -> None:
+    """Make ``image_id`` the current image and pre-select its saved label or the prediction."""
+    with ui.store() as s:
+        task = labeling.task_for(s, image_id, batch)
+    S.label_image = image_id
+    S.label_choice = dict(task.suggestion)
+    S.label_touched = set()
+
+
+def body() -> None:
+    ui.page("Label")
+    ws = ui.workspace()
+    schema = ws.schema
+    S.setdefault("label_history", [])
+    S.setdefault("label_skip", set())
+    S.setdefault("label_touched", set())
+    S.setdefault("annotator", "")
+
+    with ui.store() as s:
+        ui.require_images(s)
+        infos = labeling.batches(s)
+        default = labeling.default_batch(s)
+    if not infos:
+        st.info("Nothing queued yet. Sample a first batch on the Overview page or rank a queue "
+                "on the Queue page.", icon=":material/info:")
+        ui.link("pages/0_Overview.py", "Overview", ":material/dashboard:")
+        return
+
+    top = st.columns([2, 2, 3])
+    numbers = [b.number for b in infos]
+    if S.get("label_batch_next") in numbers:
+        S.label_batch = S.pop("label_batch_next")
+    if S.get("label_batch") not in numbers:
+        S.label_batch = default.number if default else numbers[-1]
+    by_number = {b.number: b for b in infos}
+    batch = top[0].selectbox(
+        "Batch", numbers, key="label_batch",
+        format_func=lambda n: f"round {n} ({by_number[n].strategy or by_number[n].kind}) · "
+                              f"{by_number[n].pending} to do")
+    name = top[1].text_input("Annotator", value=S.annotator, placeholder="your name",
+                             help="Recorded with every label you save")
+    S.annotator = name.strip()
+    info = by_number[batch]
+    top[2].progress(info.done / max(info.total, 1),
+                    text=f"{info.done} of {info.total} images in round {batch} labelled")
+
+    # Which image: the one being edited, else the next unlabelled one in rank order.
+    current = S.get("label_image")
+    with ui.store() as s:
+        batch_ids = {it["image_id"] for it in s.round_items(batch)}
+        if current not in batch_ids:
+            current = labeling.next_image_id(s, batch, skip=S.label_skip)
+            if current is not None:
+                load(current, batch)
+        if current is None:
+            st.success(f"Round {batch} is done: every image has a label.", icon=":material/done_all:")
+            if S.label_skip:
+                if st.button(f"Show the {len(S.label_skip)} skipped images again"):
+                    S.label_skip = set()
+                    st.rerun()
+            ui.link("pages/4_Train.py", "Retrain with the new labels", ":material/model_training:")
+            back_button()
+            return
+        task = labeling.task_for(s, current, batch)
+    if "label_choice" not in S:
+        load(current, batch)
+
+    left, right = st.columns([2, 3])
+    with left:
+        image = labeling.load_display_image(ws, task.image)
+        big = Image.fromarray(np.asarray(image)).resize((DISPLAY_PX, DISPLAY_PX), Image.NEAREST)
+        st.image(big, caption=f"#{task.position} of {info.total} · {task.image.name} · "
+                              f"{task.image.split} split")
+        if task.labelled_before:
+            st.caption("Editing a saved label; saving adds a new version (history is kept).")
+    with right:
+        for attr in schema.attributes:
+            attribute_group(attr, list(schema.classes[attr]), task)
+    actions(task, schema)
+
+
+def attribute_group(attr: str, classes: list[str], task: labeling.LabelTask) -> None:
+    chosen = S.label_choice.get(attr)
+    pred = task.predictions.get(attr)
+    from_model = attr in task.preselected_from_model and attr not in S.label_touched
+    head = f"**{attr.capitalize()}**"
+    if from_model and chosen is not None and pred is not None:
+        head += f" · :violet[pre-selected by the model: {pred[0]} ({pred[1]:.0%}), confirm or change]"
+    elif pred is not None:
+        head += f" · model says {pred[0]} ({pred[1]:.0%})"
+    st.markdown(head)
+    keys = keys_for(attr, len(classes), 0)
+    per_row = 5
+    for start in range(0, len(classes) + 1, per_row):
+        row = st.columns(per_row)
+        for j, col in enumerate(row):
+            i = start + j
+            if i < len(classes):
+                value = classes[i]
+                is_model = from_model and value == chosen
+                col.button(value, key=f"btn_{attr}_{value}", on_click=choose, args=(attr, value),
+                           type="primary" if value == chosen else "secondary",
+                           shortcut=keys[i], width="stretch",
+                           icon=":material/smart_toy:" if is_model else None,
+                           help="model prediction" if is_model else None)
+            elif i == len(classes):
+                col.button("unsure", key=f"btn_{attr}__unsure", on_click=choose, args=(attr, None),
+                           type="primary" if chosen is None else "tertiary",
+                           shortcut=UNSURE_KEYS.get(attr), width="stretch",
+                           help="Not visible / not sure: stored as missing")
+
+
+def actions(task: labeling.LabelTask, schema) -> None:
+    st.divider()
+    cols = st.columns([2, 1, 1, 4])
+    no_name = not S.annotator
+    if cols[0].button("Save & next", type="primary", shortcut="Enter", icon=":material/check:",
+                      disabled=no_name, width="stretch"):
+        with ui.store() as s:
+            labeling.save_label(s, schema, task.image.id, S.label_choice, annotator=S.annotator,
+                                round_id=task.batch.round_id)
+        saved = {a: v for a, v in S.label_choice.items() if v}
+        S.label_history = [*S.label_history, (task.image.id, task.batch.number)]
+        S.label_skip = S.label_skip - {task.image.id}
+        S.label_image = None
+        S.pop("label_choice", None)
+        st.toast(f"Saved {task.image.name}: "
+                 + (", ".join(f"{a}={v}" for a, v in saved.items()) or "all unsure"))
+        st.rerun()
+    if cols[1].button("Skip", shortcut="N", icon=":material/skip_next:", width="stretch"):
+        S.label_skip = S.label_skip | {task.image.id}
+        S.label_image = None
+        S.pop("label_choice", None)
+        st.rerun()
+    with cols[2]:
+        back_button()
+    if no_name:
+        cols[3].warning("Enter your name as annotator to save labels.", icon=":material/person:")
+    else:
+        cols[3].caption("Keys: color 1–0 · type Q W E T Y U I O · orientation A S D F G H J K · "
+                        "unsure Z / X / V · Enter save · N skip · Backspace back")
+
+
+def back_button() -> None:
+    if st.button("Back", shortcut="Backspace", icon=":material/undo:",
+                 disabled=not S.get("label_history"), width="stretch",
+                 help="Return to the image you saved last and change its label"):
+        image_id, batch = S.label_history[-1]
+        S.label_history = S.label_history[:-1]
+        S.label_batch_next = batch  # applied before the selectbox is drawn
+        load(image_id, batch)
+        st.rerun()
+
+
+ui.run_page(body)

@@ -1,0 +1,115 @@
+"""Figures the dashboard shows, computed from the store: class counts, learning curve, balance.
+
+The pages draw these; keeping the arithmetic here keeps ``app/`` free of domain logic and lets
+the numbers be tested without a browser.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from core.schema import LabelSchema
+from core.store import SPLITS, ProjectStore
+from core.workspace import Workspace
+
+RARE_FRACTION = 0.02  # a class with under 2 % of an attribute's labels (but > 0) is "rare"
+
+
+def class_counts(store: ProjectStore, schema: LabelSchema) -> dict[str, dict[str, dict[str, int]]]:
+    """{attribute: {split: {class: n}}} over current labels; every class listed, zeros included."""
+    labels = store.current_labels()
+    split_of = {im.id: im.split for im in store.images(ids=labels)}
+    out = {a: {s: {c: 0 for c in schema.classes[a]} for s in SPLITS} for a in schema.attributes}
+    for image_id, values in labels.items():
+        split = split_of.get(image_id)
+        for attr, value in values.items():
+            if attr in out and split in out[attr] and value in out[attr][split]:
+                out[attr][split][value] += 1
+    return out
+
+
+def rare_classes(counts: Mapping[str, int], *, fraction: float = RARE_FRACTION) -> tuple[list[str], list[str]]:
+    """(empty classes, rare classes) of one attribute's {class: n}."""
+    total = sum(counts.values())
+    empty = [c for c, n in counts.items() if n == 0]
+    rare = [c for c, n in counts.items() if 0 < n < max(1.0, fraction * total)] if total else []
+    return empty, rare
+
+
+def flip_balance(store: ProjectStore, schema: LabelSchema, split: str = "train") -> dict[str, Any]:
+    """Orientation counts before/after flip balancing for one split (what training would use)."""
+    from data.balance import plan_orientation_balance
+
+    labels = store.current_labels(split=split)
+    plan = plan_orientation_balance(labels, schema)
+    return {"before": dict(plan.before), "after": dict(plan.after), "added": dict(plan.added),
+            "n_flipped": plan.n_flipped}
+
+
+def head_accuracies(metrics: Any) -> dict[str, float]:
+    """Per-head test accuracy from an evaluation/metrics dict, whatever its nesting.
+
+    Accepts ``{"heads": {attr: {"accuracy": x}}}``, ``{"test": {attr: {...}}}``,
+    ``{attr: {"accuracy": x}}`` or ``{"accuracy": {attr: x}}``.
+    """
+    if not isinstance(metrics, Mapping):
+        return {}
+    for key in ("test", "evaluation", "heads", "per_head", "attributes"):
+        inner = metrics.get(key)
+        if isinstance(inner, Mapping):
+            found = head_accuracies(inner)
+            if found:
+                return found
+    acc = metrics.get("accuracy")
+    if isinstance(acc, Mapping):
+        return {str(a): float(v) for a, v in acc.items() if isinstance(v, (int, float))}
+    out = {}
+    for attr, value in metrics.items():
+        if isinstance(value, Mapping) and isinstance(value.get("accuracy"), (int, float)):
+            out[str(attr)] = float(value["accuracy"])
+    return out
+
+
+def n_train_labels(model: Mapping[str, Any]) -> int | None:
+    """How many labelled images a model was trained on, from its params/metrics."""
+    train = model.get("metrics", {}).get("train")
+    if isinstance(train, Mapping) and isinstance(train.get("n"), (int, float)):
+        return int(train["n"])
+    for source in (model.get("metrics", {}), model.get("params", {})):
+        for key in ("n_labelled", "n_train", "train_size", "labels", "n_labels", "num_train"):
+            value = source.get(key) if isinstance(source, Mapping) else None
+            if isinstance(value, (int, float)):
+                return int(value)
+    return None
+
+
+def learning_curve(store: ProjectStore) -> list[dict[str, Any]]:
+    """One row per (model, head): round, number of training labels, test accuracy.
+
+    Models whose metrics carry no test accuracy (not evaluated) are left out; the x axis falls
+    back to the model's order when the label count is not recorded.
+    """
+    rounds = {r["id"]: r["number"] for r in store.rounds()}
+    rows = []
+    for n, model in enumerate(store.models(), start=1):
+        if model["status"] == "failed":
+            continue
+        acc = head_accuracies(model["metrics"])
+        labels = n_train_labels(model)
+        for attr, value in acc.items():
+            rows.append({"model": model["id"], "round": rounds.get(model["round_id"]),
+                         "labels": labels if labels is not None else n, "head": attr,
+                         "accuracy": value, "current": bool(model["is_current"])})
+    return rows
+
+
+def evaluation_report(ws: Workspace, model: Mapping[str, Any], split: str = "test") -> dict[str, Any] | None:
+    """The full evaluation report (confusion matrices, per-class P/R/F1) saved beside a model."""
+    import json
+    from pathlib import Path
+
+    path = Path(model["path"])
+    path = path if path.is_absolute() else ws.root / path
+    report = path.parent / f"metrics_{split}.json"
+    if not report.is_file():
+        return None
+    return json.loads(report.read_text(encoding="utf-8"))

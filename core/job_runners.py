@@ -1,0 +1,245 @@
+"""What each background job kind does: thin adapters from a job's params to the capability modules.
+
+Every runner has the signature ``(workspace, params, ctx) -> result dict`` and runs inside the
+worker process (see :mod:`core.jobs`). Imports of the capability modules are local so a missing
+optional part only fails the job that needs it, with a readable message.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any
+
+from core.errors import UserError
+from core.jobs import JobCancelled, JobContext
+from core.workspace import Workspace
+
+
+def _threads() -> None:
+    """Keep a background job from taking every core away from the dashboard."""
+    try:
+        import torch
+        torch.set_num_threads(max(1, int(os.environ.get("CARGROUP_JOB_THREADS", os.cpu_count() or 1))))
+    except ImportError:
+        pass
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-friendly copy of a result object (dataclass, dict, list, scalars)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _plain(dataclasses.asdict(value))
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if hasattr(value, "item"):
+        try:
+            return value.item()
+        except (ValueError, TypeError):
+            pass
+    return str(value)
+
+
+# -- pool ---------------------------------------------------------------------------------------
+def run_demo(ws: Workspace, params: dict, ctx: JobContext) -> dict[str, Any]:
+    """Generate a demo pool, then (optionally) sample the first batch to label."""
+    from data.demo import create_demo_pool
+
+    n = int(params.get("n", 600))
+    sample_n = int(params.get("sample", 0))
+    result = create_demo_pool(ws, n, seed=int(params.get("seed", 0)),
+                              size=int(params.get("size", 96)),
+                              progress=ctx.stage(0.0, 0.95 if sample_n else 1.0, "generating"))
+    out = {"demo": _plain(result)}
+    if sample_n:
+        out["sample"] = _sample(ws, sample_n, int(params.get("seed", 0)))
+    out["message"] = f"demo pool of {n} images ready" + (
+        f"; first batch of {out['sample']['size']} images queued" if sample_n else "")
+    return out
+
+
+def _sample(ws: Workspace, n: int, seed: int) -> dict[str, Any]:
+    from core.sampling import SamplingError, sample_first_batch
+
+    with ws.store() as store:
+        try:
+            number, ids = sample_first_batch(store, n, seed=seed)
+        except SamplingError as exc:
+            raise UserError(str(exc)) from exc
+    return {"round": number, "size": len(ids)}
+
+
+def run_sample(ws: Workspace, params: dict, ctx: JobContext) -> dict[str, Any]:
+    out = _sample(ws, int(params.get("n", 100)), int(params.get("seed", 0)))
+    out["message"] = f"round {out['round']}: {out['size']} images to label"
+    return out
+
+
+def run_ingest(ws: Workspace, params: dict, ctx: JobContext) -> dict[str, Any]:
+    from data.ingest import ingest
+
+    path = params.get("path")
+    if not path:
+        raise UserError("no folder or archive given to ingest")
+    report = ingest(ws, path, progress=ctx.stage(0.0, 1.0, "ingesting"))
+    out = {"report": _plain(report)}
+    added = _first(out["report"], ("added", "n_added", "new"))
+    rejected = _first(out["report"], ("rejected", "n_rejected", "rejects"))
+    parts = [f"{added} images added" if added is not None else "ingested"]
+    if rejected is not None:
+        parts.append(f"{rejected if isinstance(rejected, int) else len(rejected)} rejected")
+    out["message"] = ", ".join(parts)
+    return out
+
+
+def run_label_sim(ws: Workspace, params: dict, ctx: JobContext) -> dict[str, Any]:
+    """Label queued images from the demo pool's hidden ground truth (the simulated annotator)."""
+    from data import demo
+
+    fn = getattr(demo, "simulate_labels", None) or getattr(demo, "label_sim", None)
+    if fn is None:
+        raise UserError("the simulated annotator is not available in this installation")
+    result = fn(ws, **{k: v for k, v in params.items() if k in ("error_rate", "seed", "round")})
+    return {"result": _plain(result), "message": "simulated labels written"}
+
+
+def _first(d: Any, keys: tuple[str, ...]) -> Any:
+    if isinstance(d, dict):
+        for k in keys:
+            if k in d:
+                return d[k]
+    return None
+
+
+# -- model --------------------------------------------------------------------------------------
+def run_train(ws: Workspace, params: dict, ctx: JobContext) -> dict[str, Any]:
+    """Train (warm start or from scratch), then evaluate on the test split.
+
+    Training reports per step; every report goes to the job's progress, and one log entry per
+    report that carries losses feeds the live loss curves. Cancelling stops training at the next
+    step; the training module only makes a model current when it finished.
+    """
+    _threads()
+    from models.train import TrainConfig, train
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    config = TrainConfig(**{k: v for k, v in params.items() if k in fields})
+    last_log = {"t": 0.0}
+
+    def on_progress(info: dict[str, Any]) -> None:
+        epochs = max(1, int(info.get("epochs") or 1))
+        steps = max(1, int(info.get("steps") or 1))
+        epoch = int(info.get("epoch") or 0)
+        step = int(info.get("step") or 0)
+        done = (max(epoch - 1, 0) + step / steps) / epochs if epoch else 0.0
+        msg = f"epoch {epoch}/{epochs}, step {step}/{steps}"
+        if info.get("train_loss") is not None:
+            msg += f", train loss {float(info['train_loss']):.3f}"
+        # Epoch ends always go to the log (the loss curves); steps at most every 2 s.
+        is_epoch = info.get("phase") == "epoch"
+        now = time.monotonic()
+        if is_epoch or now - last_log["t"] >= 2.0:
+            last_log["t"] = now
+            entry = {k: _plain(info[k]) for k in ("phase", "epoch", "epochs", "step", "steps",
+                                                  "train_loss", "images_per_s")
+                     if info.get(k) is not None}
+            entry["x"] = max(epoch - 1, 0) + step / steps  # fractional epoch, for the chart
+            if is_epoch:
+                entry.update(val_loss=_plain(info.get("val_loss")), val_acc=_plain(info.get("val_acc")))
+            ctx.progress(0.9 * done, msg, log=entry)
+        else:
+            ctx.progress(0.9 * done, msg)
+
+    result = train(ws, config, progress=on_progress, should_cancel=ctx.cancelled)
+    if getattr(result, "status", "") == "cancelled" or ctx.cancelled():
+        raise JobCancelled()
+    out: dict[str, Any] = {"train": _plain(result)}
+    model_id = _model_id(result)
+    if model_id is None:
+        raise UserError("training ended without producing a model")
+    out["model_id"] = model_id
+    ctx.progress(0.92, "evaluating on the test split", force=True)
+    out["evaluation"] = _evaluate(ws, model_id)
+    out["message"] = f"model #{model_id} trained and evaluated" + _acc_text(out["evaluation"])
+    return out
+
+
+def _model_id(result: Any) -> int | None:
+    if isinstance(result, int):
+        return result
+    for attr in ("model_id", "id"):
+        value = getattr(result, attr, None)
+        if value is None and isinstance(result, dict):
+            value = result.get(attr)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def _evaluate(ws: Workspace, model_id: int) -> dict[str, Any]:
+    from models.evaluate import evaluate
+    return _plain(evaluate(ws, model_id))
+
+
+def _acc_text(evaluation: Any) -> str:
+    from core.dashboard import head_accuracies
+    acc = head_accuracies(evaluation)
+    return ("; test accuracy " + ", ".join(f"{a} {v:.0%}" for a, v in acc.items())) if acc else ""
+
+
+def run_evaluate(ws: Workspace, params: dict, ctx: JobContext) -> dict[str, Any]:
+    _threads()
+    model_id = params.get("model_id")
+    if model_id is None:
+        with ws.store() as store:
+            model = store.current_model()
+        if model is None:
+            raise UserError("no trained model yet; train one first")
+        model_id = model["id"]
+    evaluation = _evaluate(ws, int(model_id))
+    return {"model_id": model_id, "evaluation": evaluation,
+            "message": f"model #{model_id} evaluated" + _acc_text(evaluation)}
+
+
+# -- queue --------------------------------------------------------------------------------------
+def run_queue(ws: Workspace, params: dict, ctx: JobContext) -> dict[str, Any]:
+    """Score the pool with the current model and record the next ranked batch as a round."""
+    _threads()
+    from core.queue import build_queue
+
+    kwargs: dict[str, Any] = {}
+    if params.get("weights"):
+        kwargs["weights"] = {k: float(v) for k, v in params["weights"].items()}
+    for key in ("diversity", "class_balance"):
+        if key in params:
+            kwargs[key] = params[key]
+    result = build_queue(ws, params.get("strategy", "entropy"), int(params.get("top_k", 100)),
+                         progress=ctx.stage(0.0, 1.0, "scoring"), **kwargs)
+    out = {"queue": _plain(result)}
+    out["message"] = "queue ranked" + (f": round {_first(out['queue'], ('round', 'number'))}"
+                                       if _first(out["queue"], ("round", "number")) is not None
+                                       else "")
+    return out
+
+
+# -- export -------------------------------------------------------------------------------------
+def run_export(ws: Workspace, params: dict, ctx: JobContext) -> dict[str, Any]:
+    _threads()
+    from core import export_jobs
+    return export_jobs.run(ws, params, ctx)
+
+
+# -- CVAT ---------------------------------------------------------------------------------------
+def run_cvat_push(ws: Workspace, params: dict, ctx: JobContext) -> dict[str, Any]:
+    from cvat_bridge import push
+    result = push.push_round(ws, **params)
+    return {"result": _plain(result), "message": "pushed to CVAT"}
+
+
+def run_cvat_pull(ws: Workspace, params: dict, ctx: JobContext) -> dict[str, Any]:
+    from cvat_bridge import pull
+    result = pull.pull(ws, **params)
+    return {"result": _plain(result), "message": "pulled from CVAT"}

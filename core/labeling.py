@@ -1,0 +1,142 @@
+"""The built-in annotator's logic: which image comes next, what to pre-select, how a label is saved.
+
+Kept out of the Streamlit page so the rules are testable and the page only draws. An image counts
+as *done* for a batch once it has any label version, even an empty one: marking every attribute
+"unsure" stores an empty (all-missing) label, which the trainer ignores but which stops the image
+from being served again. Saving again later adds a new version (the store never overwrites).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from core.schema import LabelSchema
+from core.store import ImageRecord, ProjectStore
+from core.workspace import Workspace
+
+
+@dataclass(frozen=True)
+class BatchInfo:
+    """One labeling batch (a round) and how far through it the annotators are."""
+
+    number: int
+    round_id: int
+    kind: str
+    strategy: str | None
+    total: int
+    done: int
+
+    @property
+    def pending(self) -> int:
+        return self.total - self.done
+
+
+@dataclass
+class LabelTask:
+    """Everything the Label page shows for one image."""
+
+    image: ImageRecord
+    batch: BatchInfo
+    position: int                              # 1-based rank within the batch
+    current: dict[str, str]                    # the saved label (may be partial or empty)
+    labelled_before: bool                      # has any saved version
+    predictions: dict[str, tuple[str, float]]  # {attribute: (class, probability)} of the model
+    suggestion: dict[str, str] = field(default_factory=dict)  # what to pre-select
+
+    @property
+    def preselected_from_model(self) -> set[str]:
+        """Attributes whose pre-selection is the model's guess, not a saved human label."""
+        return {a for a in self.suggestion if a not in self.current}
+
+
+def _visited(store: ProjectStore) -> set[int]:
+    return set(store.current_labels(include_empty=True))
+
+
+def batches(store: ProjectStore) -> list[BatchInfo]:
+    """Every round with its size and how many of its images have a saved label."""
+    visited = _visited(store)
+    out = []
+    for r in store.rounds():
+        ids = [it["image_id"] for it in store.round_items(r["number"])]
+        out.append(BatchInfo(number=r["number"], round_id=r["id"], kind=r["kind"],
+                             strategy=r["strategy"], total=len(ids),
+                             done=sum(1 for i in ids if i in visited)))
+    return out
+
+
+def default_batch(store: ProjectStore) -> BatchInfo | None:
+    """The newest batch that still has unlabelled images (else the newest batch, else None)."""
+    infos = batches(store)
+    for info in reversed(infos):
+        if info.pending:
+            return info
+    return infos[-1] if infos else None
+
+
+def next_image_id(store: ProjectStore, batch_number: int, *,
+                  skip: set[int] | frozenset[int] = frozenset()) -> int | None:
+    """The highest-ranked image of the batch with no saved label, not in ``skip``."""
+    visited = _visited(store)
+    for item in store.round_items(batch_number):
+        if item["image_id"] not in visited and item["image_id"] not in skip:
+            return int(item["image_id"])
+    return None
+
+
+def task_for(store: ProjectStore, image_id: int, batch_number: int) -> LabelTask:
+    """The Label page's view of one image: saved label, model predictions, pre-selection."""
+    info = next(b for b in batches(store) if b.number == batch_number)
+    ranks = {it["image_id"]: it["rank"] for it in store.round_items(batch_number)}
+    current_version = store.current_label(image_id)
+    current = dict(current_version.values) if current_version else {}
+    model = store.current_model()
+    predictions = store.predictions(model["id"], ids=[image_id]).get(image_id, {}) if model else {}
+    suggestion = {a: v for a, (v, _p) in predictions.items()}
+    if current_version is not None:
+        suggestion = dict(current)  # a human label wins; unsure attributes stay empty
+    return LabelTask(image=store.image(image_id), batch=info, position=ranks.get(image_id, 0) + 1,
+                     current=current, labelled_before=current_version is not None,
+                     predictions=predictions, suggestion=suggestion)
+
+
+def save_label(store: ProjectStore, schema: LabelSchema, image_id: int,
+               choices: Mapping[str, str | None], *, annotator: str,
+               round_id: int | None = None) -> int:
+    """Store the annotator's choices as a new label version; ``None`` means unsure (missing).
+
+    Values go through the schema, so a stale page cannot store a class that no longer exists.
+    Returns the new version number.
+    """
+    annotator = annotator.strip()
+    if not annotator:
+        raise ValueError("enter your name as annotator before saving labels")
+    values = schema.normalise_label({a: v for a, v in choices.items() if v},
+                                    item=store.image(image_id).name)
+    version = store.add_label(image_id, values, source="builtin", annotator=annotator,
+                              round_id=round_id, skip_if_same=False)
+    assert version is not None
+    return version
+
+
+def load_display_image(ws: Workspace, image: ImageRecord) -> np.ndarray:
+    """The image as RGB uint8 for display: the original file, else the cached copy."""
+    from PIL import Image, ImageOps
+
+    path = Path(image.path)
+    if not path.is_absolute():
+        path = ws.root / path
+    if path.is_file():
+        try:
+            with Image.open(path) as im:
+                return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+        except OSError:
+            pass
+    if image.cache_row is not None:
+        from data.cache import ImageCache
+        return ImageCache(ws.cache_dir, ws.config.cache_size).read([image.cache_row])[0]
+    raise FileNotFoundError(f"image {image.name} is missing on disk and not cached")
+
