@@ -20,6 +20,41 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+class HeadDict(nn.ModuleDict):
+    """A ModuleDict keyed by attribute name that accepts any name.
+
+    Attribute names such as ``type`` clash with ``nn.Module`` members (``ModuleDict.type``),
+    which ``add_module`` refuses, so each head is registered as ``head_<name>`` and looked up,
+    iterated and listed by the plain name (``heads["type"]``, ``heads.items()``).
+    """
+
+    PREFIX = "head_"
+
+    def __getitem__(self, key: str) -> nn.Module:
+        return self._modules[self.PREFIX + key]
+
+    def __setitem__(self, key: str, module: nn.Module) -> None:
+        self.add_module(self.PREFIX + key, module)
+
+    def __delitem__(self, key: str) -> None:
+        del self._modules[self.PREFIX + key]
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self.PREFIX + key in self._modules
+
+    def __iter__(self):
+        return (k[len(self.PREFIX):] for k in self._modules)
+
+    def keys(self):
+        return list(iter(self))
+
+    def items(self):
+        return [(k[len(self.PREFIX):], m) for k, m in self._modules.items()]
+
+    def values(self):
+        return list(self._modules.values())
+
+
 class MultiHeadResNet(nn.Module):
     """ResNet18 features -> dropout -> {attribute: Linear(512, K_attribute)}."""
 
@@ -33,7 +68,7 @@ class MultiHeadResNet(nn.Module):
         net.fc = nn.Identity()
         self.backbone = net
         self.dropout = nn.Dropout(dropout)
-        self.heads = nn.ModuleDict(
+        self.heads = HeadDict(
             {a: nn.Linear(feat_dim, schema.num_classes(a)) for a in self.attributes})
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
