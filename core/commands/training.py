@@ -1,0 +1,123 @@
+"""Training commands: ``train`` (then evaluate on test) and ``evaluate``."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from typing import Any
+
+from core.commands.project import require_workspace
+from core.errors import UserError
+from core.workspace import Workspace
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("train", help="train the three-head model on the labelled images")
+    p.add_argument("--epochs", type=int, default=25)
+    p.add_argument("--warm-epochs", type=int, default=None,
+                   help="epochs for --warm-start (default: a third of --epochs)")
+    p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--warm-start", action="store_true",
+                   help="continue from the current model's weights (a new active-learning round)")
+    p.add_argument("--balance-orientation", action="store_true",
+                   help="top up left/right-type orientation pairs with mirrored copies")
+    p.add_argument("--class-weights", action="store_true",
+                   help="inverse-frequency class weights in each head's loss")
+    p.add_argument("--no-pretrained", action="store_true",
+                   help="do not try to load ImageNet weights (random init)")
+    p.add_argument("--checkpoint", default=None,
+                   help="local ResNet18 state dict (or one of our checkpoints) to start from")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--patience", type=int, default=None,
+                   help="stop after N epochs without validation improvement")
+    p.add_argument("--no-bf16", action="store_true",
+                   help="train in float32 even where the CPU has native bfloat16")
+    p.add_argument("--no-eval", action="store_true", help="skip the test-split evaluation")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(handler=cmd_train)
+
+    p = subparsers.add_parser("evaluate", help="per-head test metrics of a model")
+    p.add_argument("--model", type=int, default=None, help="model id (default: current)")
+    p.add_argument("--split", choices=("test", "val", "train"), default="test")
+    p.add_argument("--json", action="store_true", help="print the full report as JSON")
+    p.set_defaults(handler=cmd_evaluate)
+
+
+class _Bar:
+    """tqdm over all steps of the run, fed by train()'s progress callback."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+
+    def __call__(self, info: dict[str, Any]) -> None:
+        from tqdm import tqdm
+        total = info["epochs"] * info["steps"]
+        if self.bar is None:
+            self.bar = tqdm(total=total, unit="step", desc="train", dynamic_ncols=True)
+        done = (info["epoch"] - 1) * info["steps"] + info["step"]
+        self.bar.update(done - self.bar.n)
+        post = {"ep": f"{info['epoch']}/{info['epochs']}", "loss": f"{info['train_loss']:.3f}",
+                "img/s": f"{info['images_per_s']:.0f}"}
+        if info["val_loss"] is not None:
+            post["val"] = f"{info['val_loss']:.3f}"
+        self.bar.set_postfix(post, refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def cmd_train(args: argparse.Namespace, ws: Workspace) -> int:
+    require_workspace(ws)
+    from models.evaluate import evaluate, format_report
+    from models.train import TrainConfig, train
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    config = TrainConfig(
+        epochs=args.epochs, warm_epochs=args.warm_epochs, image_size=args.image_size,
+        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+        warm_start=args.warm_start, balance_orientation=args.balance_orientation,
+        class_weights=args.class_weights, pretrained=not args.no_pretrained,
+        checkpoint=args.checkpoint, seed=args.seed, num_threads=args.threads,
+        patience=args.patience, bf16=False if args.no_bf16 else None)
+    bar = _Bar()
+    try:
+        result = train(ws, config, progress=None if args.json else bar)
+    finally:
+        bar.close()
+    report = None
+    if not args.no_eval:
+        try:
+            report = evaluate(ws, result.model_id)
+        except UserError as exc:  # no labelled test images yet: training still succeeded
+            print(f"(no test evaluation: {exc})")
+    if args.json:
+        out = result.to_dict()
+        out["test"] = report
+        print(json.dumps(out, indent=2))
+        return 0
+    if result.balance:
+        print(f"orientation before balancing: {result.balance['before']}")
+        print(f"orientation after balancing:  {result.balance['after']}")
+    val = ", ".join(f"{a} {v:.3f}" for a, v in result.val_acc.items() if v is not None)
+    print(f"model {result.model_id}: {result.epochs_run} epochs in {result.seconds:.1f} s "
+          f"({result.images_per_s:.1f} img/s, {result.train_images} train images, "
+          f"weights: {result.origin}{', bf16' if result.bf16 else ''})")
+    if result.best_epoch is not None:
+        loss = "n/a" if result.best_val_loss is None else f"{result.best_val_loss:.4f}"
+        print(f"best epoch {result.best_epoch}: val loss {loss}; val accuracy: {val or 'n/a'}")
+    if report is not None:
+        print(format_report(report))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace, ws: Workspace) -> int:
+    require_workspace(ws)
+    from models.evaluate import evaluate, format_report
+    report = evaluate(ws, args.model, args.split)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0

@@ -1,0 +1,404 @@
+"""Training the three-head network on the store's labelled images, fast enough on a 2-core CPU.
+
+Recipe (all configurable through :class:`TrainConfig`): Adam (lr 1e-4, weight decay 5e-4),
+batch 64, 25 epochs, 128 px; loss = sum over heads of cross-entropy with missing attributes
+masked; best checkpoint by validation loss; fixed seeds.
+
+Why it is fast on CPU (measured in benchmarks/bench_train.py, figures in docs/BENCHMARKS.md):
+images come from the uint8 cache (no JPEG decoding), the network runs channels-last, and where
+the CPU has native bfloat16 (AVX512-BF16/AMX) the forward pass runs under bf16 autocast, which
+roughly doubles throughput. Thread count can be pinned with ``num_threads``.
+
+Why the current model is never at risk: a run writes into its own new folder and is registered
+in the store (and made current) only after it finished; a failed or cancelled run deletes its
+folder and leaves the previous current model and its file untouched.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import random
+import secrets
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from core.errors import UserError
+from core.schema import LabelSchema
+from core.workspace import Workspace
+from data.cache import ImageCache
+from data.dataset import LabelledImageDataset, SplitData, encode_targets, load_split
+from data.transforms import apply_albumentations, eval_transform, train_transform
+from models.checkpoint import (CHECKPOINT_NAME, load_model, model_meta, save_checkpoint)
+from models.evaluate import predict_arrays
+from models.network import MultiHeadResNet, build_model
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[dict[str, Any]], None]
+CancelFn = Callable[[], bool]
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (stored with the model as its params)."""
+
+    epochs: int = 25
+    batch_size: int = 64
+    lr: float = 1e-4
+    weight_decay: float = 5e-4
+    image_size: int = 128
+    warm_start: bool = False            # continue from the current model's weights
+    warm_epochs: int | None = None      # epochs for a warm start; None: max(1, epochs // 3)
+    balance_orientation: bool = False   # top up mirror-pair classes with flipped copies
+    class_weights: bool = False         # inverse-frequency cross-entropy weights per head
+    seed: int = 0
+    num_threads: int | None = None      # torch intra-op threads; None: leave torch's default
+    pretrained: bool = True             # ImageNet weights via torchvision (offline: random init)
+    checkpoint: str | None = None       # local ResNet18/our checkpoint to start the backbone from
+    channels_last: bool = True
+    num_workers: int = 0                # DataLoader workers; 0 is fastest on 2 cores
+    patience: int | None = None         # stop after this many epochs without val improvement
+    bf16: bool | None = None            # bf16 autocast; None: on where the hardware has it
+    augment: bool = True                # False: train on eval-transformed images (benchmarks)
+    device: str = "auto"                # "auto" (cuda if available), "cpu", "cuda", ...
+    round_id: int | None = None         # round row id to attach the model to; None: latest
+
+    def effective_epochs(self) -> int:
+        if self.warm_start:
+            return self.warm_epochs if self.warm_epochs is not None else max(1, self.epochs // 3)
+        return self.epochs
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class TrainResult:
+    """What a run produced. ``status`` is ``"succeeded"`` or ``"cancelled"``."""
+
+    status: str
+    model_id: int | None = None
+    path: str | None = None
+    epochs_run: int = 0
+    best_epoch: int | None = None
+    best_val_loss: float | None = None
+    val_acc: dict[str, float | None] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+    images_per_s: float = 0.0
+    train_images: int = 0
+    val_images: int = 0
+    balance: dict[str, dict[str, int]] | None = None
+    origin: str = ""
+    warm_started_from: int | None = None
+    bf16: bool = False
+
+    @property
+    def cancelled(self) -> bool:
+        return self.status == "cancelled"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class TrainingCancelled(Exception):
+    """Raised inside the loop when ``should_cancel()`` turns true."""
+
+
+# -- pieces that are unit-tested on their own ------------------------------------------------
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether bf16 autocast is native (fast) here; emulated bf16 on older CPUs is slower."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type == "cpu":
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            return False
+    return False
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def masked_loss(logits: Mapping[str, torch.Tensor], targets: torch.Tensor,
+                attributes: Sequence[str],
+                weights: Mapping[str, torch.Tensor] | None = None
+                ) -> tuple[torch.Tensor, dict[str, float]]:
+    """Sum over heads of cross-entropy over the images labelled for that head.
+
+    ``targets`` is ``(N, n_attributes)`` with ``-1`` for missing. Each head's term is the
+    (optionally class-weighted) mean over its present labels; a head with no labels in the batch
+    contributes exactly 0 (plain ``ignore_index`` would give NaN there).
+    """
+    total = torch.zeros((), dtype=torch.float32, device=targets.device)
+    per_head: dict[str, float] = {}
+    for col, attr in enumerate(attributes):
+        t = targets[:, col]
+        if not bool((t >= 0).any()):
+            per_head[attr] = 0.0
+            continue
+        w = weights.get(attr) if weights else None
+        loss = F.cross_entropy(logits[attr].float(), t, weight=w, ignore_index=-1)
+        per_head[attr] = float(loss.detach())
+        total = total + loss
+    return total, per_head
+
+
+def class_weight_tensors(targets: np.ndarray, schema: LabelSchema) -> dict[str, torch.Tensor]:
+    """Inverse-frequency weights per head: ``n / (K_present * n_c)``; 1 for absent classes."""
+    out: dict[str, torch.Tensor] = {}
+    for col, attr in enumerate(schema.attributes):
+        k = schema.num_classes(attr)
+        t = targets[:, col]
+        counts = np.bincount(t[t >= 0], minlength=k).astype(np.float64)
+        present = counts > 0
+        w = np.ones(k, dtype=np.float64)
+        if present.any():
+            w[present] = counts.sum() / (present.sum() * counts[present])
+        out[attr] = torch.tensor(w, dtype=torch.float32)
+    return out
+
+
+def validate(model: MultiHeadResNet, data: SplitData, schema: LabelSchema, image_size: int,
+             *, batch_size: int = 256, device: torch.device | None = None) -> tuple[float, dict[str, float | None]]:
+    """Unweighted masked loss (mean per head, summed) and per-head accuracy on ``data``."""
+    preds = predict_arrays(model, data.images, image_size, batch_size, device=device)
+    targets = encode_targets(data.labels, schema)
+    loss = 0.0
+    acc: dict[str, float | None] = {}
+    for col, attr in enumerate(schema.attributes):
+        mask = targets[:, col] >= 0
+        if not mask.any():
+            acc[attr] = None
+            continue
+        logits = torch.from_numpy(preds.logits[attr][mask])
+        t = torch.from_numpy(targets[mask, col])
+        loss += float(F.cross_entropy(logits, t))
+        acc[attr] = float((logits.argmax(1) == t).float().mean())
+    return loss, acc
+
+
+# -- the run --------------------------------------------------------------------------------
+
+def _new_run_dir(ws: Workspace) -> Path:
+    name = f"m{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+    path = ws.models_dir / name
+    path.mkdir(parents=True, exist_ok=False)
+    return path
+
+
+def _initial_model(ws: Workspace, config: TrainConfig, schema: LabelSchema
+                   ) -> tuple[MultiHeadResNet, str, int | None]:
+    """(model, where its weights came from, id of the model warm-started from)."""
+    if config.warm_start:
+        with ws.store() as store:
+            current = store.current_model()
+        if current is None:
+            log.warning("warm start asked but there is no current model; training from scratch")
+        else:
+            model, meta = load_model(ws, current["id"])
+            if meta["classes"] != {a: list(schema.classes[a]) for a in schema.attributes}:
+                raise UserError(
+                    f"cannot warm-start: model {current['id']} was trained on other class lists "
+                    "than the project's schema; train without --warm-start")
+            return model, f"warm start from model {current['id']}", int(current["id"])
+    model, origin = build_model(schema, pretrained=config.pretrained,
+                                checkpoint=config.checkpoint)
+    return model, origin, None
+
+
+def train(ws: Workspace, config: TrainConfig | None = None, *,
+          progress: ProgressFn | None = None,
+          should_cancel: CancelFn | None = None) -> TrainResult:
+    """Train on the labelled train split, validate on val, register the best model as current.
+
+    ``progress`` receives a dict after every step and at each epoch end: ``{phase ("step" or
+    "epoch"), epoch, epochs, step, steps, train_loss, val_loss, val_acc: {attr: acc},
+    images_per_s, best_val_loss}`` (val fields are those of the latest finished epoch, None
+    before the first). ``should_cancel`` is polled every step; when it returns true the run
+    stops, deletes its files and returns ``TrainResult(status="cancelled")`` with no model
+    registered. Any exception also leaves the previous current model in place.
+    """
+    config = config or TrainConfig()
+    if config.epochs < 1 or config.batch_size < 1 or config.image_size < 16:
+        raise UserError("epochs and batch size must be positive and image size at least 16")
+    started = time.perf_counter()
+    old_threads = torch.get_num_threads()
+    if config.num_threads:
+        torch.set_num_threads(int(config.num_threads))
+    run_dir: Path | None = None
+    try:
+        seed_everything(config.seed)
+        schema = ws.schema
+        device = resolve_device(config.device)
+        use_bf16 = bf16_supported(device) if config.bf16 is None else bool(config.bf16)
+        cache = ImageCache(ws.cache_dir, ws.config.cache_size)
+        with ws.store() as store:
+            train_data = load_split(store, cache, "train")
+            val_data = load_split(store, cache, "val")
+            round_id = config.round_id
+            if round_id is None:
+                latest = store.latest_round()
+                round_id = int(latest["id"]) if latest else None
+        if len(train_data) == 0:
+            raise UserError("no labelled training images; label some first (or import labels)")
+        if len(val_data) == 0:
+            log.warning("no labelled validation images: keeping the last epoch's weights")
+
+        transform = (apply_albumentations(train_transform(config.image_size, seed=config.seed))
+                     if config.augment else eval_transform(config.image_size))
+        balance = None
+        if config.balance_orientation:
+            dataset, plan = LabelledImageDataset.balanced(train_data, schema, transform,
+                                                          seed=config.seed)
+            balance = {"before": plan.before, "after": plan.after, "added": plan.added}
+            log.info("orientation balance: %s -> %s", plan.before, plan.after)
+        else:
+            dataset = LabelledImageDataset(train_data, schema, transform)
+
+        model, origin, parent_id = _initial_model(ws, config, schema)
+        fmt = torch.channels_last if config.channels_last else torch.contiguous_format
+        model.to(device=device, memory_format=fmt)
+        weights = None
+        if config.class_weights:
+            weights = {a: w.to(device) for a, w in
+                       class_weight_tensors(dataset.targets, schema).items()}
+        optimiser = torch.optim.Adam(model.parameters(), lr=config.lr,
+                                     weight_decay=config.weight_decay)
+        generator = torch.Generator().manual_seed(config.seed)
+        loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True,
+                            generator=generator, num_workers=config.num_workers,
+                            # BatchNorm cannot train on a last batch of one image
+                            drop_last=len(dataset) % config.batch_size == 1 and len(dataset) > 1)
+        epochs = config.effective_epochs()
+        steps = len(loader)
+        run_dir = _new_run_dir(ws)
+        ckpt_path = run_dir / CHECKPOINT_NAME
+        params = config.to_dict() | {"epochs_planned": epochs, "origin": origin,
+                                     "train_images": len(dataset), "val_images": len(val_data),
+                                     "bf16": use_bf16, "device": str(device)}
+        meta = model_meta(schema, config.image_size, params=params, origin=origin)
+        attributes = list(schema.attributes)
+        history: list[dict[str, Any]] = []
+        best_loss: float | None = None
+        best_epoch: int | None = None
+        best_acc: dict[str, float | None] = {}
+        last_val: tuple[float | None, dict[str, float | None]] = (None, {})
+        train_seconds, train_seen = 0.0, 0
+        since_best = 0
+        log.info("training %d images (%d val) for %d epochs at %d px; weights: %s; bf16=%s",
+                 len(dataset), len(val_data), epochs, config.image_size, origin, use_bf16)
+
+        for epoch in range(1, epochs + 1):
+            model.train()
+            epoch_start = time.perf_counter()
+            loss_sum, seen = 0.0, 0
+            for step, (x, y) in enumerate(loader, start=1):
+                if should_cancel is not None and should_cancel():
+                    raise TrainingCancelled()
+                x = x.to(device, non_blocking=True).contiguous(memory_format=fmt)
+                y = y.to(device, non_blocking=True)
+                autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+                            if use_bf16 else contextlib.nullcontext())
+                with autocast:
+                    logits = model(x)
+                loss, _ = masked_loss(logits, y, attributes, weights)
+                if loss.requires_grad:  # False only when no image in the batch has a label
+                    optimiser.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimiser.step()
+                loss_sum += float(loss.detach()) * len(x)
+                seen += len(x)
+                elapsed = time.perf_counter() - epoch_start
+                if progress is not None:
+                    progress({"phase": "step", "epoch": epoch, "epochs": epochs, "step": step,
+                              "steps": steps, "train_loss": loss_sum / seen,
+                              "val_loss": last_val[0], "val_acc": last_val[1],
+                              "images_per_s": (train_seen + seen) / (train_seconds + elapsed),
+                              "best_val_loss": best_loss})
+            train_seconds += time.perf_counter() - epoch_start
+            train_seen += seen
+            train_loss = loss_sum / max(seen, 1)
+            if len(val_data):
+                val_loss, val_acc = validate(model, val_data, schema, config.image_size,
+                                             device=device)
+                improved = best_loss is None or val_loss < best_loss
+            else:
+                val_loss, val_acc, improved = None, {}, True
+            if improved:
+                best_loss, best_epoch, best_acc = val_loss, epoch, val_acc
+                meta["best_epoch"] = epoch
+                save_checkpoint(ckpt_path, model, meta)
+                since_best = 0
+            else:
+                since_best += 1
+            last_val = (val_loss, val_acc)
+            record = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+                      "val_acc": val_acc, "seconds": time.perf_counter() - epoch_start,
+                      "images_per_s": seen / max(time.perf_counter() - epoch_start, 1e-9),
+                      "best": improved}
+            history.append(record)
+            log.info("epoch %d/%d train %.4f val %s acc %s", epoch, epochs, train_loss,
+                     None if val_loss is None else round(val_loss, 4), val_acc)
+            if progress is not None:
+                progress({"phase": "epoch", "epoch": epoch, "epochs": epochs, "step": steps,
+                          "steps": steps, "train_loss": train_loss, "val_loss": val_loss,
+                          "val_acc": val_acc, "images_per_s": train_seen / max(train_seconds, 1e-9),
+                          "best_val_loss": best_loss})
+            if config.patience is not None and since_best >= config.patience:
+                log.info("early stop: no val improvement for %d epochs", config.patience)
+                break
+
+        seconds = time.perf_counter() - started
+        images_per_s = train_seen / max(train_seconds, 1e-9)
+        (run_dir / "train_log.json").write_text(json.dumps(
+            {"config": config.to_dict(), "origin": origin, "history": history,
+             "balance": balance, "seconds": seconds, "images_per_s": images_per_s,
+             "bf16": use_bf16, "best_epoch": best_epoch}, indent=2), encoding="utf-8")
+        metrics = {"val": {"loss": best_loss, "accuracy": best_acc, "epoch": best_epoch,
+                           "n": len(val_data)},
+                   "train": {"loss": history[-1]["train_loss"], "n": len(dataset),
+                             "seconds": seconds, "images_per_s": images_per_s}}
+        rel_path = os.path.relpath(ckpt_path, ws.root)
+        with ws.store() as store:
+            model_id = store.add_model(rel_path, round_id=round_id, parent_id=parent_id,
+                                       params=params, metrics=metrics, make_current=True)
+        return TrainResult(
+            status="succeeded", model_id=model_id, path=str(ckpt_path), epochs_run=len(history),
+            best_epoch=best_epoch, best_val_loss=best_loss, val_acc=best_acc, history=history,
+            seconds=seconds, images_per_s=images_per_s, train_images=len(dataset),
+            val_images=len(val_data), balance=balance, origin=origin,
+            warm_started_from=parent_id, bf16=use_bf16)
+    except TrainingCancelled:
+        if run_dir is not None:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        log.info("training cancelled; the current model is unchanged")
+        return TrainResult(status="cancelled", seconds=time.perf_counter() - started)
+    except BaseException:
+        if run_dir is not None:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    finally:
+        torch.set_num_threads(old_threads)
