@@ -1,0 +1,354 @@
+"""Pool scoring: run a model over every unlabelled image once and keep what ranking needs.
+
+One pass over the preprocessed cache (no JPEG decoding) gives, per image: each head's softmax,
+the penultimate embedding (for diversity), and MC-dropout samples of the heads (for BALD).
+The backend is ONNX Runtime when the model has a published export (int8 preferred: fastest on
+CPU) and PyTorch otherwise; both read :func:`data.preprocess.normalise_batch`, so they see the
+same tensors.
+
+Why MC-dropout costs almost nothing here: the network's only dropout sits between the backbone
+and the linear heads (models/network.py), so the T stochastic passes reuse one backbone pass
+and only redo ``dropout -> Linear`` in numpy, from the head weights in the checkpoint. That also
+makes BALD available on the ONNX path, which has no dropout at all.
+
+Results go to three places:
+- the store: predicted class + probability per head (``save_predictions``) and per-head and
+  combined uncertainty scores (``save_scores``: ``entropy:color``, ..., ``entropy``) for the UI;
+- ``<model folder>/embeddings.npy`` with ``embedding_ids.npy`` (row i is image
+  ``embedding_ids[i]``), for the diversity step;
+- ``<model folder>/pool_scores.npz``: ids, full probabilities and per-head BALD, so the queue
+  can re-rank with any strategy, head weights or class balance without running the model again.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from core import acquisition as acq
+from core.workspace import Workspace
+from data.cache import ImageCache
+from data.preprocess import normalise_batch
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[float, str], None]
+
+EMBEDDINGS_FILE = "embeddings.npy"
+EMBEDDING_IDS_FILE = "embedding_ids.npy"
+POOL_SCORES_FILE = "pool_scores.npz"
+MEASURES = ("entropy", "margin", "least_confidence", "bald")
+DEFAULT_MC_PASSES = 10
+
+
+class ScoringError(RuntimeError):
+    pass
+
+
+@dataclass
+class HeadParams:
+    """The part of the network MC-dropout re-runs: dropout rate and each head's Linear."""
+
+    dropout: float
+    weights: dict[str, np.ndarray]   # attribute -> (K, D)
+    biases: dict[str, np.ndarray]    # attribute -> (K,)
+
+    @classmethod
+    def from_model(cls, model: torch.nn.Module) -> "HeadParams":
+        # Heads are matched to attributes by position (the container keeps insertion order),
+        # so this does not depend on how the network keys its head modules.
+        linears = list(model.heads.values())
+        if len(linears) != len(model.attributes):
+            raise ScoringError("the model's heads do not match its attributes")
+        return cls(dropout=float(model.dropout.p),
+                   weights={a: h.weight.detach().cpu().numpy().astype(np.float32)
+                            for a, h in zip(model.attributes, linears)},
+                   biases={a: h.bias.detach().cpu().numpy().astype(np.float32)
+                           for a, h in zip(model.attributes, linears)})
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def mc_dropout_heads(embedding: np.ndarray, heads: HeadParams, passes: int,
+                     rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """``passes`` stochastic head evaluations on fixed embeddings: {attr: (T, N, K)}.
+
+    Each pass draws one inverted-dropout mask per image (as ``nn.Dropout`` in train mode) and
+    applies every head to the same masked features, as the network's forward does.
+    """
+    emb = np.asarray(embedding, dtype=np.float32)
+    p = heads.dropout
+    out = {a: np.empty((passes, len(emb), w.shape[0]), np.float32) for a, w in heads.weights.items()}
+    for t in range(passes):
+        if p > 0:
+            keep = rng.random(emb.shape, dtype=np.float32) >= p
+            feats = emb * keep / (1.0 - p)
+        else:
+            feats = emb
+        for a, w in heads.weights.items():
+            out[a][t] = _softmax(feats @ w.T + heads.biases[a])
+    return out
+
+
+class TorchBackend:
+    """PyTorch inference on the checkpoint (eval mode: no dropout, BN running stats)."""
+
+    name = "torch"
+
+    def __init__(self, model: torch.nn.Module, image_size: int) -> None:
+        self.model = model.eval()
+        self.image_size = int(image_size)
+
+    @torch.inference_mode()
+    def predict(self, images: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        x = torch.from_numpy(normalise_batch(images, self.image_size))
+        logits, emb = self.model.forward_with_embedding(x)
+        probs = {a: torch.softmax(v.float(), dim=1).numpy() for a, v in logits.items()}
+        return probs, emb.float().numpy()
+
+
+class OnnxBackend:
+    """ONNX Runtime inference on a published export (see models/export.py)."""
+
+    def __init__(self, path: Path, threads: int | None = None) -> None:
+        from models.onnx_runtime import OnnxClassifier
+
+        self.classifier = OnnxClassifier(path, threads=threads)
+        self.path = Path(path)
+        self.name = "onnx-int8" if ".int8." in self.path.name else "onnx"
+
+    def predict(self, images: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        return self.classifier.predict(images, batch_size=len(images) or 1)
+
+
+@dataclass
+class PoolScores:
+    """Everything one scoring pass produced for a set of images (row i = ``image_ids[i]``)."""
+
+    model_id: int
+    image_ids: np.ndarray
+    probs: dict[str, np.ndarray]
+    embeddings: np.ndarray
+    bald: dict[str, np.ndarray]
+    class_names: dict[str, list[str]]
+    backend: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    @property
+    def attributes(self) -> list[str]:
+        return list(self.probs)
+
+    def per_head(self, measure: str) -> dict[str, np.ndarray]:
+        """{attribute: (N,)} uncertainty for a measure in :data:`MEASURES`."""
+        if measure == "bald":
+            return dict(self.bald)
+        return acq.per_head_scores(self.probs, measure)
+
+    def subset(self, rows: np.ndarray | Sequence[int]) -> "PoolScores":
+        rows = np.asarray(rows, dtype=np.int64)
+        return PoolScores(self.model_id, self.image_ids[rows],
+                          {a: p[rows] for a, p in self.probs.items()}, self.embeddings[rows],
+                          {a: b[rows] for a, b in self.bald.items()}, self.class_names,
+                          self.backend, dict(self.timings))
+
+    def predictions(self) -> list[tuple[int, str, str, float]]:
+        """(image_id, attribute, predicted class, probability) rows for the store."""
+        rows: list[tuple[int, str, str, float]] = []
+        for a, p in self.probs.items():
+            idx = p.argmax(axis=1)
+            top = p[np.arange(len(p)), idx]
+            names = self.class_names[a]
+            rows.extend((int(i), a, names[int(k)], float(v))
+                        for i, k, v in zip(self.image_ids, idx, top))
+        return rows
+
+    def score_rows(self) -> list[tuple[int, str, float]]:
+        """(image_id, name, value) rows: every measure per head and its mean over heads."""
+        rows: list[tuple[int, str, float]] = []
+        ids = [int(i) for i in self.image_ids]
+        for measure in MEASURES:
+            per = self.per_head(measure)
+            for a, v in per.items():
+                name = acq.score_name(measure, a)
+                rows.extend(zip(ids, [name] * len(ids), v.astype(float).tolist()))
+            combined = acq.combine_mean(per)
+            rows.extend(zip(ids, [measure] * len(ids), combined.astype(float).tolist()))
+        return rows
+
+    def save_arrays(self, folder: Path) -> None:
+        """Write embeddings (.npy keyed by id) and the full pool scores (.npz) atomically."""
+        folder.mkdir(parents=True, exist_ok=True)
+        _atomic_npy(folder / EMBEDDING_IDS_FILE, self.image_ids.astype(np.int64))
+        _atomic_npy(folder / EMBEDDINGS_FILE, self.embeddings.astype(np.float32))
+        arrays = {"image_ids": self.image_ids.astype(np.int64),
+                  "embeddings": self.embeddings.astype(np.float32)}
+        for a in self.attributes:
+            arrays[f"probs/{a}"] = self.probs[a].astype(np.float32)
+            arrays[f"bald/{a}"] = self.bald[a].astype(np.float32)
+            arrays[f"classes/{a}"] = np.asarray(self.class_names[a])
+        arrays["meta/model_id"] = np.asarray(self.model_id)
+        arrays["meta/backend"] = np.asarray(self.backend)
+        tmp = folder / (POOL_SCORES_FILE + ".tmp.npz")
+        np.savez(tmp, **arrays)
+        tmp.replace(folder / POOL_SCORES_FILE)
+
+
+def _atomic_npy(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(path.name + ".tmp.npy")
+    np.save(tmp, array)
+    tmp.replace(path)
+
+
+def load_pool_scores(folder: str | Path) -> PoolScores | None:
+    """Read back what :meth:`PoolScores.save_arrays` wrote, or None if the folder has none."""
+    path = Path(folder) / POOL_SCORES_FILE
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as z:
+        attrs = [k.split("/", 1)[1] for k in z.files if k.startswith("probs/")]
+        return PoolScores(
+            model_id=int(z["meta/model_id"]), image_ids=z["image_ids"],
+            probs={a: z[f"probs/{a}"] for a in attrs}, embeddings=z["embeddings"],
+            bald={a: z[f"bald/{a}"] for a in attrs},
+            class_names={a: [str(c) for c in z[f"classes/{a}"]] for a in attrs},
+            backend=str(z["meta/backend"]))
+
+
+def choose_backend(ws: Workspace, model: torch.nn.Module, model_id: int, image_size: int,
+                   backend: str = "auto", *, prefer_int8: bool = True,
+                   threads: int | None = None) -> TorchBackend | OnnxBackend:
+    """``auto``: the model's ONNX export when one is published, else PyTorch."""
+    if backend not in ("auto", "onnx", "torch"):
+        raise ScoringError(f"unknown backend {backend!r}; use auto, onnx or torch")
+    if backend in ("auto", "onnx"):
+        from models.export import find_export
+
+        path = find_export(ws, model_id, prefer_int8=prefer_int8)
+        if path is not None:
+            return OnnxBackend(path, threads=threads)
+        if backend == "onnx":
+            raise ScoringError(f"model {model_id} has no ONNX export; run `python -m core export`")
+    return TorchBackend(model, image_size)
+
+
+def score_images(backend: TorchBackend | OnnxBackend, cache: ImageCache, cache_rows: Sequence[int],
+                 heads: HeadParams, *, batch_size: int = 256, mc_passes: int = DEFAULT_MC_PASSES,
+                 seed: int = 0, progress: Progress | None = None,
+                 should_cancel: Callable[[], bool] | None = None,
+                 ) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, np.ndarray], dict[str, float]]:
+    """Batches from the cache through ``backend``; returns (probs, embeddings, bald, timings)."""
+    rows = np.asarray(cache_rows, dtype=np.int64)
+    n = len(rows)
+    rng = np.random.default_rng(seed)
+    probs: dict[str, list[np.ndarray]] = {a: [] for a in heads.weights}
+    bald: dict[str, list[np.ndarray]] = {a: [] for a in heads.weights}
+    embs: list[np.ndarray] = []
+    t_read = t_model = t_mc = 0.0
+    # Reading rows in sorted order keeps the memory map sequential; results are put back after.
+    order = np.argsort(rows, kind="stable")
+    for start in range(0, n, batch_size):
+        if should_cancel is not None and should_cancel():
+            raise ScoringError("scoring cancelled")
+        sel = order[start:start + batch_size]
+        t0 = time.perf_counter()
+        images = cache.read(rows[sel])
+        t1 = time.perf_counter()
+        p, e = backend.predict(images)
+        t2 = time.perf_counter()
+        if mc_passes > 0:
+            samples = mc_dropout_heads(e, heads, mc_passes, rng)
+            for a, s in samples.items():
+                bald[a].append(acq.bald(s).astype(np.float32))
+        else:
+            for a in heads.weights:
+                bald[a].append(np.zeros(len(sel), np.float32))
+        t3 = time.perf_counter()
+        for a in heads.weights:
+            probs[a].append(np.asarray(p[a], dtype=np.float32))
+        embs.append(np.asarray(e, dtype=np.float32))
+        t_read, t_model, t_mc = t_read + t1 - t0, t_model + t2 - t1, t_mc + t3 - t2
+        if progress is not None:
+            done = min(start + batch_size, n)
+            progress(done / max(n, 1), f"scored {done}/{n} images")
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(n)
+    dim = embs[0].shape[1] if embs else 512
+
+    def _cat(parts: list[np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
+        return np.concatenate(parts)[inverse] if parts else np.zeros(shape, np.float32)
+
+    out_probs = {a: _cat(v, (0, heads.weights[a].shape[0])) for a, v in probs.items()}
+    out_bald = {a: _cat(v, (0,)) for a, v in bald.items()}
+    timings = {"read_s": t_read, "model_s": t_model, "mc_dropout_s": t_mc}
+    return out_probs, _cat(embs, (0, dim)), out_bald, timings
+
+
+def score_pool(ws: Workspace, model_id: int | None = None, *, image_ids: Sequence[int] | None = None,
+               backend: str = "auto", prefer_int8: bool = True, batch_size: int = 256,
+               mc_passes: int = DEFAULT_MC_PASSES, seed: int = 0, threads: int | None = None,
+               save: bool = True, progress: Progress | None = None,
+               should_cancel: Callable[[], bool] | None = None) -> PoolScores:
+    """Score the unlabelled pool (default: every unlabelled image outside the test split).
+
+    With ``save`` the predictions and scores go to the store and the arrays to the model
+    folder (see the module docstring). Returns the :class:`PoolScores` either way.
+    """
+    from models.checkpoint import load_model
+
+    t_start = time.perf_counter()
+    model, meta = load_model(ws, model_id)
+    model_id = int(meta["model_id"])
+    image_size = int(meta.get("image_size") or ws.config.cache_size)
+    heads = HeadParams.from_model(model)
+    class_names = {a: list(model.class_names[a]) for a in model.attributes}
+    with ws.store() as store:
+        if image_ids is None:
+            image_ids = store.unlabelled_ids(exclude_splits=("test",))
+        records = store.images(list(image_ids))
+    records = [r for r in records if r.cache_row is not None]
+    if not records:
+        raise ScoringError("no cached unlabelled images to score")
+    engine = choose_backend(ws, model, model_id, image_size, backend,
+                            prefer_int8=prefer_int8, threads=threads)
+    cache = ImageCache(ws.cache_dir, ws.config.cache_size)
+    t_load = time.perf_counter()
+    probs, emb, bald_scores, timings = score_images(
+        engine, cache, [r.cache_row for r in records], heads, batch_size=batch_size,
+        mc_passes=mc_passes, seed=seed, progress=progress, should_cancel=should_cancel)
+    result = PoolScores(model_id, np.array([r.id for r in records], dtype=np.int64), probs, emb,
+                        bald_scores, class_names, engine.name)
+    t_scored = time.perf_counter()
+    if save:
+        folder = Path(meta["model_dir"])
+        result.save_arrays(folder)
+        with ws.store() as store:
+            store.save_predictions(model_id, result.predictions())
+            store.save_scores(model_id, result.score_rows())
+    t_end = time.perf_counter()
+    result.timings = {"load_s": t_load - t_start, **timings,
+                      "score_s": t_scored - t_load, "save_s": t_end - t_scored,
+                      "total_s": t_end - t_start, "images": float(len(result))}
+    log.info("scored %d images with model %d via %s in %.1f s", len(result), model_id,
+             engine.name, t_end - t_start)
+    return result
+
+
+def pool_scores_for(ws: Workspace, model_id: int) -> PoolScores | None:
+    """The saved scoring pass of ``model_id`` (None when the pool was never scored with it)."""
+    from models.checkpoint import model_record, resolve_model_path
+
+    record = model_record(ws, model_id)
+    folder = resolve_model_path(ws, record["path"]).parent
+    return load_pool_scores(folder)
