@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 REPORT_NAME = "int8_report.json"
 DEFAULT_CALIBRATION = 300
-DEFAULT_MIN_AGREEMENT = 0.95     # per head, int8 vs fp32 top-1 on the evaluation images
+DEFAULT_MIN_AGREEMENT = 0.90     # per head, int8 vs fp32 top-1 on the evaluation images
 DEFAULT_MAX_DROP = 0.02          # per head accuracy drop allowed before refusing
 MIN_LABELS_FOR_DROP_GATE = 200   # below this a 2-point drop is a handful of images: report only
 CALIBRATION_METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
