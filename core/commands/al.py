@@ -1,0 +1,192 @@
+"""Active-learning commands: ``score`` the pool, ``rank`` the next batch, run a whole ``round``."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from typing import Any, Callable
+
+from core.acquisition import STRATEGIES, parse_weights
+from core.commands.project import require_workspace
+from core.diversity import METHODS as DIVERSITY_METHODS
+from core.errors import UserError
+from core.workspace import Workspace
+
+
+def _queue_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--strategy", "-s", default="entropy", choices=list(STRATEGIES),
+                   help="acquisition strategy (default: entropy; `rank --list` describes them)")
+    p.add_argument("--top", "-k", type=int, default=200, help="batch size (default 200)")
+    p.add_argument("--weights", default=None,
+                   help="per-attribute weights, e.g. color=1,type=1,orientation=2")
+    p.add_argument("--diversity", nargs="?", const="kcenter", default=None,
+                   choices=list(DIVERSITY_METHODS),
+                   help="spread the batch over embedding space (kcenter, default; or kmeans)")
+    p.add_argument("--pool-factor", type=float, default=4.0,
+                   help="with --diversity: pre-select this many times --top most uncertain")
+    p.add_argument("--balance", action="store_true",
+                   help="favour images predicted to be in classes rare among current labels")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _score_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", choices=("auto", "onnx", "torch"), default="auto",
+                   help="auto: the model's ONNX export (int8 first) if published, else PyTorch")
+    p.add_argument("--no-int8", action="store_true", help="prefer the fp32 ONNX export")
+    p.add_argument("--mc-passes", type=int, default=10,
+                   help="MC-dropout passes of the heads for BALD (0: no BALD)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for inference")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("score", help="score every unlabelled image with the current model")
+    p.add_argument("--model", type=int, default=None, help="model id (default: current)")
+    _score_options(p)
+    p.set_defaults(handler=cmd_score)
+
+    p = subparsers.add_parser("rank", help="rank the next batch to label and record it as a round")
+    _queue_options(p)
+    p.add_argument("--rescore", action="store_true", help="score the pool again first")
+    p.add_argument("--preview", action="store_true", help="show the batch without recording it")
+    p.add_argument("--show", type=int, default=20, help="rows to print (default 20)")
+    p.add_argument("--json", action="store_true", help="print the batch as JSON")
+    p.add_argument("--list", action="store_true", help="list the strategies and exit")
+    p.set_defaults(handler=cmd_rank)
+
+    p = subparsers.add_parser(
+        "round", help="one active-learning round: import labels, train, evaluate, score, queue")
+    p.add_argument("--labels", default=None,
+                   help="labels file to import first (Datumaro .zip/.json or labels CSV)")
+    p.add_argument("--simulate", action="store_true",
+                   help="label pending queued images from hidden ground truth (demo pools)")
+    p.add_argument("--error-rate", type=float, default=0.0, help="with --simulate")
+    _queue_options(p)
+    p.add_argument("--epochs", type=int, default=25)
+    p.add_argument("--warm-epochs", type=int, default=None)
+    p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("--train-batch-size", type=int, default=64)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--no-warm-start", action="store_true", help="train from scratch")
+    p.add_argument("--no-pretrained", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the round record as JSON")
+    p.set_defaults(handler=cmd_round)
+
+
+def _weights(text: str | None) -> dict[str, float] | None:
+    try:
+        return parse_weights(text)
+    except ValueError as exc:
+        raise UserError(f"--weights: {exc}") from None
+
+
+def _bar(desc: str) -> tuple[Callable[[float, str], None], Callable[[], None]]:
+    from tqdm import tqdm
+
+    bar = tqdm(total=1000, desc=desc, unit="‰", dynamic_ncols=True, leave=False)
+
+    def update(fraction: float, message: str) -> None:
+        bar.update(int(fraction * 1000) - bar.n)
+        bar.set_postfix_str(message, refresh=False)
+    return update, bar.close
+
+
+def cmd_score(args: argparse.Namespace, ws: Workspace) -> int:
+    require_workspace(ws)
+    from models.scoring import ScoringError, score_pool
+
+    update, close = _bar("score")
+    try:
+        pool = score_pool(ws, args.model, backend=args.backend, prefer_int8=not args.no_int8,
+                          mc_passes=args.mc_passes, batch_size=args.batch_size,
+                          threads=args.threads, progress=update)
+    except ScoringError as exc:
+        raise UserError(str(exc)) from None
+    finally:
+        close()
+    t = pool.timings
+    print(f"scored {len(pool)} images with model {pool.model_id} via {pool.backend} in "
+          f"{t['total_s']:.1f} s (model {t['model_s']:.1f} s, MC-dropout {t['mc_dropout_s']:.1f} s, "
+          f"saving {t['save_s']:.1f} s)")
+    return 0
+
+
+def _print_items(items: list[Any], show: int) -> None:
+    for it in items[:show]:
+        preds = "  ".join(f"{a}={v}({p:.2f})" for a, (v, p) in it.predictions.items())
+        print(f"{it.rank + 1:>4}. {it.name:<28} score={it.score:.3f}  {preds}")
+    if len(items) > show:
+        print(f"      ... {len(items) - show} more")
+
+
+def cmd_rank(args: argparse.Namespace, ws: Workspace) -> int:
+    if args.list:
+        for s in STRATEGIES.values():
+            print(f"{s.name:<18} {s.description}")
+        print("options: --diversity [kcenter|kmeans], --balance, --weights attr=w,...")
+        return 0
+    require_workspace(ws)
+    from core.queue import build_queue
+
+    update, close = _bar("rank")
+    try:
+        res = build_queue(ws, args.strategy, args.top, weights=_weights(args.weights),
+                          diversity=args.diversity, balance=args.balance,
+                          pool_factor=args.pool_factor, seed=args.seed,
+                          record=not args.preview, rescore=args.rescore, progress=update)
+    finally:
+        close()
+    if args.json:
+        print(json.dumps({"round": res.round_number, "strategy": res.strategy,
+                          "params": res.params, "model_id": res.model_id,
+                          "items": [it.to_dict() for it in res.items]}, indent=2))
+        return 0
+    where = (f"recorded as round {res.round_number}" if res.round_number is not None
+             else "preview, not recorded")
+    extras = [x for x in (res.params.get("diversity"), "balance" if args.balance else None) if x]
+    print(f"{len(res.items)} of {res.candidates} candidates by {res.strategy}"
+          f"{' + ' + ' + '.join(extras) if extras else ''} ({where}; {res.timings['total_s']:.1f} s)")
+    _print_items(res.items, args.show)
+    return 0
+
+
+def cmd_round(args: argparse.Namespace, ws: Workspace) -> int:
+    require_workspace(ws)
+    from core.loop import run_round
+    from models.train import TrainConfig
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    config = TrainConfig(epochs=args.epochs, warm_epochs=args.warm_epochs,
+                         image_size=args.image_size, batch_size=args.train_batch_size,
+                         num_threads=args.threads, pretrained=not args.no_pretrained,
+                         seed=args.seed)
+    update, close = _bar("round")
+    try:
+        rep = run_round(ws, labels=args.labels, simulate=args.simulate,
+                        error_rate=args.error_rate, strategy=args.strategy, top_k=args.top,
+                        weights=_weights(args.weights), diversity=args.diversity,
+                        balance=args.balance, train_config=config,
+                        warm_start=False if args.no_warm_start else None, seed=args.seed,
+                        progress=update)
+    finally:
+        close()
+    if rep.status != "succeeded":
+        print(f"round {rep.status}; nothing recorded, the previous model stays current")
+        return 1
+    if args.json:
+        print(json.dumps({"round": rep.round_number, **rep.record}, indent=2))
+        return 0
+    rec = rep.record
+    test = rec["metrics"].get("test", {})
+    accs = test.get("accuracy") or {}
+    acc_txt = "  ".join(f"{a}={v:.3f}" for a, v in accs.items() if v is not None) or \
+        test.get("skipped", "no test labels")
+    print(f"round {rep.round_number}: model {rep.model_id} trained on "
+          f"{rec['train']['train_images']} images "
+          f"({'warm start from ' + str(rec['warm_started_from']) if rec['warm_started_from'] else 'from scratch'})")
+    print(f"test accuracy: {acc_txt}")
+    print(f"queued {rec['queued']} images by {rec['strategy']}; timings: "
+          + ", ".join(f"{k}={v:.1f}" for k, v in rec["timings"].items()))
+    if rep.queue is not None:
+        _print_items(rep.queue.items, 10)
+    return 0

@@ -1,0 +1,225 @@
+"""One active-learning round as a single call: import labels -> train -> evaluate -> score -> queue.
+
+Why one function: the app's "next round" button, the CLI's ``round`` command and the benchmark
+all run the same sequence, and a round's record (label counts, metrics, strategy, timings) must
+be written the same way each time so the dashboard can chart rounds side by side.
+
+The record is attached to the round the call creates (the new queue), so round N's record says
+"with these labels, this model scored this well, and these are the images it asked for next".
+A failed step raises and writes no round: the previous model stays current (training is atomic,
+see models/train.py) and the images stay unqueued.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from core.errors import UserError
+from core.queue import QueueResult, build_queue
+from core.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[float, str], None]
+
+# Share of the progress bar per stage (training dominates).
+_STAGES = {"labels": (0.0, 0.03), "train": (0.03, 0.80), "evaluate": (0.80, 0.85),
+           "score": (0.85, 0.97), "queue": (0.97, 1.0)}
+
+
+@dataclass
+class RoundReport:
+    """What :func:`run_round` did; ``record`` is what was stored with the round."""
+
+    status: str                       # "succeeded" or "cancelled"
+    round_number: int | None = None
+    model_id: int | None = None
+    queue: QueueResult | None = None
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+def _stage(progress: Progress | None, name: str) -> Callable[[float, str], None]:
+    lo, hi = _STAGES[name]
+
+    def report(fraction: float, message: str) -> None:
+        if progress is not None:
+            progress(lo + (hi - lo) * max(0.0, min(1.0, fraction)), f"{name}: {message}")
+    return report
+
+
+def import_labels_csv(ws: Workspace, path: str | Path) -> dict[str, int]:
+    """Labels from a ``file,color,type,orientation`` CSV, matched to pool images by file name.
+
+    Rows naming no pool image, or a file name that several pool images share, are counted as
+    skipped rather than guessed.
+    """
+    from data.ingest import load_labels_csv
+
+    truth, _ = load_labels_csv(path, ws.schema)
+    added = skipped = unchanged = 0
+    ref = f"file:{Path(path).name}"
+    with ws.store() as store:
+        with store.transaction():
+            for rel, values in truth.items():
+                matches = store.image_by_name(Path(rel).name)
+                if len(matches) != 1:
+                    skipped += 1
+                    continue
+                if store.add_label(matches[0].id, values, source="import", source_ref=ref) is None:
+                    unchanged += 1
+                else:
+                    added += 1
+    return {"added": added, "unchanged": unchanged, "skipped": skipped}
+
+
+def import_labels(ws: Workspace, path: str | Path) -> dict[str, Any]:
+    """Import a labels file: Datumaro export (.zip/.json) or a labels CSV."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"labels file {path} does not exist")
+    if path.suffix.lower() == ".csv":
+        return {"format": "csv", **import_labels_csv(ws, path)}
+    from data.datumaro_io import import_datumaro
+
+    report = import_datumaro(ws, path)
+    out: dict[str, Any] = {"format": "datumaro"}
+    for key in ("added", "unchanged", "skipped", "rejected", "unlabelled"):
+        value = getattr(report, key, None)
+        if value is not None:
+            out[key] = value if isinstance(value, int) else len(value)
+    return out
+
+
+def pending_ids(ws: Workspace) -> list[int]:
+    """Queued images (any round) that still have no label: what an annotator should do next."""
+    with ws.store() as store:
+        labelled = store.labelled_ids()
+        return sorted(i for i in store.queued_ids() if i not in labelled)
+
+
+def simulate_pending(ws: Workspace, *, error_rate: float = 0.0, seed: int = 0) -> int:
+    """Label every pending queued image from the hidden ground truth (demo and benchmarks)."""
+    from core.annotator import simulate_labels
+
+    ids = pending_ids(ws)
+    if not ids:
+        return 0
+    with ws.store() as store:
+        result = simulate_labels(store, ws.schema, ids, error_rate=error_rate, seed=seed)
+    return len(ids) if not isinstance(result, int) else int(result)
+
+
+def label_summary(ws: Workspace) -> dict[str, Any]:
+    """Label counts by split and by attribute (for the round record and the dashboard)."""
+    with ws.store() as store:
+        split_of = {r.id: r.split for r in store.images()}
+        labels = store.current_labels()
+    by_split: dict[str, int] = {}
+    by_attr: dict[str, dict[str, int]] = {}
+    for image_id, values in labels.items():
+        split = split_of.get(image_id, "?")
+        by_split[split] = by_split.get(split, 0) + 1
+        for a in values:
+            by_attr.setdefault(a, {})
+            by_attr[a][split] = by_attr[a].get(split, 0) + 1
+    return {"total": len(labels), "by_split": by_split, "by_attribute": by_attr,
+            "train_labels": by_split.get("train", 0) + by_split.get("val", 0)}
+
+
+def run_round(ws: Workspace, *, labels: str | Path | None = None, simulate: bool = False,
+              error_rate: float = 0.0, strategy: str = "entropy", top_k: int = 200,
+              weights: Mapping[str, float] | None = None, diversity: str | bool | None = None,
+              balance: bool = False, train_config: Any = None, warm_start: bool | None = None,
+              eval_split: str = "test", seed: int = 0,
+              score_kwargs: Mapping[str, Any] | None = None,
+              progress: Progress | None = None,
+              should_cancel: Callable[[], bool] | None = None) -> RoundReport:
+    """Run one round and record it; returns a :class:`RoundReport`.
+
+    - ``labels``: optional labels file to import first (Datumaro zip/json or CSV).
+    - ``simulate``: label the pending queued images from hidden ground truth (demo pools).
+    - ``train_config``: a :class:`models.train.TrainConfig`; ``warm_start`` None means "warm
+      start when a current model exists".
+    - the queue options are those of :func:`core.queue.build_queue`.
+    """
+    from models.evaluate import evaluate, metrics_summary
+    from models.scoring import score_pool
+    from models.train import TrainConfig, train
+
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    imported: dict[str, Any] = {}
+    if labels is not None:
+        imported = import_labels(ws, labels)
+    if simulate:
+        imported["simulated"] = simulate_pending(ws, error_rate=error_rate, seed=seed)
+    _stage(progress, "labels")(1.0, "labels imported")
+    counts = label_summary(ws)
+    timings["labels_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    with ws.store() as store:
+        previous = store.current_model()
+    config = train_config if train_config is not None else TrainConfig()
+    auto_warm = previous is not None if warm_start is None else bool(warm_start)
+    config = dataclasses.replace(config, warm_start=auto_warm and previous is not None)
+    train_stage = _stage(progress, "train")
+
+    def on_train(p: Mapping[str, Any]) -> None:
+        steps, epochs = max(int(p.get("steps") or 1), 1), max(int(p.get("epochs") or 1), 1)
+        done = (int(p.get("epoch", 1)) - 1) * steps + int(p.get("step") or 0)
+        train_stage(done / (steps * epochs), f"epoch {p.get('epoch')}/{epochs}")
+
+    result = train(ws, config, progress=on_train, should_cancel=should_cancel)
+    if result.cancelled:
+        return RoundReport(status="cancelled", record={"labels": counts, "imported": imported})
+    model_id = int(result.model_id)
+    timings["train_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    metrics: dict[str, Any] = {}
+    try:
+        report = evaluate(ws, model_id, split=eval_split)
+        metrics = metrics_summary(report)
+        accs = [v for v in metrics["accuracy"].values() if v is not None]
+        metrics["mean_accuracy"] = sum(accs) / len(accs) if accs else None
+    except UserError as exc:   # no labelled test images yet: the round still goes on
+        metrics = {"skipped": str(exc)}
+    _stage(progress, "evaluate")(1.0, "evaluated")
+    timings["evaluate_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    score_pool(ws, model_id, progress=_stage(progress, "score"), should_cancel=should_cancel,
+               **dict(score_kwargs or {}))
+    timings["score_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    queue = build_queue(ws, strategy, top_k, weights=weights, diversity=diversity,
+                        balance=balance, seed=seed, model_id=model_id, record=True)
+    timings["queue_s"] = time.perf_counter() - t
+    _stage(progress, "queue")(1.0, f"queued {len(queue.items)} images")
+    timings["total_s"] = sum(timings.values())
+
+    record = {
+        "labels": counts,
+        "imported": imported,
+        "model_id": model_id,
+        "warm_started_from": result.warm_started_from,
+        "train": {"epochs": result.epochs_run, "best_epoch": result.best_epoch,
+                  "val_loss": result.best_val_loss, "val_accuracy": result.val_acc,
+                  "train_images": result.train_images, "val_images": result.val_images,
+                  "seconds": result.seconds},
+        "metrics": {eval_split: metrics},
+        "strategy": strategy,
+        "queue": {k: v for k, v in queue.params.items() if k != "rarity"},
+        "queued": len(queue.items),
+        "timings": {k: round(v, 3) for k, v in timings.items()},
+    }
+    with ws.store() as store:
+        store.update_round_record(int(queue.round_number), record)
+    return RoundReport(status="succeeded", round_number=queue.round_number, model_id=model_id,
+                       queue=queue, record=record)
