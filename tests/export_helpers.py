@@ -62,7 +62,7 @@ def make_trained_workspace(root: Path, n: int = 180, steps: int = 25, seed: int 
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     model.train()
     for step in range(steps):
-        idx = torch.from_numpy(rng.choice(len(train_idx), 32, replace=False))
+        idx = torch.from_numpy(rng.choice(len(train_idx), min(32, len(train_idx)), replace=False))
         out = model(x[idx])
         loss = torch.nn.functional.cross_entropy(out["color"], y[idx])
         loss = loss + 0.1 * sum(torch.nn.functional.cross_entropy(out[a], t[idx]) for a, t in other.items())
