@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -165,6 +166,13 @@ def describe_api_exception(exc: api_exc.ApiException) -> str:
     return f"HTTP {exc.status}{' ' + exc.reason if exc.reason else ''}" + (f": {text}" if text else "")
 
 
+def _short(exc: BaseException) -> str:
+    """'Connection refused' rather than urllib3's long repr with object addresses."""
+    text = str(exc)
+    m = re.search(r"\[Errno -?\d+\] ([^')\]]+)", text)
+    return m.group(1) if m else type(exc).__name__
+
+
 @contextmanager
 def translate_errors(host: str, action: str) -> Iterator[None]:
     """Turn SDK/urllib3 exceptions raised while doing ``action`` into CvatError subclasses."""
@@ -188,15 +196,20 @@ def translate_errors(host: str, action: str) -> Iterator[None]:
                               f"({describe_api_exception(exc)})") from None
     except BackgroundRequestException as exc:
         raise CvatServerError(f"{action}: the CVAT background request failed: {exc}") from None
+    except urllib3.exceptions.NewConnectionError as exc:
+        # (a subclass of urllib3's ConnectTimeoutError, so it must come first)
+        raise CvatUnavailable(f"{action}: cannot reach CVAT at {host} ({_short(exc)}); is the "
+                              "server running and CVAT_HOST right?") from None
     except (urllib3.exceptions.TimeoutError, TimeoutError) as exc:
         raise CvatTimeout(f"{action}: CVAT at {host} did not answer in time ({type(exc).__name__})") from None
     except urllib3.exceptions.MaxRetryError as exc:
         reason = exc.reason
-        if isinstance(reason, urllib3.exceptions.TimeoutError):
+        if isinstance(reason, urllib3.exceptions.TimeoutError) \
+                and not isinstance(reason, urllib3.exceptions.NewConnectionError):
             raise CvatTimeout(f"{action}: CVAT at {host} did not answer in time, even after "
                               "retries") from None
         raise CvatUnavailable(f"{action}: cannot reach CVAT at {host} "
-                              f"({type(reason).__name__ if reason else 'connection failed'}); "
+                              f"({_short(reason) if reason else 'connection failed'}); "
                               "is the server running and CVAT_HOST right?") from None
     except (urllib3.exceptions.HTTPError, ConnectionError) as exc:
         raise CvatUnavailable(f"{action}: connection to CVAT at {host} failed "
