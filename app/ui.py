@@ -117,9 +117,9 @@ def guard(what: str | None = None) -> Iterator[None]:
     exceptions such as ``st.rerun``/``st.stop`` derive from BaseException and pass through)."""
     try:
         yield
-    except ModuleNotFoundError as exc:
+    except ImportError as exc:  # an optional part of the app is not installed
         st.warning(f"{what or 'This feature'} is not available in this installation "
-                   f"(missing module `{exc.name}`).", icon=":material/extension_off:")
+                   f"({exc}).", icon=":material/extension_off:")
     except Exception as exc:  # noqa: BLE001 - the point is to never show a traceback
         show_error(exc)
 

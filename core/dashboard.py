@@ -113,3 +113,25 @@ def evaluation_report(ws: Workspace, model: Mapping[str, Any], split: str = "tes
     if not report.is_file():
         return None
     return json.loads(report.read_text(encoding="utf-8"))
+
+
+def queue_view(ws: Workspace, round_number: int | None = None) -> list[dict[str, Any]]:
+    """A round's ranked images with per-head predictions and per-head uncertainty scores.
+
+    Scores are the ones the ranking model stored (``entropy:color``, ``margin:type``, ...); a
+    random or seed round has none.
+    """
+    from core.queue import queue_items
+
+    items = queue_items(ws, round_number)
+    with ws.store() as store:
+        rnd = store.round(round_number) if round_number is not None else store.latest_round()
+        per_head: dict[str, dict[int, float]] = {}
+        if rnd is not None and rnd.get("model_id"):
+            from core.acquisition import score_name
+            names = [score_name(m, a) for m in ("entropy", "margin", "least_confidence", "bald")
+                     for a in ws.schema.attributes]
+            per_head = {n: v for n in names if (v := store.scores(int(rnd["model_id"]), n))}
+    return [{**it.to_dict(),
+             "scores": {n: v[it.image_id] for n, v in per_head.items() if it.image_id in v}}
+            for it in items]

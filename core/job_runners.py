@@ -79,20 +79,17 @@ def run_sample(ws: Workspace, params: dict, ctx: JobContext) -> dict[str, Any]:
 
 
 def run_ingest(ws: Workspace, params: dict, ctx: JobContext) -> dict[str, Any]:
+    """Ingest a folder or archive; the report (added, duplicates, rejects with reasons) is kept."""
+    from pathlib import Path
+
     from data.ingest import ingest
 
-    path = params.get("path")
+    path = str(params.get("path") or "").strip()
     if not path:
         raise UserError("no folder or archive given to ingest")
-    report = ingest(ws, path, progress=ctx.stage(0.0, 1.0, "ingesting"))
-    out = {"report": _plain(report)}
-    added = _first(out["report"], ("added", "n_added", "new"))
-    rejected = _first(out["report"], ("rejected", "n_rejected", "rejects"))
-    parts = [f"{added} images added" if added is not None else "ingested"]
-    if rejected is not None:
-        parts.append(f"{rejected if isinstance(rejected, int) else len(rejected)} rejected")
-    out["message"] = ", ".join(parts)
-    return out
+    report = ingest(ws, Path(path), progress=ctx.stage(0.0, 1.0, "ingesting"),
+                    workers=params.get("workers"))
+    return {"report": _plain(report), "message": report.summary()}
 
 
 def run_label_sim(ws: Workspace, params: dict, ctx: JobContext) -> dict[str, Any]:
@@ -104,14 +101,6 @@ def run_label_sim(ws: Workspace, params: dict, ctx: JobContext) -> dict[str, Any
         raise UserError("the simulated annotator is not available in this installation")
     result = fn(ws, **{k: v for k, v in params.items() if k in ("error_rate", "seed", "round")})
     return {"result": _plain(result), "message": "simulated labels written"}
-
-
-def _first(d: Any, keys: tuple[str, ...]) -> Any:
-    if isinstance(d, dict):
-        for k in keys:
-            if k in d:
-                return d[k]
-    return None
 
 
 # -- model --------------------------------------------------------------------------------------
@@ -210,36 +199,75 @@ def run_queue(ws: Workspace, params: dict, ctx: JobContext) -> dict[str, Any]:
     _threads()
     from core.queue import build_queue
 
-    kwargs: dict[str, Any] = {}
-    if params.get("weights"):
-        kwargs["weights"] = {k: float(v) for k, v in params["weights"].items()}
-    for key in ("diversity", "class_balance"):
-        if key in params:
-            kwargs[key] = params[key]
-    result = build_queue(ws, params.get("strategy", "entropy"), int(params.get("top_k", 100)),
-                         progress=ctx.stage(0.0, 1.0, "scoring"), **kwargs)
-    out = {"queue": _plain(result)}
-    out["message"] = "queue ranked" + (f": round {_first(out['queue'], ('round', 'number'))}"
-                                       if _first(out["queue"], ("round", "number")) is not None
-                                       else "")
-    return out
+    weights = {k: float(v) for k, v in (params.get("weights") or {}).items()}
+    if weights and all(v == 1.0 for v in weights.values()):
+        weights = {}
+    result = build_queue(ws, str(params.get("strategy", "entropy")), int(params.get("top_k", 100)),
+                         weights=weights or None, diversity=params.get("diversity") or None,
+                         balance=bool(params.get("balance", False)),
+                         progress=ctx.stage(0.0, 0.95, "scoring the pool"))
+    return {"round": result.round_number, "strategy": result.strategy,
+            "size": len(result.items), "candidates": result.candidates,
+            "timings": _plain(result.timings),
+            "message": f"round {result.round_number}: {len(result.items)} images ranked by "
+                       f"{result.strategy} out of {result.candidates}"}
 
 
 # -- export -------------------------------------------------------------------------------------
 def run_export(ws: Workspace, params: dict, ctx: JobContext) -> dict[str, Any]:
+    """Parity-checked ONNX, then optionally int8 ONNX, the Jetson bundle and a latency table."""
     _threads()
-    from core import export_jobs
-    return export_jobs.run(ws, params, ctx)
+    from models.export import export_onnx, resolve_model_id
+
+    model_id = resolve_model_id(ws, params.get("model_id"))
+    steps = ["onnx"] + [k for k in ("int8", "jetson", "latency") if params.get(k)]
+    done: dict[str, Any] = {"model_id": model_id}
+
+    def step(k: int, text: str) -> None:
+        ctx.check_cancel()
+        ctx.progress(k / len(steps), text, force=True)
+
+    step(0, "exporting ONNX and checking parity with PyTorch")
+    done["onnx"] = str(export_onnx(ws, model_id))
+    k = 1
+    if params.get("int8"):
+        from models.quantize import quantize_export
+        step(k, "calibrating and checking int8 ONNX")
+        path, report = quantize_export(ws, model_id)
+        done["int8"] = str(path)
+        done["int8_report"] = _plain(report.to_dict())
+        k += 1
+    if params.get("jetson"):
+        from models.jetson.bundle import build_jetson_bundle
+        step(k, "writing the Jetson bundle")
+        done["jetson"] = str(build_jetson_bundle(ws, model_id))
+        k += 1
+    if params.get("latency"):
+        from models import latency
+        step(k, "timing PyTorch, ONNX fp32 and int8")
+        done["latency"] = _plain(latency.measure_model(ws, model_id))
+    done["message"] = f"model #{model_id}: " + ", ".join(s for s in steps) + " done"
+    return done
 
 
 # -- CVAT ---------------------------------------------------------------------------------------
 def run_cvat_push(ws: Workspace, params: dict, ctx: JobContext) -> dict[str, Any]:
-    from cvat_bridge import push
-    result = push.push_round(ws, **params)
-    return {"result": _plain(result), "message": "pushed to CVAT"}
+    """Create a CVAT task from a round (upload, jobs, optional pre-filled predictions)."""
+    from cvat_bridge import service
+
+    options = {k: params[k] for k in ("segment_size", "chunk_size", "prefill", "force")
+               if params.get(k) is not None}
+    ctx.progress(0.05, f"pushing round {params['round_number']} to CVAT", force=True)
+    result = service.push(ws, int(params["round_number"]), **options)
+    return {"result": _plain(result), "message": result.summary()}
 
 
 def run_cvat_pull(ws: Workspace, params: dict, ctx: JobContext) -> dict[str, Any]:
-    from cvat_bridge import pull
-    result = pull.pull(ws, **params)
-    return {"result": _plain(result), "message": "pulled from CVAT"}
+    """Export the pushed tasks as Datumaro through cvat-sdk and import their tags."""
+    from cvat_bridge import service
+
+    ctx.progress(0.05, "exporting tasks from CVAT", force=True)
+    task_id = params.get("task_id")
+    results = service.pull(ws, None if task_id is None else int(task_id))
+    lines = [r.summary() for r in results]
+    return {"tasks": lines, "message": "; ".join(lines) if lines else "no tasks to pull"}

@@ -1,0 +1,125 @@
+"""Train: one-click Retrain in a background process, live progress and loss curves, cancel."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import ui  # noqa: E402
+
+from core.dashboard import head_accuracies  # noqa: E402
+from core.jobs import ACTIVE  # noqa: E402
+
+
+def loss_figure(log: list[dict[str, Any]]) -> go.Figure | None:
+    """Train loss per reported step and val loss per epoch, x in (fractional) epochs."""
+    steps = [e for e in log if e.get("train_loss") is not None]
+    epochs = [e for e in log if e.get("phase") == "epoch" and e.get("val_loss") is not None]
+    if not steps:
+        return None
+    fig = go.Figure()
+    fig.add_scatter(x=[e.get("x", e.get("epoch")) for e in steps],
+                    y=[e["train_loss"] for e in steps], mode="lines+markers", name="train loss")
+    if epochs:
+        fig.add_scatter(x=[e["epoch"] for e in epochs], y=[e["val_loss"] for e in epochs],
+                        mode="lines+markers", name="val loss")
+    fig.update_layout(height=280, margin=dict(l=10, r=10, t=10, b=10), xaxis_title="epoch",
+                      yaxis_title="loss", legend=dict(orientation="h", y=1.15))
+    return fig
+
+
+def live_details(job: dict[str, Any]) -> None:
+    log = job["log"]
+    last = log[-1] if log else {}
+    if last.get("epochs"):
+        cols = st.columns(3)
+        cols[0].metric("Epoch", f"{last.get('epoch', 0)}/{last['epochs']}")
+        if last.get("train_loss") is not None:
+            cols[1].metric("Train loss", f"{last['train_loss']:.3f}")
+        val = next((e for e in reversed(log) if e.get("val_loss") is not None), None)
+        if val is not None:
+            cols[2].metric("Val loss", f"{val['val_loss']:.3f}")
+    fig = loss_figure(log)
+    if fig is not None:
+        st.plotly_chart(fig, width="stretch", key=f"loss_{job['id']}_{len(log)}")
+    if job["status"] == "succeeded":
+        evaluation = job["result"].get("evaluation", {})
+        acc = head_accuracies(evaluation)
+        if acc:
+            st.markdown("**Test accuracy of the new model** (now current): " + " · ".join(
+                f"{a}: **{v:.1%}**" for a, v in acc.items() if v is not None))
+    elif job["status"] in ("cancelled", "failed"):
+        st.caption("The previous model stays current.")
+
+
+def body() -> None:
+    ui.page("Train")
+    ws = ui.workspace()
+    with ui.store() as s:
+        ui.require_images(s)
+        counts = s.status_counts()
+        model = s.current_model()
+        models = s.models()
+    c = st.columns(4)
+    c[0].metric("Labelled train images", counts["labelled_by_split"]["train"])
+    c[1].metric("Labelled val images", counts["labelled_by_split"]["val"])
+    c[2].metric("Labelled test images", counts["labelled_by_split"]["test"])
+    c[3].metric("Current model", f"#{model['id']}" if model else "none",
+                ui.age_text(model["created_at"]) if model else None, delta_color="off")
+
+    job = ui.job_panel("train", key="train", extra=live_details)
+    running = job is not None and job["status"] in ACTIVE
+
+    with st.container(border=True):
+        mode = st.radio("Start from", ["warm start (current model)", "scratch"], horizontal=True,
+                        index=0 if model else 1, disabled=running,
+                        help="Warm start continues from the current model's weights for fewer "
+                             "epochs; scratch trains a new network.")
+        warm = mode.startswith("warm") and model is not None
+        cols = st.columns(4)
+        epochs = cols[0].number_input("Epochs", 1, 200, 8 if warm else 25, disabled=running,
+                                      help="for a warm start this is the number of epochs run")
+        size = cols[1].select_slider("Image size", [32, 48, 64, 96, 128, 160, 224],
+                                     value=min(128, ws.config.cache_size), disabled=running)
+        batch = cols[2].select_slider("Batch size", [8, 16, 32, 64, 128], value=64,
+                                      disabled=running)
+        pretrained = cols[3].checkbox("ImageNet weights", value=not warm, disabled=running or warm,
+                                      help="torchvision's pretrained backbone; offline this "
+                                           "falls back to random init with a warning")
+        opts = st.columns(3)
+        balance = opts[0].checkbox("Flip-balance orientation", value=False, disabled=running)
+        weights = opts[1].checkbox("Class weights", value=False, disabled=running)
+        if st.button("Retrain", type="primary", icon=":material/model_training:",
+                     disabled=running or counts["labelled_by_split"]["train"] == 0,
+                     help="Runs in the background: you can leave this page and come back"):
+            params = {"epochs": int(epochs), "warm_start": warm, "image_size": int(size),
+                      "batch_size": int(batch), "pretrained": bool(pretrained),
+                      "balance_orientation": bool(balance), "class_weights": bool(weights)}
+            if warm:
+                params["warm_epochs"] = int(epochs)
+            if ui.start("train", params):
+                st.rerun()
+        if counts["labelled_by_split"]["train"] == 0:
+            st.caption("Label some training images first (Label page, CVAT or the simulated "
+                       "annotator on the Overview page).")
+
+    if models:
+        st.markdown("##### Models")
+        rows = []
+        for m in reversed(models):
+            acc = head_accuracies(m["metrics"])
+            rows.append({"model": m["id"], "current": "✓" if m["is_current"] else "",
+                         "from": m["parent_id"], "trained": ui.age_text(m["created_at"]),
+                         "train images": m["metrics"].get("train", {}).get("n"),
+                         **{f"test {a}": acc.get(a) for a in ws.schema.attributes}})
+        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
+                     column_config={f"test {a}": st.column_config.NumberColumn(format="percent")
+                                    for a in ws.schema.attributes})
+
+
+ui.run_page(body)

@@ -1,0 +1,177 @@
+"""Every dashboard page under streamlit.testing's AppTest: empty workspace and a small trained one."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core.workspace import ENV_WORKSPACE, Workspace, WorkspaceConfig
+from tests.app_fixtures import build_trained
+
+APP = Path(__file__).resolve().parents[1] / "app"
+sys.path.insert(0, str(APP))
+import ui  # noqa: E402  - the same module object the pages import
+PAGE_FILES = sorted(p.name for p in (APP / "pages").glob("*.py"))
+
+
+def run_page(ws: Workspace, monkeypatch: pytest.MonkeyPatch, page: str) -> AppTest:
+    monkeypatch.setenv(ENV_WORKSPACE, str(ws.root))
+    path = APP / "Home.py" if page == "Home.py" else APP / "pages" / page
+    at = AppTest.from_file(str(path), default_timeout=60)
+    return at.run()
+
+
+def assert_clean(at: AppTest) -> None:
+    """No uncaught exception and no error box on the page."""
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    return build_trained(tmp_path_factory.mktemp("app") / "ws")
+
+
+@pytest.fixture
+def empty(tmp_path: Path) -> Workspace:
+    return Workspace(tmp_path / "empty").init(WorkspaceConfig(cache_size=32))
+
+
+def test_every_page_is_registered_in_navigation() -> None:
+    assert sorted(Path(f).name for f, _, _ in ui.PAGES) == PAGE_FILES
+    assert len(PAGE_FILES) == 8
+
+
+@pytest.mark.parametrize("page", ["Home.py", *PAGE_FILES])
+def test_page_on_empty_workspace(page: str, empty: Workspace, monkeypatch) -> None:
+    at = run_page(empty, monkeypatch, page)
+    assert_clean(at)
+    if page in ("Home.py", "0_Overview.py"):
+        labels = [b.label for b in at.button]
+        assert "Create demo pool" in labels and "Ingest" in labels
+    elif page not in ("3_CVAT.py",):
+        assert any("pool is empty" in i.value for i in at.info), page
+
+
+@pytest.mark.parametrize("page", ["Home.py", *PAGE_FILES])
+def test_page_on_small_trained_workspace(page: str, trained: Workspace, monkeypatch) -> None:
+    at = run_page(trained, monkeypatch, page)
+    assert_clean(at)
+
+
+def test_workspace_missing_is_created(tmp_path: Path, monkeypatch) -> None:
+    ws = Workspace(tmp_path / "new")
+    at = run_page(ws, monkeypatch, "Home.py")
+    assert_clean(at)
+    assert ws.exists
+
+
+def test_overview_shows_counts_and_learning_curve(trained: Workspace, monkeypatch) -> None:
+    at = run_page(trained, monkeypatch, "0_Overview.py")
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Pool"] == "60" and metrics["Labelled"] == "40"
+    assert at.get("plotly_chart"), "learning curve missing"
+    assert any("Model **#1**" in m.value for m in at.markdown)
+
+
+def test_overview_create_demo_pool_starts_a_background_job(empty: Workspace, monkeypatch) -> None:
+    started = []
+    monkeypatch.setattr(ui, "start_job", lambda ws, kind, params: started.append((kind, params)) or 7)
+    at = run_page(empty, monkeypatch, "0_Overview.py")
+    next(b for b in at.button if b.label == "Create demo pool").click().run()
+    assert started and started[0][0] == "demo"
+    assert started[0][1]["n"] == 600 and started[0][1]["sample"] == 100
+
+
+def test_label_page_saves_choices_unsure_and_annotator(trained: Workspace, monkeypatch, tmp_path) -> None:
+    ws = trained
+    with ws.store() as s:
+        number = s.create_round(s.unlabelled_ids(exclude_queued=True)[:3], kind="al", strategy="entropy")
+    at = run_page(ws, monkeypatch, "1_Label.py")
+    assert_clean(at)
+    assert at.selectbox[0].value == number  # the newest batch with work left
+    save = next(b for b in at.button if b.label == "Save & next")
+    assert save.disabled  # no annotator yet
+    at.text_input[0].input("ana").run()
+    first = at.session_state["label_image"]
+    at.button(key="btn_color_purple").click().run()
+    at.button(key="btn_type__unsure").click().run()
+    at.button(key="btn_orientation_back").click().run()
+    next(b for b in at.button if b.label == "Save & next").click().run()
+    assert_clean(at)
+    with ws.store() as s:
+        label = s.current_label(first)
+    assert label.values == {"color": "purple", "orientation": "back"}
+    assert label.source == "builtin" and label.annotator == "ana"
+    assert at.session_state["label_image"] != first  # moved on to the next image
+    # Back returns to the saved image with its saved values selected
+    next(b for b in at.button if b.label == "Back").click().run()
+    assert at.session_state["label_image"] == first
+    assert at.session_state["label_choice"] == {"color": "purple", "orientation": "back"}
+
+
+def test_label_page_preselects_model_predictions(trained: Workspace, monkeypatch) -> None:
+    with trained.store() as s:
+        model = s.current_model()
+        preds = s.predictions(model["id"])
+        image_id = next(i for i in preds if s.current_label(i) is None)
+        s.create_round([image_id], kind="al", strategy="entropy")
+    at = run_page(trained, monkeypatch, "1_Label.py")
+    assert at.session_state["label_image"] == image_id
+    assert at.session_state["label_choice"] == {a: v for a, (v, _) in preds[image_id].items()}
+    assert any("pre-selected by the model" in m.value for m in at.markdown)
+
+
+def test_train_page_retrain_starts_one_job(trained: Workspace, monkeypatch) -> None:
+    started = []
+    monkeypatch.setattr(ui, "start_job", lambda ws, kind, params: started.append((kind, params)) or 1)
+    at = run_page(trained, monkeypatch, "4_Train.py")
+    retrain = next(b for b in at.button if b.label == "Retrain")
+    assert not retrain.disabled
+    retrain.click().run()
+    assert started[0][0] == "train" and started[0][1]["warm_start"] is True
+
+
+def test_train_page_shows_running_job_and_its_loss_curve(trained: Workspace, monkeypatch) -> None:
+    from core.jobs import start_job
+    job_id = start_job(trained, "train", {"epochs": 1}, spawn=False)
+    with trained.store() as s:
+        s.update_job(job_id, status="running", pid=__import__("os").getpid(), progress=0.5,
+                     message="epoch 1/2", log_entry={"phase": "step", "epoch": 1, "epochs": 2,
+                                                     "step": 2, "steps": 4, "train_loss": 2.0, "x": 0.5})
+    try:
+        at = run_page(trained, monkeypatch, "4_Train.py")
+        assert_clean(at)
+        assert next(b for b in at.button if b.label == "Retrain").disabled
+        assert any(b.label == "Cancel" for b in at.button)
+        assert any(m.label == "Epoch" and m.value == "1/2" for m in at.metric)
+    finally:
+        with trained.store() as s:
+            s.update_job(job_id, status="cancelled")
+
+
+def test_evaluate_page_shows_confusion_and_per_class_tables(trained: Workspace, monkeypatch) -> None:
+    at = run_page(trained, monkeypatch, "5_Evaluate.py")
+    assert len(at.tabs) == 3
+    assert len(at.get("plotly_chart")) == 3
+    assert at.dataframe, "per-class tables missing"
+    table = at.dataframe[0].value
+    assert list(table.columns) == ["precision", "recall", "f1", "support"]
+    assert "red" in table.index
+
+
+def test_queue_page_grid_and_rank_button(trained: Workspace, monkeypatch) -> None:
+    with trained.store() as s:
+        ranked = next(r["number"] for r in s.rounds() if r["kind"] == "al" and r["size"] == 8)
+    at = run_page(trained, monkeypatch, "6_Queue.py")
+    at.selectbox[-1].select(ranked).run()
+    assert len(at.get("image")) == 8
+    assert any("color:" in c.value for c in at.caption)
+    started = []
+    monkeypatch.setattr(ui, "start_job", lambda ws, kind, params: started.append((kind, params)) or 1)
+    next(b for b in at.button if b.label == "Rank next batch").click().run()
+    assert started[0] == ("queue", {"strategy": "entropy", "top_k": 100, "diversity": None,
+                                    "balance": False,
+                                    "weights": {"color": 1.0, "type": 1.0, "orientation": 1.0}})
