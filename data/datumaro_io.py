@@ -170,7 +170,7 @@ def read_datumaro(path: str | Path) -> ParsedExport:
             for f in (src_dir / "annotations").glob("*.json"):
                 (root / "annotations").mkdir(exist_ok=True)
                 shutil.copy2(f, root / "annotations" / f.name)
-        elif zipfile.is_zipfile(path):
+        elif path.suffix.lower() == ".zip" or zipfile.is_zipfile(path):
             _extract_annotations(path, root)
         elif path.suffix.lower() == ".json":
             (root / "annotations").mkdir()
