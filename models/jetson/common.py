@@ -4,7 +4,7 @@ This file is copied as-is into the Jetson bundle next to ``build_engine.py`` and
 ``run_engine.py``, so it imports only the standard library, numpy and Pillow (all present on
 JetPack). It mirrors :mod:`data.preprocess` (square resize: area filter down, linear up; RGB;
 ImageNet mean/std; NCHW float32) from the values in ``preprocess.json`` rather than importing
-the project, and the tests check both give the same tensors.
+the project (or OpenCV), and the tests check both give the same tensors to within one grey level.
 """
 from __future__ import annotations
 
@@ -71,13 +71,45 @@ def load_image(path: str | Path) -> np.ndarray:
         return np.asarray(im.convert("RGB"), dtype=np.uint8)
 
 
+def _area_weights(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) matrix: each output pixel averages the input span it covers (OpenCV INTER_AREA)."""
+    scale = n_in / n_out
+    lo = np.arange(n_out)[:, None] * scale
+    hi = lo + scale
+    j = np.arange(n_in)[None, :]
+    overlap = np.clip(np.minimum(hi, j + 1) - np.maximum(lo, j), 0.0, None)
+    return overlap / scale
+
+
+def _linear_weights(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) matrix of OpenCV INTER_LINEAR sampling (half-pixel centres, clamped edges)."""
+    src = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
+    left = np.floor(src).astype(np.int64)
+    frac = src - left
+    frac[left < 0] = 0.0
+    left = np.clip(left, 0, n_in - 1)
+    right = np.minimum(left + 1, n_in - 1)
+    w = np.zeros((n_out, n_in))
+    rows = np.arange(n_out)
+    np.add.at(w, (rows, left), 1.0 - frac)
+    np.add.at(w, (rows, right), frac)
+    return w
+
+
 def resize_square(image: np.ndarray, size: int) -> np.ndarray:
-    """uint8 (H, W, 3) -> (size, size, 3): box (area) filter down, bilinear up, as the trainer."""
+    """uint8 (H, W, 3) -> (size, size, 3), the same filters as the trainer's OpenCV resize.
+
+    Area averaging when shrinking both sides, bilinear otherwise (data/preprocess.py), written as
+    separable weight matrices in numpy so the device needs no OpenCV; results match OpenCV to
+    within one grey level (OpenCV rounds its bilinear weights to fixed point).
+    """
     h, w = image.shape[:2]
     if (h, w) == (size, size):
         return image
-    resample = Image.Resampling.BOX if size < min(h, w) else Image.Resampling.BILINEAR
-    return np.asarray(Image.fromarray(image).resize((size, size), resample), dtype=np.uint8)
+    weights = _area_weights if size < min(h, w) else _linear_weights
+    wy, wx = weights(h, size), weights(w, size)
+    out = np.einsum("ih,hwc,jw->ijc", wy, image.astype(np.float64), wx, optimize=True)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
 def normalise(images: np.ndarray | Sequence[np.ndarray], spec: Preprocess) -> np.ndarray:
