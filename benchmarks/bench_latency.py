@@ -1,0 +1,246 @@
+"""CPU latency of the exported model: eager PyTorch vs ONNX Runtime fp32 vs int8, one run, one machine.
+
+    nice .venv/bin/python benchmarks/bench_latency.py                  # real sets, brief training
+    nice .venv/bin/python benchmarks/bench_latency.py --workspace DIR  # a workspace's current model
+
+Default: builds a workspace from ``../shared/data/real`` (color, type, orientation; each set
+labels one head; GTI orientation frames split by contiguous blocks, color by its own train/test
+column), trains the product's network briefly from scratch (no pretrained weights offline),
+exports it through ``models.export`` (parity gate) and ``models.quantize`` (int8 QDQ, calibrated
+on pool images, per-head test accuracy fp32 vs int8). Then times, in this one process, the three
+backends at batch 1 and batch 64 with the same intra-op thread count: untimed warm-up calls, then
+the median of many timed calls. Prints markdown tables (and writes JSON with ``--json``); the
+load average before and after is printed because the machine may be shared.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+import torch  # noqa: E402
+
+from core.workspace import Workspace, WorkspaceConfig  # noqa: E402
+from data.cache import ImageCache  # noqa: E402
+from data.preprocess import normalise_batch, resize_square  # noqa: E402
+
+REAL = REPO.parent / "shared" / "data" / "real"
+
+
+def load_avg() -> str:
+    try:
+        return " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+# -- a workspace from the real sets -------------------------------------------------------------
+def _split_rows(folder: str, rows: list[dict], per_set: tuple[int, int, int],
+                rng: np.random.Generator) -> dict[str, list[dict]]:
+    """train/val/test rows of one real set without leaking near-duplicates into test."""
+    n_train, n_val, n_test = per_set
+    if folder == "color":  # the set's own train/test column
+        test = [r for r in rows if r["source"] == "test"]
+        rest = [r for r in rows if r["source"] != "test"]
+    elif folder == "orientation":  # GTI video frames: last 20% of each source's file order is test
+        test, rest = [], []
+        for src in sorted({r["source"] for r in rows}):
+            group = sorted((r for r in rows if r["source"] == src), key=lambda r: r["file"])
+            cut = int(len(group) * 0.8)
+            rest += group[:cut]
+            test += group[cut:]
+    else:  # distinct photos: a seeded random split
+        order = rng.permutation(len(rows))
+        test = [rows[i] for i in order[:len(rows) // 5]]
+        rest = [rows[i] for i in order[len(rows) // 5:]]
+    test = [test[i] for i in sorted(rng.choice(len(test), min(n_test, len(test)), replace=False))]
+    pick = rng.choice(len(rest), min(n_train + n_val, len(rest)), replace=False)
+    rest = [rest[i] for i in pick]
+    return {"train": rest[n_val:], "val": rest[:n_val], "test": test}
+
+
+def build_real_workspace(root: Path, size: int, per_set: tuple[int, int, int], seed: int = 0) -> Workspace:
+    """Decode, resize (data.preprocess) and cache a subset of each real set with its labels."""
+    ws = Workspace(root).init(WorkspaceConfig(cache_size=size))
+    cache = ImageCache(ws.cache_dir, size)
+    rng = np.random.default_rng(seed)
+    with ws.store() as store:
+        for folder in ("color", "type", "orientation"):
+            with open(REAL / folder / "labels.csv", newline="", encoding="utf-8") as fh:
+                rows = list(csv.DictReader(fh))
+            for split, chosen in _split_rows(folder, rows, per_set, rng).items():
+                images, keep = [], []
+                for r in chosen:
+                    img = cv2.imread(str(REAL / folder / r["file"]))
+                    if img is None:
+                        continue
+                    images.append(resize_square(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), size))
+                    keep.append(r)
+                cache_rows = cache.append(np.stack(images))
+                with store.transaction():
+                    for r, img, row in zip(keep, images, cache_rows):
+                        image_id, created = store.add_image(
+                            path=str(REAL / folder / r["file"]), name=Path(r["file"]).name,
+                            sha256=hashlib.sha256(img.tobytes() + folder.encode()).hexdigest(),
+                            width=size, height=size, nbytes=img.nbytes, split=split,
+                            source=f"{folder}:{r['source']}", cache_row=row)
+                        if created:
+                            store.add_label(image_id, {folder: r[folder]}, source="import")
+    return ws
+
+
+# -- timing --------------------------------------------------------------------------------------
+def time_calls(fn, warmup: int, runs: int) -> dict[str, float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000.0)
+    times.sort()
+    return {"median_ms": statistics.median(times), "p10_ms": times[len(times) // 10],
+            "p90_ms": times[min(len(times) - 1, (9 * len(times)) // 10)], "runs": runs}
+
+
+def ort_session(path: Path, threads: int) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def measure(model: torch.nn.Module, fp32: Path, int8: Path, images: np.ndarray, size: int,
+            threads: int, batches: list[int], warmup: int, runs: dict[int, int]) -> list[dict]:
+    torch.set_num_threads(threads)
+    sessions = {"ONNX Runtime fp32": ort_session(fp32, threads),
+                "ONNX Runtime int8": ort_session(int8, threads)}
+    results = []
+    for bs in batches:
+        x = normalise_batch(images[:bs], size)
+        xt = torch.from_numpy(x)
+        row = {"batch": bs, "threads": threads}
+
+        def eager() -> None:
+            with torch.inference_mode():
+                model(xt)
+        row["PyTorch eager fp32"] = time_calls(eager, warmup, runs[bs])
+        for name, sess in sessions.items():
+            row[name] = time_calls(lambda s=sess: s.run(None, {"image": x}), warmup, runs[bs])
+        results.append(row)
+        print(f"  threads={threads} batch={bs}: " + ", ".join(
+            f"{k} {v['median_ms']:.2f} ms" for k, v in row.items() if isinstance(v, dict)), flush=True)
+    return results
+
+
+def latency_table(rows: list[dict]) -> str:
+    names = ["PyTorch eager fp32", "ONNX Runtime fp32", "ONNX Runtime int8"]
+    out = ["| threads | batch | " + " | ".join(f"{n} (ms)" for n in names)
+           + " | ORT fp32 speed-up | int8 speed-up | int8 ms/image |",
+           "|---|---|" + "---|" * (len(names) + 3)]
+    for r in rows:
+        eager = r[names[0]]["median_ms"]
+        out.append(f"| {r['threads']} | {r['batch']} | "
+                   + " | ".join(f"{r[n]['median_ms']:.2f}" for n in names)
+                   + f" | {eager / r[names[1]]['median_ms']:.2f}x | {eager / r[names[2]]['median_ms']:.2f}x"
+                   + f" | {r[names[2]]['median_ms'] / r['batch']:.2f} |")
+    return "\n".join(out)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--workspace", default=None, help="use this workspace's current model (skip training)")
+    ap.add_argument("--work", default=None, help="folder for the generated workspace (default: a temp dir)")
+    ap.add_argument("--size", type=int, default=128, help="input size (default: 128, the product's)")
+    ap.add_argument("--per-set", default="1200,150,300", help="train,val,test images per real set")
+    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--calibration", type=int, default=300)
+    ap.add_argument("--threads", default="1,2", help="intra-op thread counts to time (default: 1,2)")
+    ap.add_argument("--runs-b1", type=int, default=200)
+    ap.add_argument("--runs-b64", type=int, default=15)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--json", default=None, help="write all figures to this JSON file")
+    args = ap.parse_args()
+
+    from models.checkpoint import load_model
+    from models.export import export_dir, export_onnx, load_parity, pool_images
+    from models.quantize import quantize_export
+
+    report: dict = {"machine": {"cpu": platform.processor() or platform.machine(),
+                                "cores": os.cpu_count(), "torch": torch.__version__,
+                                "onnxruntime": ort.__version__},
+                    "load_avg_start": load_avg()}
+    print(f"load average (1/5/15 min) at start: {report['load_avg_start']}", flush=True)
+    t0 = time.perf_counter()
+    if args.workspace:
+        ws = Workspace(args.workspace)
+        report["model"] = f"current model of {ws.root}"
+    else:
+        if not REAL.is_dir():
+            print(f"real data not found at {REAL}; pass --workspace", file=sys.stderr)
+            return 2
+        from models.train import TrainConfig, train
+
+        root = Path(args.work or tempfile.mkdtemp(prefix="bench-latency-")) / "ws"
+        per_set = tuple(int(v) for v in args.per_set.split(","))
+        ws = build_real_workspace(root, args.size, per_set)  # type: ignore[arg-type]
+        print(f"workspace {root} built in {time.perf_counter() - t0:.0f} s", flush=True)
+        t1 = time.perf_counter()
+        result = train(ws, TrainConfig(epochs=args.epochs, image_size=args.size, pretrained=False,
+                                       num_threads=max(int(t) for t in args.threads.split(","))))
+        report["training"] = {"epochs": args.epochs, "seconds": round(time.perf_counter() - t1),
+                              "train_images": result.train_images, "val_acc": result.val_acc,
+                              "per_set": per_set}
+        report["model"] = (f"trained from scratch here: {args.epochs} epochs on {result.train_images} "
+                           f"real images ({per_set} train/val/test per set), {args.size} px")
+        print(f"trained in {report['training']['seconds']} s: val acc {result.val_acc}", flush=True)
+
+    model, meta = load_model(ws)
+    model.eval()
+    size = int(meta.get("image_size", args.size))
+    model_id = int(meta["model_id"])
+    fp32 = export_onnx(ws, model_id, parity_images=64)
+    report["parity"] = load_parity(ws, model_id)
+    int8, int8_report = quantize_export(ws, model_id, calibration=args.calibration,
+                                        min_agreement=0.0, max_drop=1.0)  # measure, do not gate
+    report["int8"] = int8_report.to_dict()
+    print("\nint8 vs fp32 on the test split:\n" + int8_report.table(), flush=True)
+
+    _, images = pool_images(ws, 64, seed=7)
+    threads = [int(t) for t in args.threads.split(",")]
+    rows = []
+    for th in threads:
+        rows += measure(model, fp32, int8, images, size, th, [1, 64], args.warmup,
+                        {1: args.runs_b1, 64: args.runs_b64})
+    report["latency"] = rows
+    report["load_avg_end"] = load_avg()
+    report["files"] = {"fp32_bytes": fp32.stat().st_size, "int8_bytes": int8.stat().st_size,
+                       "folder": str(export_dir(ws, model_id))}
+    print(f"\nmodel: {report['model']}; input {size} px; "
+          f"parity max|d| {report['parity']['max_abs_diff']}")
+    print(latency_table(rows))
+    print(f"\nONNX sizes: fp32 {report['files']['fp32_bytes'] / 2**20:.1f} MiB, "
+          f"int8 {report['files']['int8_bytes'] / 2**20:.1f} MiB")
+    print(f"load average (1/5/15 min): start {report['load_avg_start']}, end {report['load_avg_end']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
