@@ -188,7 +188,8 @@ def _extract_zip(archive: Path, ex: _Extractor) -> None:
             if info.is_dir():
                 continue
             mode = info.external_attr >> 16
-            if mode and not stat.S_ISREG(mode):
+            # no file-type bits (DOS-made zips, writestr) means a regular file
+            if stat.S_IFMT(mode) and not stat.S_ISREG(mode):
                 kind = "symlink" if stat.S_ISLNK(mode) else "device or special file"
                 ex.result.skipped.append((info.filename, f"{kind} not extracted"))
                 continue
