@@ -35,7 +35,7 @@ _STAGES = {"labels": (0.0, 0.03), "train": (0.03, 0.80), "evaluate": (0.80, 0.85
 class RoundReport:
     """What :func:`run_round` did; ``record`` is what was stored with the round."""
 
-    status: str                       # "succeeded" or "cancelled"
+    status: str                       # "succeeded" or "cancelled" (then no round is recorded)
     round_number: int | None = None
     model_id: int | None = None
     queue: QueueResult | None = None
@@ -147,7 +147,7 @@ def run_round(ws: Workspace, *, labels: str | Path | None = None, simulate: bool
     - the queue options are those of :func:`core.queue.build_queue`.
     """
     from models.evaluate import evaluate, metrics_summary
-    from models.scoring import score_pool
+    from models.scoring import ScoringCancelled, score_pool
     from models.train import TrainConfig, train
 
     timings: dict[str, float] = {}
@@ -193,8 +193,12 @@ def run_round(ws: Workspace, *, labels: str | Path | None = None, simulate: bool
     timings["evaluate_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    score_pool(ws, model_id, progress=_stage(progress, "score"), should_cancel=should_cancel,
-               **dict(score_kwargs or {}))
+    try:
+        score_pool(ws, model_id, progress=_stage(progress, "score"), should_cancel=should_cancel,
+                   **dict(score_kwargs or {}))
+    except ScoringCancelled:
+        return RoundReport(status="cancelled", model_id=model_id,
+                           record={"labels": counts, "imported": imported})
     timings["score_s"] = time.perf_counter() - t
 
     t = time.perf_counter()

@@ -107,7 +107,8 @@ def select(scores: np.ndarray, top_k: int, *, embeddings: np.ndarray | None = No
 
 
 def _load_or_score(ws: Workspace, model_id: int, candidates: Sequence[int], *, rescore: bool,
-                   progress: Progress | None, score_kwargs: Mapping[str, Any]):
+                   progress: Progress | None, should_cancel: Callable[[], bool] | None,
+                   score_kwargs: Mapping[str, Any]):
     from models.scoring import pool_scores_for, score_pool
 
     pool = None if rescore else pool_scores_for(ws, model_id)
@@ -115,7 +116,8 @@ def _load_or_score(ws: Workspace, model_id: int, candidates: Sequence[int], *, r
         index = {int(i): r for r, i in enumerate(pool.image_ids)}
         if all(int(c) in index for c in candidates):
             return pool.subset([index[int(c)] for c in candidates]), False
-    pool = score_pool(ws, model_id, progress=progress, **dict(score_kwargs))
+    pool = score_pool(ws, model_id, progress=progress, should_cancel=should_cancel,
+                      **dict(score_kwargs))
     index = {int(i): r for r, i in enumerate(pool.image_ids)}
     missing = [c for c in candidates if int(c) not in index]
     if missing:
@@ -128,6 +130,7 @@ def build_queue(ws: Workspace, strategy: str = "entropy", top_k: int = 200,
                 balance: bool = False, *, balance_strength: float = 1.0, pool_factor: float = 4.0,
                 seed: int = 0, model_id: int | None = None, record: bool = True,
                 rescore: bool = False, progress: Progress | None = None,
+                should_cancel: Callable[[], bool] | None = None,
                 score_kwargs: Mapping[str, Any] | None = None) -> QueueResult:
     """Rank the candidates and (with ``record``) save the batch as the next round.
 
@@ -137,6 +140,8 @@ def build_queue(ws: Workspace, strategy: str = "entropy", top_k: int = 200,
       ``pool_factor * top_k`` most uncertain, then spread the batch over embedding space.
     - ``balance``: favour images predicted to be in classes rare among the current labels.
     - ``record=False`` previews the batch without creating a round.
+    - ``progress(fraction, message)`` and ``should_cancel()`` are passed to pool scoring when
+      the saved scores are missing or stale (the only slow step).
     """
     t0 = time.perf_counter()
     try:
@@ -164,7 +169,8 @@ def build_queue(ws: Workspace, strategy: str = "entropy", top_k: int = 200,
     scored_now = False
     if current is not None:
         pool, scored_now = _load_or_score(ws, int(current["id"]), candidates, rescore=rescore,
-                                          progress=progress, score_kwargs=score_kwargs or {})
+                                          progress=progress, should_cancel=should_cancel,
+                                          score_kwargs=score_kwargs or {})
     t_scores = time.perf_counter()
 
     attrs = pool.attributes if pool is not None else list(ws.schema.attributes)

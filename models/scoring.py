@@ -47,7 +47,11 @@ DEFAULT_MC_PASSES = 10
 
 
 class ScoringError(RuntimeError):
-    pass
+    """Scoring cannot run (no export when one was required, nothing to score, ...)."""
+
+
+class ScoringCancelled(ScoringError):
+    """``should_cancel()`` turned true between batches; nothing was saved."""
 
 
 @dataclass
@@ -260,7 +264,7 @@ def score_images(backend: TorchBackend | OnnxBackend, cache: ImageCache, cache_r
     order = np.argsort(rows, kind="stable")
     for start in range(0, n, batch_size):
         if should_cancel is not None and should_cancel():
-            raise ScoringError("scoring cancelled")
+            raise ScoringCancelled("scoring cancelled")
         sel = order[start:start + batch_size]
         t0 = time.perf_counter()
         images = cache.read(rows[sel])
