@@ -4,7 +4,7 @@
 zip with ``datumaro`` (data/datumaro_io.py), maps items to images through the recorded task
 items, validates every value against the schema (CVAT stores unknown select values without
 complaint) and writes the labels with provenance ``source='cvat'``,
-``source_ref='task:<id>/job:<id>'`` in one transaction. Pulling again adds nothing; a changed
+``source_ref='task:<id>/job:<id>'`` in one transaction (all tasks together). Pulling again adds nothing; a changed
 tag becomes a new label version; untagged items are reported as unlabelled.
 """
 from __future__ import annotations
@@ -130,8 +130,8 @@ def _export(conn: Connection, task: Any, dest: Path) -> Path:
         return retry_call(attempt, conn.settings, f"export of task {task.id}")
 
 
-def pull_task(conn: Connection, ws: Any, store: Any, rec: records.TaskRecord) -> PullResult:
-    """Export one recorded task and import its tags (one transaction)."""
+def _prepare(conn: Connection, store: Any, rec: records.TaskRecord, tmp: Path) -> dict[str, Any]:
+    """Network half of a pull: the task's jobs and its Datumaro export on disk."""
     task = _task_or_missing(conn, rec.task_id)
     if task is None:
         raise CvatNotFound(f"task {rec.task_id} (round {rec.round_number}) no longer exists on "
@@ -140,10 +140,17 @@ def pull_task(conn: Connection, ws: Any, store: Any, rec: records.TaskRecord) ->
         jobs = [(int(j.start_frame), int(j.stop_frame), int(j.id),
                  j.assignee.username if getattr(j, "assignee", None) else None)
                 for j in task.get_jobs()]
-    rows = records.items(store, rec)
+    path = _export(conn, task, tmp / f"task_{rec.task_id}_datumaro.zip")
+    return {"rec": rec, "jobs": jobs, "path": path}
+
+
+def _import(conn: Connection, ws: Any, store: Any, prepared: dict[str, Any]) -> PullResult:
+    """Store half of a pull: map items to images and write labels with provenance."""
+    rec: records.TaskRecord = prepared["rec"]
+    jobs = prepared["jobs"]
     item_map: dict[str, int] = {}
     frame_of: dict[str, int] = {}
-    for image_id, frame, item_name in rows:
+    for image_id, frame, item_name in records.items(store, rec):
         stem = Path(item_name).stem
         item_map[stem] = image_id
         frame_of[stem] = frame
@@ -159,21 +166,26 @@ def pull_task(conn: Connection, ws: Any, store: Any, rec: records.TaskRecord) ->
         jid, _ = job_for(item)
         return f"task:{rec.task_id}/job:{jid if jid is not None else '?'}"
 
-    with tempfile.TemporaryDirectory(prefix="cargroup-pull-") as tmp:
-        path = _export(conn, task, Path(tmp) / f"task_{rec.task_id}_datumaro.zip")
-        report = import_datumaro(ws, path, source="cvat", store=store, item_map=item_map,
-                                 source_ref=ref, annotator=lambda it: job_for(it)[1],
-                                 round_id=rec.round_id)
+    report = import_datumaro(ws, prepared["path"], source="cvat", store=store, item_map=item_map,
+                             source_ref=ref, annotator=lambda it: job_for(it)[1],
+                             round_id=rec.round_id)
     report.source = f"{conn.host} task {rec.task_id}"
     return PullResult(task_id=rec.task_id, round_number=rec.round_number, report=report)
 
 
 def pull(conn: Connection, ws: Any, store: Any, task_id: int | None = None) -> list[PullResult]:
-    """Pull every pushed task (or one); each task is its own all-or-nothing transaction."""
+    """Pull every pushed task (or one), all or nothing.
+
+    All exports are downloaded first; only then are the labels of every task written, in one
+    transaction, so a failure (network, a malformed export) leaves the store unchanged.
+    """
     selected = _selected(store, conn, task_id)
     if not selected:
         raise CvatError(f"nothing to pull: no task was pushed from this workspace to {conn.host}")
-    return [pull_task(conn, ws, store, rec) for rec in selected]
+    with tempfile.TemporaryDirectory(prefix="cargroup-pull-") as tmp:
+        prepared = [_prepare(conn, store, rec, Path(tmp)) for rec in selected]
+        with store.transaction():
+            return [_import(conn, ws, store, p) for p in prepared]
 
 
-__all__ = ["JobStatus", "TaskStatus", "PullResult", "task_status", "pull", "pull_task"]
+__all__ = ["JobStatus", "TaskStatus", "PullResult", "task_status", "pull"]

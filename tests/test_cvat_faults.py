@@ -142,3 +142,21 @@ def test_failed_task_creation_removes_the_task_and_records_nothing(workspace):
             assert records.tasks(store) == []
         assert srv.state.tasks == {}                   # the half-made task was deleted
         assert ("DELETE", "/api/tasks/1", 204) in srv.log
+
+
+def test_pull_of_several_tasks_is_all_or_nothing(workspace):
+    ids = add_pool(workspace, 4)
+    with CvatTestServer() as srv, workspace.store() as store, \
+            connect(fast_settings(srv.url)) as conn:
+        first = push_round(conn, workspace, store, store.create_round(ids[:2], kind="seed"))
+        second = push_round(conn, workspace, store, store.create_round(ids[2:], kind="active"))
+        for task_id in (first.task_id, second.task_id):
+            srv.set_tags(task_id, {Path(n).stem: GOOD for n in srv.frame_names(task_id)})
+        srv.faults.fail(rf"/api/tasks/{second.task_id}/annotations\?", times=None)
+        before = snapshot(store)
+        with pytest.raises(CvatServerError):
+            pull(conn, workspace, store)
+        assert snapshot(store) == before                    # task 1's labels not written either
+        srv.faults.clear()
+        results = pull(conn, workspace, store)
+        assert [r.report.counts["imported"] for r in results] == [2, 2]

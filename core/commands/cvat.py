@@ -19,6 +19,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="seconds per HTTP request (default 30)")
     p.add_argument("--wait", type=float, default=None,
                    help="seconds to wait for CVAT background work such as exports (default 600)")
+    p.add_argument("--retries", type=int, default=None,
+                   help="retries of failed idempotent requests, with backoff (default 3)")
+    p.add_argument("--poll", type=float, default=None,
+                   help="seconds between checks of CVAT background work (default 2)")
     sub = p.add_subparsers(dest="cvat_command", metavar="ACTION", required=True)
 
     s = sub.add_parser("check", help="server version, user, and the project's label spec")
@@ -67,6 +71,10 @@ def _settings(args: argparse.Namespace, ws: Workspace):
         overrides["timeout_s"] = args.timeout
     if args.wait is not None:
         overrides["operation_timeout_s"] = args.wait
+    if args.retries is not None:
+        overrides["retries"] = args.retries
+    if args.poll is not None:
+        overrides["status_check_period_s"] = args.poll
     return settings.with_network(**overrides) if overrides else settings
 
 

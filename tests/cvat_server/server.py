@@ -508,6 +508,7 @@ def _make_handler(srv: CvatTestServer) -> type[BaseHTTPRequestHandler]:
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True     # headers and body go out as separate writes
         server_version = "uvicorn"
         sys_version = ""
 
