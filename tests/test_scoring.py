@@ -43,6 +43,14 @@ def test_onnx_and_torch_rank_the_same(scored_ws):
     top_t = set(_ranking(by_torch, "bald")[:10])
     top_o = set(_ranking(by_onnx, "bald")[:10])
     assert len(top_t & top_o) >= 9
+    # "auto" prefers a published int8 file (a copy of the fp32 one stands in for it here)
+    import shutil
+
+    from models.export import FP32_NAME, INT8_NAME, export_dir
+    folder = export_dir(ws, model_id)
+    shutil.copy(folder / FP32_NAME, folder / INT8_NAME)
+    assert score_pool(ws, save=False, mc_passes=0, threads=1).backend == "onnx-int8"
+    assert score_pool(ws, save=False, mc_passes=0, threads=1, prefer_int8=False).backend == "onnx"
 
 
 def test_score_pool_stores_predictions_scores_and_embeddings(scored_ws):
