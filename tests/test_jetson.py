@@ -382,3 +382,109 @@ def test_tensorrt_engine_matches_onnxruntime(bundle, tmp_path) -> None:
     agree = np.mean([r["prediction"]["color"][0][0] == labels["color"][int(repo_probs["color"][i].argmax())]
                      for i, r in enumerate(records)])
     assert agree >= 0.9  # FP16 vs FP32
+
+
+# -- the engine builder against a TensorRT-shaped stand-in -------------------------------------
+def _fake_builder_trt(version: str, *, old_workspace_api: bool, parse_ok: bool = True):
+    calls: dict = {"profile": None, "flags": [], "cache_in": None}
+
+    class Config:
+        def __init__(self):
+            if not old_workspace_api:
+                self.set_memory_pool_limit = lambda pool, size: calls.update(pool=(pool, size))
+
+        def set_flag(self, flag):
+            calls["flags"].append(flag)
+
+        def add_optimization_profile(self, profile):
+            calls["profile"] = profile.shapes
+
+        def create_timing_cache(self, data):
+            calls["cache_in"] = data
+            return SimpleNamespace(serialize=lambda: data + b"+new")
+
+        def set_timing_cache(self, cache, ignore_mismatch):
+            self.cache = cache
+
+        def get_timing_cache(self):
+            return self.cache
+
+    class Profile:
+        def set_shape(self, name, lo, opt, hi):
+            self.shapes = (name, lo, opt, hi)
+
+    network = SimpleNamespace(num_inputs=1, get_input=lambda i: SimpleNamespace(name="image", shape=(-1, 3, 64, 64)))
+
+    class Builder:
+        platform_has_fast_fp16 = True
+
+        def __init__(self, logger): ...
+
+        def create_network(self, flags):
+            calls["network_flags"] = flags
+            return network
+
+        def create_builder_config(self):
+            calls["config"] = Config()
+            return calls["config"]
+
+        def create_optimization_profile(self):
+            return Profile()
+
+        def build_serialized_network(self, net, config):
+            return b"ENGINE"
+
+    class Parser:
+        num_errors = 0 if parse_ok else 1
+
+        def __init__(self, net, logger): ...
+
+        def parse(self, data):
+            return parse_ok
+
+        def get_error(self, i):
+            return "Unsupported operator Foo"
+
+    trt = SimpleNamespace(
+        __version__=version, Logger=type("Logger", (), {"VERBOSE": 0, "WARNING": 2, "__init__": lambda s, l: None}),
+        Builder=Builder, OnnxParser=Parser,
+        NetworkDefinitionCreationFlag=SimpleNamespace(EXPLICIT_BATCH=0),
+        MemoryPoolType=SimpleNamespace(WORKSPACE="WS"), BuilderFlag=SimpleNamespace(FP16="FP16"))
+    return trt, calls
+
+
+@pytest.mark.parametrize("version,old_api,flags", [("10.3.0", False, 0), ("8.5.2", False, 1), ("8.2.1", True, 1)])
+def test_build_engine_logic(tmp_path, version, old_api, flags) -> None:
+    from models.jetson.build_engine import build_engine
+
+    onnx_file = tmp_path / "m.onnx"
+    onnx_file.write_bytes(b"onnx")
+    cache = tmp_path / "timing.cache"
+    cache.write_bytes(b"old")
+    trt, calls = _fake_builder_trt(version, old_workspace_api=old_api)
+    out = build_engine(onnx_file, tmp_path / "m.engine", input_name="image", image_size=64,
+                       batch=(1, 8, 32), workspace_mb=256, timing_cache=cache, trt=trt)
+    assert out.read_bytes() == b"ENGINE"
+    assert calls["network_flags"] == flags              # explicit batch only before TRT 10
+    assert calls["flags"] == ["FP16"]
+    assert calls["profile"] == ("image", (1, 3, 64, 64), (8, 3, 64, 64), (32, 3, 64, 64))
+    if old_api:
+        assert calls["config"].max_workspace_size == 256 << 20
+    else:
+        assert calls["pool"] == ("WS", 256 << 20)
+    assert calls["cache_in"] == b"old" and cache.read_bytes() == b"old+new"
+
+
+def test_build_engine_reports_parser_errors_and_wrong_input(tmp_path) -> None:
+    from models.jetson.build_engine import build_engine
+
+    onnx_file = tmp_path / "m.onnx"
+    onnx_file.write_bytes(b"onnx")
+    trt, _ = _fake_builder_trt("10.0.0", old_workspace_api=False, parse_ok=False)
+    with pytest.raises(RuntimeError, match="Unsupported operator Foo"):
+        build_engine(onnx_file, tmp_path / "e", input_name="image", image_size=64, trt=trt)
+    trt, _ = _fake_builder_trt("10.0.0", old_workspace_api=False)
+    with pytest.raises(RuntimeError, match="expected one input 'pixels'"):
+        build_engine(onnx_file, tmp_path / "e", input_name="pixels", image_size=64, trt=trt,
+                     timing_cache=None)
+    assert not (tmp_path / "e").exists()
