@@ -209,3 +209,22 @@ def test_old_server_connects_relaxed_with_warning(server):
     with connect(fast_settings(server.url)) as c:
         assert c.version_relaxed
         assert "2.23.1" in c.warnings[0] and "2.80.0" in c.warnings[0]
+
+
+@pytest.mark.slow
+def test_demo_pool_round_trip_labels_equal_ground_truth(server, conn, workspace):
+    """Demo pool -> sample -> push -> annotators tag the truth -> pull: counts and values equal."""
+    from data.demo import create_demo_pool
+    create_demo_pool(workspace, 10, seed=3, size=48)
+    with workspace.store() as store:
+        number, ids = sample_first_batch(store, 6, seed=0)
+        res = push_round(conn, workspace, store, number, segment_size=4)
+        truth = store.ground_truth(ids)
+        rows = records.items(store, records.task(store, conn.host, res.task_id))
+        server.set_tags(res.task_id, {Path(name).stem: truth[image_id]
+                                      for image_id, _, name in rows})
+        [result] = pull(conn, workspace, store)
+        assert result.report.counts["imported"] == len(ids) == 6
+        labels = store.current_labels()
+        assert {i: labels[i] for i in ids} == truth
+        assert pull(conn, workspace, store)[0].report.counts["imported"] == 0
