@@ -72,6 +72,11 @@ class ImportReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)      # (item, reason)
 
     @property
+    def added(self) -> list[tuple[str, int]]:
+        """Alias of ``imported`` (the name core/loop.py's round report uses)."""
+        return self.imported
+
+    @property
     def counts(self) -> dict[str, int]:
         return {"imported": len(self.imported), "unchanged": len(self.unchanged),
                 "unlabelled": len(self.unlabelled), "rejected": len(self.rejected),
