@@ -53,7 +53,7 @@ def run_demo(ws: Workspace, params: dict, ctx: JobContext) -> dict[str, Any]:
     result = create_demo_pool(ws, n, seed=int(params.get("seed", 0)),
                               size=int(params.get("size", 96)),
                               progress=ctx.stage(0.0, 0.95 if sample_n else 1.0, "generating"))
-    out = {"demo": _plain(result)}
+    out = {"demo": _plain(result), "summary": result.summary()}
     if sample_n:
         out["sample"] = _sample(ws, sample_n, int(params.get("seed", 0)))
     out["message"] = f"demo pool of {n} images ready" + (
@@ -93,14 +93,15 @@ def run_ingest(ws: Workspace, params: dict, ctx: JobContext) -> dict[str, Any]:
 
 
 def run_label_sim(ws: Workspace, params: dict, ctx: JobContext) -> dict[str, Any]:
-    """Label queued images from the demo pool's hidden ground truth (the simulated annotator)."""
-    from data import demo
+    """Label every pending queued image from the demo pool's hidden ground truth."""
+    from core.loop import simulate_pending
 
-    fn = getattr(demo, "simulate_labels", None) or getattr(demo, "label_sim", None)
-    if fn is None:
-        raise UserError("the simulated annotator is not available in this installation")
-    result = fn(ws, **{k: v for k, v in params.items() if k in ("error_rate", "seed", "round")})
-    return {"result": _plain(result), "message": "simulated labels written"}
+    n = simulate_pending(ws, error_rate=float(params.get("error_rate", 0.0)),
+                         seed=int(params.get("seed", 0)))
+    if n == 0:
+        raise UserError("no queued image waiting for a label has hidden ground truth "
+                        "(the simulated annotator only works on demo pools)")
+    return {"labelled": n, "message": f"simulated annotator labelled {n} queued images"}
 
 
 # -- model --------------------------------------------------------------------------------------
@@ -231,11 +232,15 @@ def run_export(ws: Workspace, params: dict, ctx: JobContext) -> dict[str, Any]:
     done["onnx"] = str(export_onnx(ws, model_id))
     k = 1
     if params.get("int8"):
-        from models.quantize import quantize_export
+        from models.quantize import QuantizationError, quantize_export
         step(k, "calibrating and checking int8 ONNX")
-        path, report = quantize_export(ws, model_id)
-        done["int8"] = str(path)
-        done["int8_report"] = _plain(report.to_dict())
+        gate = {key: float(params[key]) for key in ("min_agreement", "max_drop") if key in params}
+        try:
+            path, report = quantize_export(ws, model_id, **gate)
+            done["int8"] = str(path)
+            done["int8_report"] = _plain(report.to_dict())
+        except QuantizationError as exc:  # the gate said no: keep going, say so at the end
+            done["int8_refused"] = str(exc)
         k += 1
     if params.get("jetson"):
         from models.jetson.bundle import build_jetson_bundle
@@ -243,10 +248,12 @@ def run_export(ws: Workspace, params: dict, ctx: JobContext) -> dict[str, Any]:
         done["jetson"] = str(build_jetson_bundle(ws, model_id))
         k += 1
     if params.get("latency"):
-        from models import latency
+        from core.latency import measure_model
         step(k, "timing PyTorch, ONNX fp32 and int8")
-        done["latency"] = _plain(latency.measure_model(ws, model_id))
-    done["message"] = f"model #{model_id}: " + ", ".join(s for s in steps) + " done"
+        done["latency"] = _plain(measure_model(ws, model_id))
+    built = [s for s in steps if s != "int8" or "int8" in done]
+    done["message"] = f"model #{model_id}: " + ", ".join(built) + " done" + (
+        f"; {done['int8_refused']}" if "int8_refused" in done else "")
     return done
 
 

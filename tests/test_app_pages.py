@@ -175,3 +175,28 @@ def test_queue_page_grid_and_rank_button(trained: Workspace, monkeypatch) -> Non
     assert started[0] == ("queue", {"strategy": "entropy", "top_k": 100, "diversity": None,
                                     "balance": False,
                                     "weights": {"color": 1.0, "type": 1.0, "orientation": 1.0}})
+
+
+def test_export_job_then_page_offers_downloads_and_latency(trained: Workspace, monkeypatch) -> None:
+    from core.jobs import get_job, run_job, start_job
+    monkeypatch.setenv("CARGROUP_JOB_THREADS", "1")
+    # a 1-epoch model is too unsure for the default int8 agreement gate; relax it here
+    job_id = start_job(trained, "export", {"int8": True, "jetson": True, "latency": True,
+                                           "min_agreement": 0.0, "max_drop": 1.0}, spawn=False)
+    assert run_job(trained, job_id) == "succeeded", get_job(trained, job_id)["message"]
+    at = run_page(trained, monkeypatch, "7_Export.py")
+    assert_clean(at)
+    labels = [b.label for b in at.get("download_button")]
+    assert any(label.startswith("ONNX fp32") for label in labels)
+    assert any(label.startswith("ONNX int8") for label in labels)
+    assert any(label.startswith("Jetson bundle") for label in labels)
+    backends = set(at.dataframe[-1].value["backend"])
+    assert backends == {"PyTorch eager", "ONNX Runtime fp32", "ONNX Runtime int8"}
+
+
+def test_export_job_reports_a_refused_int8_model_and_continues(trained: Workspace, monkeypatch) -> None:
+    from core.jobs import get_job, run_job, start_job
+    job_id = start_job(trained, "export", {"int8": True, "min_agreement": 1.01}, spawn=False)
+    assert run_job(trained, job_id) == "succeeded"
+    job = get_job(trained, job_id)
+    assert "int8 export refused" in job["message"] and "int8" not in job["result"]

@@ -118,3 +118,31 @@ def test_cli_job_run_and_jobs_listing(workspace: Workspace, capsys) -> None:
     assert main(["--workspace", str(workspace.root), "jobs", "--all"]) == 0
     out = capsys.readouterr().out
     assert f"#{job_id} selftest" in out and "succeeded" in out
+
+
+def test_job_runners_take_a_new_user_from_demo_pool_to_a_ranked_queue(workspace: Workspace,
+                                                                       monkeypatch) -> None:
+    """The app's path without a terminal: demo pool -> simulated labels -> train -> queue."""
+    monkeypatch.setenv("CARGROUP_JOB_THREADS", "1")
+
+    def run(kind: str, params: dict) -> dict:
+        job_id = start_job(workspace, kind, params, spawn=False)
+        status = run_job(workspace, job_id)
+        job = get_job(workspace, job_id)
+        assert status == "succeeded", job["message"]
+        return job
+
+    demo = run("demo", {"n": 40, "size": 32, "sample": 24})
+    assert "first batch of 24 images queued" in demo["message"]
+    assert run("label_sim", {})["result"]["labelled"] == 24
+    train = run("train", {"epochs": 2, "image_size": 32, "batch_size": 16, "pretrained": False})
+    epochs = [e for e in train["log"] if e.get("phase") == "epoch"]
+    assert [e["epoch"] for e in epochs] == [1, 2] and all("val_loss" in e for e in epochs)
+    assert set(train["result"]["evaluation"]["heads"]) == {"color", "type", "orientation"}
+    assert "test accuracy color" in train["message"]
+    queue = run("queue", {"strategy": "margin", "top_k": 5, "weights": {"orientation": 2.0}})
+    assert queue["result"]["size"] == 5 and queue["result"]["round"] == 1
+    with workspace.store() as store:
+        assert store.current_model()["id"] == train["result"]["model_id"]
+        assert store.round(1)["strategy"] == "margin"
+        assert store.round(1)["params"]["weights"] == {"orientation": 2.0}

@@ -102,7 +102,7 @@ def body() -> None:
     if "label_choice" not in S:
         load(current, batch)
 
-    left, right = st.columns([2, 3])
+    left, right = st.columns([1, 2])
     with left:
         image = labeling.load_display_image(ws, task.image)
         big = Image.fromarray(np.asarray(image)).resize((DISPLAY_PX, DISPLAY_PX), Image.NEAREST)
@@ -127,7 +127,7 @@ def attribute_group(attr: str, classes: list[str], task: labeling.LabelTask) -> 
         head += f" · model says {pred[0]} ({pred[1]:.0%})"
     st.markdown(head)
     keys = keys_for(attr, len(classes), 0)
-    per_row = 5
+    per_row = 4
     for start in range(0, len(classes) + 1, per_row):
         row = st.columns(per_row)
         for j, col in enumerate(row):
@@ -149,7 +149,7 @@ def attribute_group(attr: str, classes: list[str], task: labeling.LabelTask) -> 
 
 def actions(task: labeling.LabelTask, schema) -> None:
     st.divider()
-    cols = st.columns([2, 1, 1, 4])
+    cols = st.columns([2, 1.4, 1.4, 3])
     no_name = not S.annotator
     if cols[0].button("Save & next", type="primary", shortcut="Enter", icon=":material/check:",
                       disabled=no_name, width="stretch"):

@@ -46,9 +46,9 @@ def downloads(model_id: int) -> None:
 
 
 def latency_table(model_id: int) -> None:
-    from models import latency
+    from core.latency import load_results
 
-    rows = latency.load_results(ui.workspace(), model_id)
+    rows = load_results(ui.workspace(), model_id)
     st.markdown("##### Latency")
     if rows:
         st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")

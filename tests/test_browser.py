@@ -1,0 +1,236 @@
+"""The dashboard in a real browser: label with the keyboard, Retrain, see the new accuracy.
+
+Starts the app exactly as a user does (``python -m core --workspace W app --port P``, which runs
+``streamlit run`` on 127.0.0.1), drives Debian's headless Chromium through the ``playwright``
+package, and saves a screenshot of every page into ``docs/screenshots/`` (the README shows them).
+Skips with a reason where Chromium or playwright is missing.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from core.workspace import Workspace, WorkspaceConfig
+
+REPO = Path(__file__).resolve().parents[1]
+SHOTS = REPO / "docs" / "screenshots"
+CHROMIUM = os.environ.get("CARGROUP_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage"]
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def demo_workspace(root: Path) -> Workspace:
+    """Demo pool of 60 images at 64 px; round 0 of 30 labelled by the simulator except 3."""
+    from core.annotator import simulate_labels
+    from core.sampling import sample_first_batch
+    from data.demo import create_demo_pool
+
+    ws = Workspace(root).init(WorkspaceConfig(cache_size=64))
+    create_demo_pool(ws, 60, seed=0, size=64)
+    with ws.store() as store:
+        number, ids = sample_first_batch(store, 30, seed=0)
+        round_id = store.round(number)["id"]
+        simulate_labels(store, ws.schema, ids[3:], round_id=round_id)
+    return ws
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Workspace]]:
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+    pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    ws = demo_workspace(tmp_path_factory.mktemp("browser") / "ws")
+    port = free_port()
+    env = dict(os.environ, OMP_NUM_THREADS="1", CARGROUP_JOB_THREADS="1")
+    log = open(ws.root / "app.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "core", "--workspace", str(ws.root), "app",
+                             "--port", str(port)], cwd=REPO, env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail("the app did not start:\n" + (ws.root / "app.log").read_text()[-3000:])
+            time.sleep(0.3)
+        yield url, ws
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def page(app):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        pg = context.new_page()
+        pg.set_default_timeout(30_000)
+        yield pg
+        browser.close()
+
+
+def shoot(page, name: str) -> Path:
+    """Save a small PNG (256-colour palette) of the visible page."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.wait_for_timeout(500)  # let charts finish their first draw
+    image = Image.open(BytesIO(page.screenshot()))
+    out = SHOTS / f"{name}.png"
+    image.convert("RGB").quantize(colors=128).save(out, optimize=True)
+    return out
+
+
+def settle(page) -> None:
+    """Wait until Streamlit has finished the current script run."""
+    page.wait_for_timeout(300)
+    page.wait_for_function(
+        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=30_000)
+
+
+def open_page(page, url: str, path: str, marker: str) -> None:
+    page.goto(f"{url}/{path}")
+    page.get_by_text(marker, exact=False).first.wait_for()
+    settle(page)
+
+
+def test_overview_before_training(app, page) -> None:
+    url, ws = app
+    open_page(page, url, "", "Learning curve")
+    assert page.get_by_text("Appears after the first model", exact=False).first.is_visible()
+    assert page.get_by_text("No model yet", exact=False).first.is_visible()
+
+
+def test_label_with_the_keyboard(app, page) -> None:
+    url, ws = app
+    open_page(page, url, "Label", "Save & next")
+    with ws.store() as store:
+        before = set(store.current_labels(include_empty=True))
+    page.get_by_label("Annotator", exact=True).fill("kim")
+    page.get_by_label("Annotator", exact=True).press("Tab")
+    settle(page)
+    page.locator("h1").first.click()  # focus out of the text box so keys reach the shortcuts
+    for key in ("3", "W", "H"):       # yellow, sedan, front-right
+        page.keyboard.press(key)
+        settle(page)
+    shoot(page, "label")
+    page.keyboard.press("Enter")      # save & next
+    settle(page)
+    deadline = time.monotonic() + 20
+    while True:
+        with ws.store() as store:
+            new = set(store.current_labels(include_empty=True)) - before
+            if new:
+                label = store.current_label(new.pop())
+                break
+        assert time.monotonic() < deadline, "no label saved from the keyboard"
+        time.sleep(0.3)
+    assert label.values == {"color": "yellow", "type": "sedan", "orientation": "front-right"}
+    assert label.source == "builtin" and label.annotator == "kim"
+
+
+def test_balance(app, page) -> None:
+    url, _ = app
+    open_page(page, url, "Balance", "before / after flip balancing")
+    shoot(page, "balance")
+
+
+def test_retrain_and_see_the_new_accuracy(app, page) -> None:
+    url, ws = app
+    open_page(page, url, "Train", "Retrain")
+    page.get_by_label("Epochs", exact=True).fill("2")
+    page.get_by_label("Epochs", exact=True).press("Tab")
+    settle(page)
+    page.get_by_text("ImageNet weights").click()  # offline machines: skip the download attempt
+    settle(page)
+    page.get_by_role("button", name="Retrain").click()
+    page.get_by_text("Test accuracy of the new model", exact=False).wait_for(timeout=120_000)
+    settle(page)
+    shoot(page, "train")
+    with ws.store() as store:
+        model = store.current_model()
+    assert model is not None and model["metrics"]["test"]["accuracy"]
+    shown = page.locator("[data-testid='stMarkdownContainer']",
+                         has_text="Test accuracy of the new model").first.inner_text()
+    color = model["metrics"]["test"]["accuracy"]["color"]
+    assert f"{color:.1%}" in shown
+
+
+def test_evaluate(app, page) -> None:
+    url, _ = app
+    open_page(page, url, "Evaluate", "Macro F1")
+    shoot(page, "evaluate")
+
+
+def test_queue_rank_and_grid(app, page) -> None:
+    url, ws = app
+    open_page(page, url, "Queue", "Rank next batch")
+    page.get_by_label("Batch size", exact=True).fill("12")
+    page.get_by_label("Batch size", exact=True).press("Tab")
+    settle(page)
+    page.get_by_role("button", name="Rank next batch").click()
+    page.get_by_text("images ranked by entropy", exact=False).first.wait_for(timeout=60_000)
+    settle(page)
+    page.get_by_text("12 images, highest priority first", exact=False).first.wait_for()
+    shoot(page, "queue")
+
+
+def test_cvat_and_export_pages(app, page) -> None:
+    url, _ = app
+    open_page(page, url, "CVAT", "Manual route")
+    page.get_by_text("Import a Datumaro export", exact=False).first.wait_for()
+    shoot(page, "cvat")
+    open_page(page, url, "Export", "Build export")
+    page.get_by_text("Nothing exported for model", exact=False).first.wait_for()
+    shoot(page, "export")
+
+
+def test_overview_after_training_shows_the_learning_curve(app, page) -> None:
+    url, ws = app
+    open_page(page, url, "", "Learning curve")
+    page.locator(".js-plotly-plot").first.wait_for()
+    assert page.get_by_text("Model #1", exact=False).first.is_visible()
+    shoot(page, "overview")
+
+
+def test_screenshots_are_small_pngs() -> None:
+    shots = sorted(SHOTS.glob("*.png"))
+    if not shots:
+        pytest.skip("no screenshots taken in this run")
+    for shot in shots:
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert shot.stat().st_size < 400_000, shot
+
