@@ -44,9 +44,12 @@ class PushResult:
     jobs: list[dict[str, int]] = field(default_factory=list)
     prefilled: int = 0
     url: str = ""
+    skipped_labelled: int = 0
 
     def summary(self) -> str:
         pre = f", {self.prefilled} tags pre-filled from predictions" if self.prefilled else ""
+        if self.skipped_labelled:
+            pre += f" ({self.skipped_labelled} already labelled images left out)"
         return (f"round {self.round_number}: task #{self.task_id} {self.task_name!r} with "
                 f"{self.images} images in {len(self.jobs)} job(s) in project #{self.project_id}"
                 f"{pre}; {self.url}")
@@ -104,13 +107,23 @@ def _prefill_tags(schema: LabelSchema, task_labels: list[Any], frames: dict[int,
 def push_round(conn: Connection, ws: Any, store: Any, round_number: int, *,
                segment_size: int | None = None, chunk_size: int | None = None,
                prefill: bool = False, model_id: int | None = None, force: bool = False,
-               image_quality: int = 95, project_name: str | None = None) -> PushResult:
-    """Create a CVAT task from round ``round_number``'s queued images; see module docstring."""
+               image_quality: int = 95, project_name: str | None = None,
+               include_labelled: bool = False) -> PushResult:
+    """Create a CVAT task from round ``round_number``'s queued images; see module docstring.
+
+    Images of the round that already have a label are left out unless ``include_labelled``
+    (annotators should not redo work); ``PushResult.skipped_labelled`` counts them.
+    """
     schema: LabelSchema = ws.schema
     rnd = store.round(round_number)
-    image_ids = [int(r["image_id"]) for r in store.round_items(round_number)]
-    if not image_ids:
+    queued = [int(r["image_id"]) for r in store.round_items(round_number)]
+    if not queued:
         raise PushError(f"round {round_number} has no queued images")
+    labelled = set() if include_labelled else store.labelled_ids()
+    image_ids = [i for i in queued if i not in labelled]
+    if not image_ids:
+        raise PushError(f"all {len(queued)} images of round {round_number} are already labelled "
+                        "(use include_labelled / --include-labelled to send them anyway)")
     earlier = records.tasks_for_round(store, conn.host, rnd["id"])
     if earlier and not force:
         ids = ", ".join(f"#{t.task_id}" for t in earlier)
@@ -185,7 +198,8 @@ def push_round(conn: Connection, ws: Any, store: Any, round_number: int, *,
         project_created=project.created, round_number=round_number, images=len(frame_of),
         jobs=[{"id": int(j.id), "start_frame": int(j.start_frame),
                "stop_frame": int(j.stop_frame)} for j in jobs],
-        prefilled=prefilled, url=f"{conn.host.rstrip('/')}/tasks/{int(task.id)}")
+        prefilled=prefilled, url=f"{conn.host.rstrip('/')}/tasks/{int(task.id)}",
+        skipped_labelled=len(queued) - len(image_ids))
 
 
 def _remove_quietly(conn: Connection, task: Any) -> None:

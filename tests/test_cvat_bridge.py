@@ -228,3 +228,21 @@ def test_demo_pool_round_trip_labels_equal_ground_truth(server, conn, workspace)
         labels = store.current_labels()
         assert {i: labels[i] for i in ids} == truth
         assert pull(conn, workspace, store)[0].report.counts["imported"] == 0
+
+
+def test_already_labelled_images_are_left_out(server, conn, workspace):
+    ids = add_pool(workspace, 4)
+    with workspace.store() as store:
+        store.add_label(ids[0], GOOD, source="builtin")
+        number = store.create_round(ids, kind="seed")
+        res = push_round(conn, workspace, store, number)
+        assert res.images == 3 and res.skipped_labelled == 1 and "left out" in res.summary()
+        store.add_label(ids[1], GOOD, source="builtin")
+        more = push_round(conn, workspace, store, number, force=True, include_labelled=True)
+        assert more.images == 4
+
+
+def test_supported_check_fails_for_other_modern_versions():
+    with CvatTestServer(version="2.50.0", modern_about=True) as srv:
+        with connect(fast_settings(srv.url)) as c:
+            assert c.version_relaxed and "not supported" in c.warnings[0]

@@ -39,6 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--force", action="store_true",
                    help="push a round that already has a task (creates another task)")
     s.add_argument("--project", default=None, help="CVAT project name (default from settings)")
+    s.add_argument("--include-labelled", action="store_true",
+                   help="also send images of the round that already have a label")
     s.set_defaults(handler=cmd_push)
 
     s = sub.add_parser("status", help="job states and progress of pushed tasks")
@@ -99,7 +101,7 @@ def cmd_push(args: argparse.Namespace, ws: Workspace) -> int:
     res = service.push(ws, args.round_number, settings=_settings(args, ws),
                        segment_size=args.segment_size, chunk_size=args.chunk_size,
                        prefill=args.prefill, model_id=args.model, force=args.force,
-                       project_name=args.project)
+                       project_name=args.project, include_labelled=args.include_labelled)
     print(res.summary())
     for job in res.jobs:
         print(f"  job #{job['id']}: frames {job['start_frame']}-{job['stop_frame']}")
