@@ -175,10 +175,12 @@ def test_find_export_prefers_int8_and_ignores_rejects(tmp_path) -> None:
 
 def test_cli_export_with_jetson_bundle(trained, exported, capsys) -> None:
     ws, model_id = trained
-    code = main(["--workspace", str(ws.root), "export", "--jetson", "--parity-images", "16"])
+    code = main(["--workspace", str(ws.root), "export", "--jetson", "--parity-images", "16",
+                 "--int8", "--calibration", "16", "--min-agreement", "0.5"])
     out = capsys.readouterr().out
     assert code == 0, out
     assert "ONNX published at" in out and "argmax agreement" in out
+    assert "int8 ONNX published at" in out and "| color | 60 |" in out
     assert (ws.exports_dir / f"model_{model_id}" / f"cargroup_jetson_model_{model_id}.zip").is_file()
 
 
