@@ -25,7 +25,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Mapping
 
 from core.errors import UserError
 from core.schema import LabelSchema, UnknownValueError

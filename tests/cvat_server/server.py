@@ -19,7 +19,7 @@ import time
 import uuid
 import zipfile
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from http.cookies import SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import PurePosixPath
@@ -633,7 +633,7 @@ def _make_handler(srv: CvatTestServer) -> type[BaseHTTPRequestHandler]:
                 srv.sessions[sid] = (user, csrf)
                 srv.login_keys[key] = user
                 cookies = [("Set-Cookie", f"csrftoken={csrf}; Max-Age=31449600; Path=/; SameSite=Lax"),
-                           ("Set-Cookie", f"sessionfresh=1; HttpOnly; Max-Age=86400; Path=/; SameSite=Lax"),
+                           ("Set-Cookie", "sessionfresh=1; HttpOnly; Max-Age=86400; Path=/; SameSite=Lax"),
                            ("Set-Cookie", f"sessionid={sid}; HttpOnly; Max-Age=1209600; Path=/; SameSite=Lax")]
                 return 200, {"key": key}, {"headers": cookies}
             if path == "/api/auth/logout" and m == "POST":
