@@ -529,6 +529,7 @@ def _make_handler(srv: CvatTestServer) -> type[BaseHTTPRequestHandler]:
             else:
                 data = json.dumps(body).encode()
                 content_type = content_type or JSON_TYPE
+            srv.log.append((self.command, self.path, status))   # before the client can go on
             self.send_response(status)
             if data or content_type:
                 self.send_header("Content-Type", content_type or JSON_TYPE)
@@ -539,7 +540,6 @@ def _make_handler(srv: CvatTestServer) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             if data and self.command != "HEAD":
                 self.wfile.write(data)
-            srv.log.append((self.command, self.path, status))
 
         @property
         def base(self) -> str:
