@@ -19,7 +19,7 @@ from typing import Iterator
 
 import pytest
 
-from core.workspace import Workspace, WorkspaceConfig
+from core.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[1]
 SHOTS = REPO / "docs" / "screenshots"
@@ -37,30 +37,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def demo_workspace(root: Path) -> Workspace:
-    """Demo pool of 60 images at 64 px; round 0 of 30 labelled by the simulator except 3."""
-    from core.annotator import simulate_labels
-    from core.sampling import sample_first_batch
-    from data.demo import create_demo_pool
-
-    ws = Workspace(root).init(WorkspaceConfig(cache_size=64))
-    create_demo_pool(ws, 60, seed=0, size=64)
-    with ws.store() as store:
-        number, ids = sample_first_batch(store, 30, seed=0)
-        round_id = store.round(number)["id"]
-        simulate_labels(store, ws.schema, ids[3:], round_id=round_id)
-    return ws
-
-
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Workspace]]:
     if not Path(CHROMIUM).exists():
         pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
     pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
-    ws = demo_workspace(tmp_path_factory.mktemp("browser") / "ws")
+    ws = Workspace(tmp_path_factory.mktemp("browser") / "ws")  # empty: the app creates it
     port = free_port()
     env = dict(os.environ, OMP_NUM_THREADS="1", CARGROUP_JOB_THREADS="1")
-    log = open(ws.root / "app.log", "wb")
+    log_file = ws.root.parent / "app.log"
+    log = open(log_file, "wb")
     proc = subprocess.Popen([sys.executable, "-m", "core", "--workspace", str(ws.root), "app",
                              "--port", str(port)], cwd=REPO, env=env, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
@@ -75,7 +61,7 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Workspa
             except OSError:
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("the app did not start:\n" + (ws.root / "app.log").read_text()[-3000:])
+                pytest.fail("the app did not start:\n" + log_file.read_text()[-3000:])
             time.sleep(0.3)
         yield url, ws
     finally:
@@ -127,18 +113,34 @@ def open_page(page, url: str, path: str, marker: str) -> None:
     settle(page)
 
 
-def test_overview_before_training(app, page) -> None:
+def click_and_wait(page, button: str, done_text: str, timeout_s: float = 120) -> None:
+    page.get_by_role("button", name=button).click()
+    page.get_by_text(done_text, exact=False).first.wait_for(timeout=timeout_s * 1000)
+    settle(page)
+
+
+def set_number(page, label: str, value: int) -> None:
+    box = page.get_by_label(label, exact=True)
+    box.fill(str(value))
+    box.press("Tab")
+    settle(page)
+
+
+def test_empty_workspace_offers_demo_pool_and_creates_it(app, page) -> None:
     url, ws = app
-    open_page(page, url, "", "Learning curve")
-    assert page.get_by_text("Appears after the first model", exact=False).first.is_visible()
-    assert page.get_by_text("No model yet", exact=False).first.is_visible()
+    open_page(page, url, "", "Create demo pool")
+    assert page.get_by_text("Ingest a folder or upload an archive").first.is_visible()
+    shoot(page, "onboarding")
+    set_number(page, "Images", 60)
+    set_number(page, "First batch to label", 30)
+    click_and_wait(page, "Create demo pool", "first batch of 30 images queued")
+    with ws.store() as store:
+        assert store.count_images() == 60 and len(store.round_items(0)) == 30
 
 
 def test_label_with_the_keyboard(app, page) -> None:
     url, ws = app
     open_page(page, url, "Label", "Save & next")
-    with ws.store() as store:
-        before = set(store.current_labels(include_empty=True))
     page.get_by_label("Annotator", exact=True).fill("kim")
     page.get_by_label("Annotator", exact=True).press("Tab")
     settle(page)
@@ -146,20 +148,28 @@ def test_label_with_the_keyboard(app, page) -> None:
     for key in ("3", "W", "H"):       # yellow, sedan, front-right
         page.keyboard.press(key)
         settle(page)
-    shoot(page, "label")
     page.keyboard.press("Enter")      # save & next
     settle(page)
     deadline = time.monotonic() + 20
     while True:
         with ws.store() as store:
-            new = set(store.current_labels(include_empty=True)) - before
-            if new:
-                label = store.current_label(new.pop())
+            labels = store.current_labels()
+            if labels:
+                label = store.current_label(next(iter(labels)))
                 break
         assert time.monotonic() < deadline, "no label saved from the keyboard"
         time.sleep(0.3)
     assert label.values == {"color": "yellow", "type": "sedan", "orientation": "front-right"}
     assert label.source == "builtin" and label.annotator == "kim"
+    page.get_by_text("1 of 30 images in round 0 labelled").first.wait_for()
+
+
+def test_simulated_annotator_labels_the_rest(app, page) -> None:
+    url, ws = app
+    open_page(page, url, "", "Simulated annotator")
+    click_and_wait(page, "Simulated annotator", "simulated annotator labelled 29")
+    with ws.store() as store:
+        assert len(store.current_labels()) == 30
 
 
 def test_balance(app, page) -> None:
@@ -171,22 +181,18 @@ def test_balance(app, page) -> None:
 def test_retrain_and_see_the_new_accuracy(app, page) -> None:
     url, ws = app
     open_page(page, url, "Train", "Retrain")
-    page.get_by_label("Epochs", exact=True).fill("2")
-    page.get_by_label("Epochs", exact=True).press("Tab")
-    settle(page)
+    set_number(page, "Epochs", 2)
     page.get_by_text("ImageNet weights").click()  # offline machines: skip the download attempt
     settle(page)
-    page.get_by_role("button", name="Retrain").click()
-    page.get_by_text("Test accuracy of the new model", exact=False).wait_for(timeout=120_000)
-    settle(page)
+    click_and_wait(page, "Retrain", "Test accuracy of the new model")
     shoot(page, "train")
     with ws.store() as store:
         model = store.current_model()
     assert model is not None and model["metrics"]["test"]["accuracy"]
     shown = page.locator("[data-testid='stMarkdownContainer']",
                          has_text="Test accuracy of the new model").first.inner_text()
-    color = model["metrics"]["test"]["accuracy"]["color"]
-    assert f"{color:.1%}" in shown
+    for head, acc in model["metrics"]["test"]["accuracy"].items():
+        assert f"{head}: {acc:.1%}" in shown
 
 
 def test_evaluate(app, page) -> None:
@@ -198,14 +204,20 @@ def test_evaluate(app, page) -> None:
 def test_queue_rank_and_grid(app, page) -> None:
     url, ws = app
     open_page(page, url, "Queue", "Rank next batch")
-    page.get_by_label("Batch size", exact=True).fill("12")
-    page.get_by_label("Batch size", exact=True).press("Tab")
-    settle(page)
-    page.get_by_role("button", name="Rank next batch").click()
-    page.get_by_text("images ranked by entropy", exact=False).first.wait_for(timeout=60_000)
-    settle(page)
+    set_number(page, "Batch size", 12)
+    click_and_wait(page, "Rank next batch", "images ranked by entropy")
     page.get_by_text("12 images, highest priority first", exact=False).first.wait_for()
     shoot(page, "queue")
+    with ws.store() as store:
+        assert store.latest_round()["strategy"] == "entropy"
+
+
+def test_label_page_preselects_the_models_guess(app, page) -> None:
+    url, ws = app
+    open_page(page, url, "Label", "Save & next")
+    page.get_by_text("pre-selected by the model", exact=False).first.wait_for()
+    page.get_by_text("0 of 12 images in round 1 labelled").first.wait_for()
+    shoot(page, "label")
 
 
 def test_cvat_and_export_pages(app, page) -> None:
