@@ -216,4 +216,7 @@ def load_schema(path: str | Path) -> LabelSchema:
         if "flip_map" not in data and flip_attr in attrs:
             names = set(attrs[flip_attr])
             data["flip_map"] = {k: v for k, v in DEFAULT_FLIP_MAP.items() if k in names and v in names}
-    return LabelSchema.from_dict(data)
+    try:
+        return LabelSchema.from_dict(data)
+    except SchemaError as exc:
+        raise SchemaError(f"schema file {path}: {exc}") from None

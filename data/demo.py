@@ -22,6 +22,8 @@ import hashlib
 import io
 import json
 import math
+import multiprocessing as mp
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -429,11 +431,12 @@ def demo_name(index: int) -> str:
 
 def generate_demo_images(out_dir: str | Path, n: int, *, seed: int = 0, size: int = 96,
                          frequencies: Mapping[str, Mapping[str, float]] | None = None,
-                         progress: Callable[[int, int], None] | None = None
-                         ) -> dict[str, dict[str, str]]:
+                         progress: Callable[[int, int], None] | None = None,
+                         workers: int | None = None) -> dict[str, dict[str, str]]:
     """Write ``n`` JPEG crops into ``out_dir``; returns {relative path: full ground truth}.
 
-    Image ``i`` depends only on (seed, i, size, frequencies): regenerating is reproducible.
+    Image ``i`` depends only on (seed, i, size, frequencies): regenerating is reproducible,
+    with or without worker processes (``workers``, default 2 for 100+ images).
     """
     if n <= 0:
         raise ValueError("the number of demo images must be positive")
@@ -442,20 +445,40 @@ def generate_demo_images(out_dir: str | Path, n: int, *, seed: int = 0, size: in
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     labels = sample_labels(n, seed=seed, frequencies=frequencies)
+    tasks = [(seed, i, size, label) for i, label in enumerate(labels)]
+    workers = workers if workers is not None else min(2, os.cpu_count() or 1)
     truth: dict[str, dict[str, str]] = {}
-    for i, label in enumerate(labels):
-        rng = np.random.default_rng([seed, i, size])
-        pixels = render_vehicle(label, size=size, rng=rng)
-        buf = io.BytesIO()
-        Image.fromarray(pixels).save(buf, "JPEG", quality=int(rng.integers(80, 96)))
-        name = demo_name(i)
-        tmp = out / f".{name}.tmp"
-        tmp.write_bytes(buf.getvalue())
-        tmp.replace(out / name)
-        truth[name] = dict(label)
-        if progress is not None:
-            progress(i + 1, n)
+    pool = None
+    if workers > 1 and n >= 100:
+        method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+        pool = mp.get_context(method).Pool(workers)
+        encoded = pool.imap(_encode_one, tasks, chunksize=8)
+    else:
+        encoded = map(_encode_one, tasks)
+    try:
+        for (_, i, _, label), data in zip(tasks, encoded):
+            name = demo_name(i)
+            tmp = out / f".{name}.tmp"
+            tmp.write_bytes(data)
+            tmp.replace(out / name)
+            truth[name] = dict(label)
+            if progress is not None:
+                progress(i + 1, n)
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
     return truth
+
+
+def _encode_one(task: tuple[int, int, int, Mapping[str, str]]) -> bytes:
+    """Render image ``index`` of a pool and JPEG-encode it (runs in a worker process)."""
+    seed, index, size, label = task
+    rng = np.random.default_rng([seed, index, size])
+    pixels = render_vehicle(label, size=size, rng=rng)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "JPEG", quality=int(rng.integers(80, 96)))
+    return buf.getvalue()
 
 
 MANIFEST = ".demo.json"

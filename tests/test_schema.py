@@ -98,8 +98,9 @@ def test_schema_file_own_aliases_and_round_trip(tmp_path) -> None:
 def test_bad_schema_files_are_refused(tmp_path, content: str, message: str) -> None:
     path = tmp_path / "bad.json"
     path.write_text(content)
-    with pytest.raises(SchemaError, match=message):
+    with pytest.raises(SchemaError, match=message) as err:
         load_schema(path)
+    assert "bad.json" in str(err.value)
 
 
 def test_missing_schema_file(tmp_path) -> None:

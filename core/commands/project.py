@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
+from pathlib import Path
 
 from core.errors import UserError
 from core.sampling import SamplingError, sample_first_batch
+from core.schema import load_schema
 from core.workspace import Workspace, WorkspaceConfig
 
 
@@ -39,10 +42,19 @@ def cmd_init(args: argparse.Namespace, ws: Workspace) -> int:
     if ws.exists:
         print(f"workspace already exists at {ws.root}")
         return 0
-    cfg = WorkspaceConfig(cache_size=args.cache_size, schema_file=args.schema,
+    if args.cache_size < 16:
+        raise UserError("--cache-size must be at least 16 px")
+    schema_file = None
+    if args.schema:
+        schema_path = Path(args.schema).expanduser()
+        load_schema(schema_path)  # validate before anything is written
+        # the project keeps its own copy: the workspace stays self-contained and movable
+        ws.root.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(schema_path, ws.root / "schema.json")
+        schema_file = "schema.json"
+    cfg = WorkspaceConfig(cache_size=args.cache_size, schema_file=schema_file,
                           optional_aliases=args.optional_aliases)
     ws.init(cfg)
-    ws.schema  # validate the schema file now, not at first use
     print(f"created workspace at {ws.root}")
     return 0
 
