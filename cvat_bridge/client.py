@@ -26,7 +26,8 @@ import urllib3
 from cvat_sdk.api_client import exceptions as api_exc
 from cvat_sdk.api_client import models
 from cvat_sdk.core.client import AccessTokenCredentials, Client, Config
-from cvat_sdk.core.exceptions import BackgroundRequestException, IncompatibleVersionException
+from cvat_sdk.core.exceptions import (BackgroundRequestException, CvatSdkException,
+                                      IncompatibleVersionException)
 from cvat_sdk.version import VERSION as SDK_VERSION
 
 from core.errors import UserError
@@ -278,7 +279,7 @@ def connect(settings: CvatSettings, *, logger: logging.Logger | None = None) -> 
         try:
             client = BridgeClient(host, logger=logger or log, config=config,
                                   check_server_version=False)
-        except ValueError as exc:  # bad URL / scheme
+        except (ValueError, CvatSdkException) as exc:  # bad URL / scheme
             raise CvatError(f"bad CVAT host {host!r}: {exc}") from None
         client.operation_timeout_s = settings.operation_timeout_s
         _install_network_policy(client, settings)

@@ -54,6 +54,10 @@ class CvatSettings:
     def __post_init__(self) -> None:
         if not self.host:
             raise SettingsError("no CVAT host configured; set CVAT_HOST or write cvat.json")
+        host = self.host.strip().rstrip("/")
+        if "://" not in host:
+            host = "https://" + host          # what cvat-sdk assumes; recorded tasks use it too
+        object.__setattr__(self, "host", host)
         if not (self.access_token or (self.username and self.password)):
             raise SettingsError(
                 "no CVAT credentials: set CVAT_ACCESS_TOKEN, or CVAT_USERNAME and CVAT_PASSWORD "
