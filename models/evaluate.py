@@ -50,7 +50,8 @@ def predict_arrays(model: MultiHeadResNet, images_uint8: np.ndarray, image_size:
     """Run the model on uint8 ``(N, H, W, 3)`` RGB images (e.g. cache rows).
 
     Input goes through :func:`data.preprocess.normalise_batch`, the same function every export
-    uses. The model is put in eval mode (dropout off) and left there.
+    uses. The model is put in eval mode (dropout off) and moved to ``device`` and the memory
+    format asked for, and left that way (callers re-enable ``train()`` themselves).
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.eval()

@@ -182,9 +182,15 @@ def class_weight_tensors(targets: np.ndarray, schema: LabelSchema) -> dict[str, 
 
 
 def validate(model: MultiHeadResNet, data: SplitData, schema: LabelSchema, image_size: int,
-             *, batch_size: int = 256, device: torch.device | None = None) -> tuple[float, dict[str, float | None]]:
-    """Unweighted masked loss (mean per head, summed) and per-head accuracy on ``data``."""
-    preds = predict_arrays(model, data.images, image_size, batch_size, device=device)
+             *, batch_size: int = 256, device: torch.device | None = None,
+             channels_last: bool = True) -> tuple[float, dict[str, float | None]]:
+    """Unweighted masked loss (mean per head, summed) and per-head accuracy on ``data``.
+
+    Unweighted even when training uses class weights, so val losses of differently configured
+    runs (and the best-epoch choice) measure the same thing.
+    """
+    preds = predict_arrays(model, data.images, image_size, batch_size, device=device,
+                           channels_last=channels_last)
     targets = encode_targets(data.labels, schema)
     loss = 0.0
     acc: dict[str, float | None] = {}
@@ -343,7 +349,7 @@ def train(ws: Workspace, config: TrainConfig | None = None, *,
             train_loss = loss_sum / max(seen, 1)
             if len(val_data):
                 val_loss, val_acc = validate(model, val_data, schema, config.image_size,
-                                             device=device)
+                                             device=device, channels_last=config.channels_last)
                 improved = best_loss is None or val_loss < best_loss
             else:
                 val_loss, val_acc, improved = None, {}, True

@@ -293,3 +293,28 @@ def test_cli_train_without_labels_exits_2(tmp_path: Path, capsys) -> None:
     rc = cli_main(["--workspace", str(ws.root), "train", "--epochs", "1", "--no-pretrained"])
     assert rc == 2
     assert "no labelled training images" in capsys.readouterr().err
+
+
+def test_demo_pool_end_to_end_train_warm_start_and_evaluate(tmp_path: Path) -> None:
+    """The real pipeline: demo pool -> round 0 -> simulated labels -> train -> evaluate -> warm."""
+    from core.annotator import simulate_labels
+    from core.sampling import sample_first_batch
+    from core.workspace import WorkspaceConfig
+    from data.demo import create_demo_pool
+    from models.evaluate import evaluate
+
+    ws = Workspace(tmp_path / "demo").init(WorkspaceConfig(cache_size=32))
+    create_demo_pool(ws, 90, seed=0, size=32)
+    with ws.store() as store:
+        _, ids = sample_first_batch(store, 70, seed=0)
+        simulate_labels(store, ws.schema, ids)
+    first = train(ws, tiny(epochs=1, balance_orientation=True))
+    assert first.status == "succeeded" and first.train_images >= 40
+    report = evaluate(ws)
+    assert report["model_id"] == first.model_id and report["n_images"] > 0
+    assert report["heads"]["type"]["classes"] == list(DEFAULT_SCHEMA.classes["type"])
+    with ws.store() as store:
+        rest = [i for i in store.unlabelled_ids(exclude_splits=("test",))][:10]
+        simulate_labels(store, ws.schema, rest)
+    second = train(ws, tiny(epochs=3, warm_start=True))
+    assert second.warm_started_from == first.model_id and second.epochs_run == 1
