@@ -246,3 +246,11 @@ def test_supported_check_fails_for_other_modern_versions():
     with CvatTestServer(version="2.50.0", modern_about=True) as srv:
         with connect(fast_settings(srv.url)) as c:
             assert c.version_relaxed and "not supported" in c.warnings[0]
+
+
+def test_organisation_is_sent(server, workspace):
+    ids = add_pool(workspace, 2)
+    with connect(fast_settings(server.url, organization="team-a")) as c, \
+            workspace.store() as store:
+        push_round(c, workspace, store, store.create_round(ids, kind="seed"))
+    assert "team-a" in server.org_headers

@@ -151,6 +151,7 @@ class CvatTestServer:
         self.faults = Faults()
         self.state = _State()
         self.log: list[tuple[str, str, int]] = []
+        self.org_headers: list[str | None] = []           # X-Organization of each request
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -575,6 +576,7 @@ def _make_handler(srv: CvatTestServer) -> type[BaseHTTPRequestHandler]:
             parts = urlsplit(self.path)
             path, query = parts.path, {k: v[-1] for k, v in parse_qs(parts.query,
                                                                         keep_blank_values=True).items()}
+            srv.org_headers.append(self.headers.get("X-Organization"))
             rule = srv.faults.take(self.command, self.path)
             body = self._body()
             if rule is not None and rule.delay_s:
