@@ -160,3 +160,17 @@ def test_pull_of_several_tasks_is_all_or_nothing(workspace):
         srv.faults.clear()
         results = pull(conn, workspace, store)
         assert [r.report.counts["imported"] for r in results] == [2, 2]
+
+
+def test_task_deleted_on_the_server(pushed, workspace):
+    from cvat_bridge.client import CvatNotFound
+    from cvat_bridge.pull import task_status
+    srv, task_id = pushed
+    del srv.state.tasks[task_id]
+    with workspace.store() as store, connect(fast_settings(srv.url)) as conn:
+        [status] = task_status(conn, store)
+        assert status.exists is False and "deleted on the server" in status.summary()
+        before = snapshot(store)
+        with pytest.raises(CvatNotFound, match=f"task {task_id} .*no longer exists"):
+            pull(conn, workspace, store)
+        assert snapshot(store) == before
