@@ -8,7 +8,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from core.workspace import ENV_WORKSPACE, Workspace, WorkspaceConfig
-from tests.app_fixtures import build_trained
+from app_fixtures import build_trained
 
 APP = Path(__file__).resolve().parents[1] / "app"
 sys.path.insert(0, str(APP))
@@ -200,3 +200,48 @@ def test_export_job_reports_a_refused_int8_model_and_continues(trained: Workspac
     assert run_job(trained, job_id) == "succeeded"
     job = get_job(trained, job_id)
     assert "int8 export refused" in job["message"] and "int8" not in job["result"]
+
+
+def test_cvat_page_check_push_status_pull_and_manual_zip(trained: Workspace, monkeypatch) -> None:
+    """The CVAT page against the local CVAT test server, driven by the real cvat-sdk."""
+    from cvat_helpers import PASSWORD, CvatTestServer
+
+    from core.jobs import get_job, run_job, start_job
+    from cvat_bridge import records
+
+    with CvatTestServer() as server:
+        monkeypatch.setenv("CVAT_HOST", server.url)
+        monkeypatch.setenv("CVAT_USERNAME", "admin")
+        monkeypatch.setenv("CVAT_PASSWORD", PASSWORD)
+        monkeypatch.delenv("CVAT_ACCESS_TOKEN", raising=False)
+        at = run_page(trained, monkeypatch, "3_CVAT.py")
+        assert_clean(at)
+        next(b for b in at.button if b.label == "Check connection").click().run()
+        assert_clean(at)
+        assert any("CVAT 2.23.1" in m.value for m in at.markdown)
+        with trained.store() as s:
+            number = s.create_round(s.unlabelled_ids(exclude_queued=True)[:4], kind="al",
+                                    strategy="entropy")
+        job_id = start_job(trained, "cvat_push", {"round_number": number, "segment_size": 2},
+                           spawn=False)
+        assert run_job(trained, job_id) == "succeeded", get_job(trained, job_id)["message"]
+        with trained.store() as s:
+            [task] = [t for t in records.tasks(s) if t.round_number == number]
+        server.set_tags(task.task_id, {Path(n).stem: {"color": "red", "type": "sedan",
+                                                     "orientation": "front"}
+                                       for n in server.frame_names(task.task_id)})
+        at = run_page(trained, monkeypatch, "3_CVAT.py")
+        next(b for b in at.button if b.label == "Refresh progress from CVAT").click().run()
+        assert_clean(at)
+        status = at.dataframe[0].value
+        row = status[status["task"] == task.task_id].iloc[0]
+        assert row["tagged"] == 4 and row["progress"] == 1.0
+        job_id = start_job(trained, "cvat_pull", {}, spawn=False)
+        assert run_job(trained, job_id) == "succeeded", get_job(trained, job_id)["message"]
+        with trained.store() as s:
+            pulled = [s.current_label(it["image_id"]) for it in s.round_items(number)]
+        assert all(lv is not None and lv.source == "cvat" for lv in pulled)
+    at.selectbox(key="cvat_manual_round").select(number).run()
+    next(b for b in at.button if b.label == "Build zip").click().run()
+    assert_clean(at)
+    assert any(b.label == "Download zip" for b in at.get("download_button"))
