@@ -245,3 +245,29 @@ def test_cvat_page_check_push_status_pull_and_manual_zip(trained: Workspace, mon
     next(b for b in at.button if b.label == "Build zip").click().run()
     assert_clean(at)
     assert any(b.label == "Download zip" for b in at.get("download_button"))
+
+
+def test_errors_are_readable_messages_not_tracebacks(empty: Workspace, monkeypatch) -> None:
+    def script() -> None:
+        import sys
+        from pathlib import Path
+        sys.path.insert(0, str(Path.cwd() / "app"))
+        import ui
+
+        def body() -> None:
+            raise RuntimeError("disk on fire")
+
+        def user_mistake() -> None:
+            from core.errors import UserError
+            raise UserError("no labelled test images to evaluate on")
+
+        ui.run_page(body)
+        ui.run_page(user_mistake)
+
+    monkeypatch.setenv(ENV_WORKSPACE, str(empty.root))
+    monkeypatch.chdir(APP.parent)
+    at = AppTest.from_function(script, default_timeout=30).run()
+    assert not at.exception
+    assert [e.value for e in at.error] == [
+        "Something went wrong (RuntimeError): disk on fire. The details are in the app's "
+        "terminal log.", "no labelled test images to evaluate on"]

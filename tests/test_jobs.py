@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -146,3 +147,25 @@ def test_job_runners_take_a_new_user_from_demo_pool_to_a_ranked_queue(workspace:
         assert store.current_model()["id"] == train["result"]["model_id"]
         assert store.round(1)["strategy"] == "margin"
         assert store.round(1)["params"]["weights"] == {"orientation": 2.0}
+
+
+def test_cancelled_training_leaves_no_new_model(tmp_path, monkeypatch) -> None:
+    """A real worker process: cancel mid-training; the job ends cancelled and no model appears."""
+    from app_fixtures import build_pool
+
+    monkeypatch.setenv("CARGROUP_JOB_THREADS", "1")
+    ws = build_pool(tmp_path / "ws")
+    job_id = start_job(ws, "train", {"epochs": 200, "image_size": 32, "batch_size": 8,
+                                     "pretrained": False})
+    deadline = time.monotonic() + 120
+    while not get_job(ws, job_id)["log"]:  # wait until training reports its first steps
+        assert get_job(ws, job_id)["status"] in ("queued", "running"), get_job(ws, job_id)["message"]
+        assert time.monotonic() < deadline, "training never reported progress"
+        time.sleep(0.2)
+    with pytest.raises(JobConflict, match="training"):
+        start_job(ws, "train", {"epochs": 1})  # one training at a time
+    cancel_job(ws, job_id)
+    job = wait_job(ws, job_id, timeout=120)
+    assert job["status"] == "cancelled", job["message"]
+    with ws.store() as store:
+        assert store.models() == [] and store.current_model() is None
