@@ -24,7 +24,7 @@ from core.jobs import (ACTIVE, JOB_KINDS, JobConflict, cancel_job, latest_job,  
                        reap_stale, start_job)
 from core.schema import SchemaError, UnknownValueError  # noqa: E402
 from core.store import ProjectStore, StoreError  # noqa: E402
-from core.workspace import ENV_WORKSPACE, Workspace  # noqa: E402
+from core.workspace import Workspace  # noqa: E402
 
 log = logging.getLogger("cargroup.app")
 

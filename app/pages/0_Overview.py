@@ -45,7 +45,6 @@ def onboarding() -> None:
 
 
 def pool_summary() -> None:
-    ws = ui.workspace()
     with ui.store() as s:
         counts = s.status_counts()
         model = s.current_model()
@@ -104,7 +103,6 @@ def pool_summary() -> None:
             if ui.start("sample", {"n": int(n)}):
                 st.rerun()
     next_steps(counts, model)
-    del ws
 
 
 def next_steps(counts: dict, model: dict | None) -> None:

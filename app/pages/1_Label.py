@@ -105,7 +105,10 @@ def body() -> None:
     left, right = st.columns([1, 2])
     with left:
         image = labeling.load_display_image(ws, task.image)
-        big = Image.fromarray(np.asarray(image)).resize((DISPLAY_PX, DISPLAY_PX), Image.NEAREST)
+        pil = Image.fromarray(np.asarray(image))
+        scale = DISPLAY_PX / max(pil.size)  # keep the crop's aspect ratio
+        big = pil.resize((max(1, round(pil.width * scale)), max(1, round(pil.height * scale))),
+                         Image.NEAREST if scale >= 2 else Image.BICUBIC)
         st.image(big, caption=f"#{task.position} of {info.total} · {task.image.name} · "
                               f"{task.image.split} split")
         if task.labelled_before:

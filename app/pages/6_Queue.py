@@ -97,7 +97,12 @@ def body() -> None:
             except Exception:  # noqa: BLE001 - standalone page (tests): no navigation
                 st.info("Open the Label page to start.")
     with cols[2]:
-        ui.link("pages/3_CVAT.py", "Push to CVAT", ":material/cloud_upload:")
+        if st.button("Push to CVAT", icon=":material/cloud_upload:", width="stretch"):
+            st.session_state["cvat_push_round"] = number  # pre-selects the batch there
+            try:
+                st.switch_page("pages/3_CVAT.py")
+            except Exception:  # noqa: BLE001 - standalone page (tests): no navigation
+                st.info("Open the CVAT page to push this batch.")
     items = queue_view(ws, number)
     st.caption(f"{len(items)} images, highest priority first. Scores: higher = more useful to "
                "label; H = the head's normalised entropy.")
