@@ -79,14 +79,22 @@ _CHILDREN: dict[int, subprocess.Popen] = {}
 
 
 # -- liveness -----------------------------------------------------------------------------------
+def _reap_children() -> set[int]:
+    """Collect exit statuses of our finished workers; returns their pids."""
+    ended = set()
+    for job_id, proc in list(_CHILDREN.items()):
+        if proc.poll() is not None:
+            _CHILDREN.pop(job_id, None)
+            ended.add(proc.pid)
+    return ended
+
+
 def pid_alive(pid: int | None) -> bool:
     """True while ``pid`` is a running (not zombie) process."""
     if not pid:
         return False
-    for job_id, proc in list(_CHILDREN.items()):
-        if proc.pid == pid and proc.poll() is not None:
-            _CHILDREN.pop(job_id, None)
-            return False
+    if pid in _reap_children():
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -166,6 +174,7 @@ def start_job(ws: Workspace, kind: str, params: Mapping[str, Any] | None = None,
             job_id = store.create_job(kind, params)
         if not spawn:
             return job_id
+        _reap_children()
         cmd = [sys.executable, "-m", "core", "--workspace", str(ws.root), "job-run", str(job_id)]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         try:

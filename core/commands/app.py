@@ -37,7 +37,7 @@ def streamlit_command(ws: Workspace, *, port: int, address: str) -> list[str]:
     return [sys.executable, "-m", "streamlit", "run", str(APP_ENTRY),
             "--server.address", address, "--server.port", str(port),
             "--server.headless", "true", "--browser.gatherUsageStats", "false",
-            "--client.toolbarMode", "minimal",
+            "--client.toolbarMode", "minimal", "--client.showErrorDetails", "type",
             "--", "--workspace", str(ws.root)]
 
 
