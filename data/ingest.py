@@ -297,7 +297,8 @@ def ingest(ws: Workspace, source: Path, *, ground_truth: GroundTruth | None = No
     pending: list[_Pending] = []
     pending_rejects: list[tuple[str, str]] = list(rejects)
     seen: dict[str, str] = {}                   # hash -> first rel path in this run
-    truth_updates: dict[str, dict[str, str]] = {}   # hash of an already stored image -> labels
+    truth_updates: dict[str, dict[str, str]] = {}   # stored image hash -> given labels (override)
+    truth_fills: dict[str, dict[str, str]] = {}     # duplicate copies' labels (fill gaps only)
     done = 0
     store = None
     try:
@@ -337,7 +338,7 @@ def ingest(ws: Workspace, source: Path, *, ground_truth: GroundTruth | None = No
                 label = _lookup(truth, rel) or {}
                 if digest in seen or (kind == "ok" and digest in known):
                     report.duplicates += 1
-                    _merge_truth(pending, truth_updates, digest, label)
+                    _merge_truth(pending, truth_fills, digest, label)
                 elif kind == "known":
                     report.already_known += 1
                     seen[digest] = rel
@@ -355,7 +356,7 @@ def ingest(ws: Workspace, source: Path, *, ground_truth: GroundTruth | None = No
             if progress is not None:
                 progress(done, len(files))
         flush()
-        report.ground_truth += _apply_truth_updates(store, known, truth_updates)
+        report.ground_truth += _apply_truth_updates(store, known, truth_updates, truth_fills)
     except KeyboardInterrupt:
         if store is not None:
             flush()  # what was decoded is complete: keep it, then stop
@@ -390,17 +391,27 @@ def _merge_truth(pending: list[_Pending], updates: dict[str, dict[str, str]], di
 
 
 def _apply_truth_updates(store: Any, known: Mapping[str, int],
-                         updates: Mapping[str, Mapping[str, str]]) -> int:
-    """Set ground truth given for images stored earlier; returns how many changed."""
-    if not updates:
+                         updates: Mapping[str, Mapping[str, str]],
+                         fills: Mapping[str, Mapping[str, str]]) -> int:
+    """Set ground truth for images stored before this batch; returns how many changed.
+
+    ``updates`` (labels given for an already known file) replace per attribute: re-ingesting
+    with a corrected CSV corrects the ground truth. ``fills`` (labels of a duplicate copy) only
+    fill attributes the first copy lacked: the first copy in sorted order wins a conflict.
+    """
+    if not updates and not fills:
         return 0
-    ids = {known[d]: dict(v) for d, v in updates.items() if d in known and v}
+    ids = {known[d] for d in (*updates, *fills) if d in known}
     existing = store.ground_truth(ids)
     changed = 0
     with store.transaction():
-        for image_id, values in ids.items():
-            merged = {**existing.get(image_id, {}), **values}
-            if merged != existing.get(image_id, {}):
+        for digest in set(updates) | set(fills):
+            image_id = known.get(digest)
+            if image_id is None:
+                continue
+            before = existing.get(image_id, {})
+            merged = {**fills.get(digest, {}), **before, **updates.get(digest, {})}
+            if merged != before:
                 store.set_ground_truth(image_id, merged)
                 changed += 1
     return changed

@@ -244,6 +244,25 @@ def test_ground_truth_and_group_keys_are_stored(workspace: Workspace, tmp_path: 
         assert len(store.ground_truth()) == 40
 
 
+def test_duplicate_copies_first_label_wins(workspace: Workspace, tmp_path: Path,
+                                           rng: np.random.Generator) -> None:
+    folder = make_mixed_folder(tmp_path / "pool", rng)
+    truth = {"plain.jpg": {"color": "red"},
+             "sub/copy_of_plain.jpg": {"color": "blue", "type": "bus"}}
+    for batch in (512, 1):                 # copy pending in the same batch / already committed
+        ws = Workspace(tmp_path / f"ws{batch}").init(WorkspaceConfig(cache_size=32))
+        report = ingest(ws, folder, ground_truth=truth, workers=1, batch_size=batch)
+        assert report.duplicates == 1
+        with ws.store() as store:
+            assert list(store.ground_truth().values()) == [{"color": "red", "type": "bus"}]
+        again = ingest(ws, folder, ground_truth=truth, workers=1)
+        assert again.ground_truth == 0     # nothing changed on a re-run
+    fixed = {"plain.jpg": {"color": "gray"}}
+    assert ingest(ws, folder, ground_truth=fixed, workers=1).ground_truth == 1
+    with ws.store() as store:              # a corrected CSV corrects the hidden truth
+        assert list(store.ground_truth().values()) == [{"color": "gray", "type": "bus"}]
+
+
 def test_unknown_ground_truth_value_stops_before_writing(workspace: Workspace, tmp_path: Path,
                                                          rng: np.random.Generator) -> None:
     folder = make_mixed_folder(tmp_path / "pool", rng)
