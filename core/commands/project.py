@@ -76,7 +76,7 @@ def cmd_status(args: argparse.Namespace, ws: Workspace) -> int:
     if counts["labelled_by_source"]:
         print("source:   " + "  ".join(f"{s}={n}" for s, n in counts["labelled_by_source"].items()))
     if counts["labelled_by_attribute"]:
-        print("attribute:" + "  ".join(f" {a}={n}" for a, n in counts["labelled_by_attribute"].items()))
+        print("attribute: " + "  ".join(f"{a}={n}" for a, n in counts["labelled_by_attribute"].items()))
     for r in counts["rounds"]:
         print(f"round {r['number']}: {r['kind']} ({r['strategy']}), {r['size']} images")
     print(f"models: {counts['models']}")
