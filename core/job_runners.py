@@ -154,6 +154,15 @@ def run_train(ws: Workspace, params: dict, ctx: JobContext) -> dict[str, Any]:
     ctx.progress(0.92, "evaluating on the test split", force=True)
     out["evaluation"] = _evaluate(ws, model_id)
     out["message"] = f"model #{model_id} trained and evaluated" + _acc_text(out["evaluation"])
+    if params.get("then_queue"):
+        # One click, one round: rank the next batch with the new model right away.
+        from core.queue import build_queue
+        ctx.check_cancel()
+        ctx.progress(0.95, "ranking the next batch with the new model", force=True)
+        queue = build_queue(ws, str(params.get("strategy", "entropy")),
+                            int(params["then_queue"]))
+        out["queue"] = {"round": queue.round_number, "size": len(queue.items)}
+        out["message"] += f"; round {queue.round_number}: {len(queue.items)} images queued"
     return out
 
 

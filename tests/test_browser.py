@@ -184,7 +184,19 @@ def test_retrain_and_see_the_new_accuracy(app, page) -> None:
     set_number(page, "Epochs", 2)
     page.get_by_text("ImageNet weights").click()  # offline machines: skip the download attempt
     settle(page)
-    click_and_wait(page, "Retrain", "Test accuracy of the new model")
+    page.get_by_role("button", name="Retrain").click()
+    page.get_by_text("· training ·", exact=False).first.wait_for()
+    # a second tab (and so a reload) shows the same job, read from the store
+    other = page.context.new_page()
+    other.goto(f"{url}/Train")
+    other.get_by_text("· training ·", exact=False).first.wait_for()
+    job_text = other.get_by_text("· training ·", exact=False).first.inner_text()
+    other.close()
+    with ws.store() as store:
+        [train_job] = store.jobs("train")
+    assert job_text.startswith(f"Job #{train_job['id']} · training ·")
+    page.get_by_text("Test accuracy of the new model", exact=False).first.wait_for(timeout=120_000)
+    settle(page)
     shoot(page, "train")
     with ws.store() as store:
         model = store.current_model()

@@ -141,12 +141,18 @@ def test_job_runners_take_a_new_user_from_demo_pool_to_a_ranked_queue(workspace:
     assert [e["epoch"] for e in epochs] == [1, 2] and all("val_loss" in e for e in epochs)
     assert set(train["result"]["evaluation"]["heads"]) == {"color", "type", "orientation"}
     assert "test accuracy color" in train["message"]
+    warm = run("train", {"epochs": 1, "warm_start": True, "warm_epochs": 1, "image_size": 32,
+                         "batch_size": 16, "then_queue": 3})
+    assert warm["result"]["queue"] == {"round": 1, "size": 3}
+    assert warm["message"].endswith("round 1: 3 images queued")
+    train = warm
     queue = run("queue", {"strategy": "margin", "top_k": 5, "weights": {"orientation": 2.0}})
-    assert queue["result"]["size"] == 5 and queue["result"]["round"] == 1
+    assert queue["result"]["size"] == 5 and queue["result"]["round"] == 2
     with workspace.store() as store:
         assert store.current_model()["id"] == train["result"]["model_id"]
-        assert store.round(1)["strategy"] == "margin"
-        assert store.round(1)["params"]["weights"] == {"orientation": 2.0}
+        assert store.current_model()["parent_id"] is not None  # the warm start
+        assert store.round(2)["strategy"] == "margin"
+        assert store.round(2)["params"]["weights"] == {"orientation": 2.0}
 
 
 def test_cancelled_training_leaves_no_new_model(tmp_path, monkeypatch) -> None:

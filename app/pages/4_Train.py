@@ -94,6 +94,9 @@ def body() -> None:
         opts = st.columns(3)
         balance = opts[0].checkbox("Flip-balance orientation", value=False, disabled=running)
         weights = opts[1].checkbox("Class weights", value=False, disabled=running)
+        then_queue = opts[2].number_input(
+            "Then queue N images", 0, 5000, 0, step=50, disabled=running,
+            help="After evaluation, rank the next batch (entropy) with the new model; 0: don't")
         if st.button("Retrain", type="primary", icon=":material/model_training:",
                      disabled=running or counts["labelled_by_split"]["train"] == 0,
                      help="Runs in the background: you can leave this page and come back"):
@@ -102,6 +105,8 @@ def body() -> None:
                       "balance_orientation": bool(balance), "class_weights": bool(weights)}
             if warm:
                 params["warm_epochs"] = int(epochs)
+            if then_queue:
+                params["then_queue"] = int(then_queue)
             if ui.start("train", params):
                 st.rerun()
         if counts["labelled_by_split"]["train"] == 0:
