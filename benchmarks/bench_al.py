@@ -361,6 +361,7 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=1, help="strategy runs in parallel processes")
     ap.add_argument("--workdir", default=None, help="keep pools here (reused when present)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    ap.add_argument("--prepare-only", action="store_true", help="build the pools and stop")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     logging.basicConfig(level=logging.ERROR)
@@ -397,6 +398,8 @@ def main() -> None:
             counts = store.status_counts()
         print(f"[{ds}] pool ready in {time.perf_counter() - t0:.0f} s: {counts['by_split']}, "
               f"test labelled {counts['labelled_by_split']['test']}", flush=True)
+        if args.prepare_only:
+            continue
         load_before = os.getloadavg()
         started = time.perf_counter()
         rows: list[dict[str, Any]] = []
