@@ -1,56 +1,28 @@
 """A tiny labelled workspace with a trained model and a ranked queue, for the app's tests.
 
-Built through the real capability code (ingest, sampling, training, evaluation, queue) so the
-pages are tested against what those modules actually store. Images are 32 px and one epoch is
-trained, so the whole build takes a few seconds.
+Built through the real capability code (demo pool, simulated annotator, sampling, training,
+evaluation, queue) so the pages are tested against what those modules actually store. Images are 32 px and one
+epoch is trained, so the whole build takes a few seconds.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
-from core.schema import DEFAULT_CLASSES
 from core.workspace import Workspace, WorkspaceConfig
 
-COLORS = {"red": (200, 30, 30), "blue": (30, 40, 200), "white": (235, 235, 235),
-          "black": (20, 20, 20)}
-VIEWS = ("left", "right", "front", "back")
 
-
-def write_images(folder: Path, n: int, seed: int = 0, size: int = 32) -> dict[str, dict[str, str]]:
-    """Toy crops (body colour = colour label, a marker placed by the view) as PNG files."""
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    truth = {}
-    q = size // 4
-    for k in range(n):
-        color, view = str(rng.choice(list(COLORS))), str(rng.choice(VIEWS))
-        img = rng.integers(90, 140, (size, size, 3)).astype(np.uint8)
-        img[q:3 * q, q // 2:size - q // 2] = COLORS[color]
-        box = {"left": (slice(q, 3 * q), slice(0, q)), "right": (slice(q, 3 * q), slice(size - q, size)),
-               "front": (slice(0, q), slice(q, 3 * q)), "back": (slice(size - q, size), slice(q, 3 * q))}
-        img[box[view]] = (255, 255, 0)
-        name = f"car_{k:03d}.png"
-        Image.fromarray(img).save(folder / name)
-        truth[name] = {"color": color, "type": DEFAULT_CLASSES["type"][k % 3],
-                       "orientation": view}
-    return truth
-
-
-def build_pool(root: Path, *, n: int = 60, first_batch: int = 40, seed: int = 0) -> Workspace:
-    """Ingested pool with round 0 sampled and labelled (source 'simulated')."""
+def build_pool(root: Path, *, n: int = 60, first_batch: int = 40, seed: int = 0,
+               size: int = 32) -> Workspace:
+    """A demo pool (the app's own generator) with round 0 labelled by the simulated annotator."""
+    from core.annotator import simulate_labels
     from core.sampling import sample_first_batch
-    from data.ingest import ingest
+    from data.demo import create_demo_pool
 
-    ws = Workspace(root).init(WorkspaceConfig(cache_size=32))
-    truth = write_images(root.parent / f"{root.name}_src", n, seed)
-    ingest(ws, root.parent / f"{root.name}_src", workers=1)
+    ws = Workspace(root).init(WorkspaceConfig(cache_size=size))
+    create_demo_pool(ws, n, seed=seed, size=size)
     with ws.store() as store:
-        _, ids = sample_first_batch(store, first_batch, seed=seed)
-        for image in store.images(ids):
-            store.add_label(image.id, truth[image.name], source="simulated")
+        number, ids = sample_first_batch(store, first_batch, seed=seed)
+        simulate_labels(store, ws.schema, ids, round_id=store.round(number)["id"])
     return ws
 
 
