@@ -24,6 +24,7 @@ import json
 import math
 import multiprocessing as mp
 import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -451,7 +452,7 @@ def generate_demo_images(out_dir: str | Path, n: int, *, seed: int = 0, size: in
     pool = None
     if workers > 1 and n >= 100:
         method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-        pool = mp.get_context(method).Pool(workers)
+        pool = mp.get_context(method).Pool(workers, initializer=_ignore_sigint)
         encoded = pool.imap(_encode_one, tasks, chunksize=8)
     else:
         encoded = map(_encode_one, tasks)
@@ -469,6 +470,10 @@ def generate_demo_images(out_dir: str | Path, n: int, *, seed: int = 0, size: in
             pool.terminate()
             pool.join()
     return truth
+
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _encode_one(task: tuple[int, int, int, Mapping[str, str]]) -> bytes:

@@ -17,6 +17,7 @@ import csv
 import multiprocessing as mp
 import os
 import re
+import signal
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -185,6 +186,12 @@ def _init_worker(known: frozenset[str], size: int, max_pixels: int, min_side: in
         pass
 
 
+def _init_pool_worker(*args: Any) -> None:
+    """Worker processes leave Ctrl-C to the parent, which stops the pool and keeps what is done."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _init_worker(*args)
+
+
 def _process(task: tuple[str, str]) -> tuple:
     """Read, hash, decode and resize one file. Runs in a worker (or in-process)."""
     full, rel = task
@@ -217,7 +224,8 @@ def _results(tasks: list[tuple[str, str]], workers: int, init_args: tuple) -> It
     # fork: workers inherit the imported modules (torch via data.preprocess costs seconds per
     # spawned process); the pool is started before this process opens the database.
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    pool = mp.get_context(method).Pool(workers, initializer=_init_worker, initargs=init_args)
+    pool = mp.get_context(method).Pool(workers, initializer=_init_pool_worker,
+                                       initargs=init_args)
     try:
         yield from pool.imap(_process, tasks, chunksize=16)
         pool.close()
