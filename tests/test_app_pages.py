@@ -280,3 +280,39 @@ def test_errors_are_readable_messages_not_tracebacks(empty: Workspace, monkeypat
     assert [e.value for e in at.error] == [
         "Something went wrong (RuntimeError): disk on fire. The details are in the app's "
         "terminal log.", "no labelled test images to evaluate on"]
+
+
+def test_overview_ingest_a_folder_runs_the_ingest_job(empty: Workspace, monkeypatch, tmp_path) -> None:
+    from core.jobs import get_job, run_job, start_job
+    from data.demo import generate_demo_images
+
+    folder = tmp_path / "crops"
+    generate_demo_images(folder, 6, seed=1, size=32)
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    recorded = []
+
+    def record(ws, kind, params):
+        recorded.append(params)
+        return start_job(ws, kind, params, spawn=False)
+    monkeypatch.setattr(ui, "start_job", record)
+    at = run_page(empty, monkeypatch, "0_Overview.py")
+    at.text_input[0].input(str(folder)).run()
+    next(b for b in at.button if b.label == "Ingest").click().run()
+    assert recorded == [{"path": str(folder)}]
+    job_id = get_job(empty, 1)["id"]
+    assert run_job(empty, job_id) == "succeeded"
+    message = get_job(empty, job_id)["message"]
+    assert "6 added" in message and "1 rejected" in message
+    at = run_page(empty, monkeypatch, "0_Overview.py")
+    assert {m.label: m.value for m in at.metric}["Rejected"] == "1"
+
+
+def test_uploads_stay_inside_the_workspace(empty: Workspace, monkeypatch) -> None:
+    class Upload:
+        name = "../../evil.zip"
+
+        def getvalue(self) -> bytes:
+            return b"PK"
+    monkeypatch.setenv(ENV_WORKSPACE, str(empty.root))
+    path = ui.save_upload(Upload())
+    assert path == empty.pools_dir / "uploads" / "evil.zip" and path.read_bytes() == b"PK"
