@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -106,6 +107,7 @@ def main() -> None:
     p.add_argument("--workdir", default=None, help="keeps the ingested workspaces between runs")
     p.add_argument("--json", default=None)
     args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if not REAL.is_dir():
         print(f"skipped: real data not available at {REAL}")
         return

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
+import resource
 import sys
 import tempfile
 import time
@@ -191,9 +193,12 @@ def recipe(args: argparse.Namespace) -> dict:
 
     def run(config: TrainConfig) -> dict:
         load_before = load_avg()
+        cpu0 = resource.getrusage(resource.RUSAGE_SELF)
         res = train(ws, config)
+        cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+        cpu_s = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
         report = evaluate(ws, res.model_id)
-        return {"seconds": res.seconds, "epochs": res.epochs_run, "best_epoch": res.best_epoch,
+        return {"seconds": res.seconds, "cpu_seconds": cpu_s, "epochs": res.epochs_run, "best_epoch": res.best_epoch,
                 "train_images": res.train_images, "val_images": res.val_images,
                 "images_per_s": res.images_per_s, "bf16": res.bf16, "origin": res.origin,
                 "val_acc": res.val_acc,
@@ -237,6 +242,7 @@ def main() -> None:
     p.add_argument("--workspace", default=None)
     p.add_argument("--json", default=None, help="also write the result to this file")
     args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     result = throughput(args) if args.what == "throughput" else recipe(args)
     text = json.dumps(result, indent=2)
     print(text)
