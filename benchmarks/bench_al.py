@@ -60,9 +60,9 @@ class Config:
     size: int = 48                     # cache and model input size (px)
     seed_size: int = 100
     batch: int = 100
-    rounds: int = 4
+    rounds: int = 3
     epochs: int = 10                   # seed model (from scratch)
-    warm_epochs: int = 4               # each later round
+    warm_epochs: int = 3               # each later round
     from_scratch: bool = False         # retrain from scratch each round (epochs) instead
     train_batch: int = 32
     mc_passes: int = 10
