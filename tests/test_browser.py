@@ -2,7 +2,9 @@
 
 Starts the app exactly as a user does (``python -m core --workspace W app --port P``, which runs
 ``streamlit run`` on 127.0.0.1), drives Debian's headless Chromium through the ``playwright``
-package, and saves a screenshot of every page into ``docs/screenshots/`` (the README shows them).
+package, and saves a screenshot of every page as a test artifact in ``test-artifacts/screenshots/``
+(or ``$CARGROUP_SCREENSHOTS``; run with ``CARGROUP_SCREENSHOTS=docs/screenshots`` to refresh the
+pictures the README shows, so an ordinary test run never rewrites tracked files).
 Skips with a reason where Chromium or playwright is missing.
 """
 from __future__ import annotations
@@ -22,7 +24,9 @@ import pytest
 from core.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[1]
-SHOTS = REPO / "docs" / "screenshots"
+SHOTS = Path(os.environ.get("CARGROUP_SCREENSHOTS") or REPO / "test-artifacts" / "screenshots")
+if not SHOTS.is_absolute():
+    SHOTS = REPO / SHOTS
 CHROMIUM = os.environ.get("CARGROUP_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
