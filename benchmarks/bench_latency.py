@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -34,6 +33,7 @@ import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 
+from core.latency import time_calls  # noqa: E402
 from core.workspace import Workspace, WorkspaceConfig  # noqa: E402
 from data.cache import ImageCache  # noqa: E402
 from data.preprocess import normalise_batch, resize_square  # noqa: E402
@@ -104,19 +104,6 @@ def build_real_workspace(root: Path, size: int, per_set: tuple[int, int, int], s
 
 
 # -- timing --------------------------------------------------------------------------------------
-def time_calls(fn, warmup: int, runs: int) -> dict[str, float]:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1000.0)
-    times.sort()
-    return {"median_ms": statistics.median(times), "p10_ms": times[len(times) // 10],
-            "p90_ms": times[min(len(times) - 1, (9 * len(times)) // 10)], "runs": runs}
-
-
 def ort_session(path: Path, threads: int) -> ort.InferenceSession:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads

@@ -18,7 +18,8 @@ from core.workspace import Workspace
 RESULTS_NAME = "latency.json"
 
 
-def _median_ms(fn: Callable[[], object], warmup: int, runs: int) -> float:
+def time_calls(fn: Callable[[], object], warmup: int, runs: int) -> dict[str, float]:
+    """Call ``fn`` ``warmup`` times untimed, then ``runs`` times; milliseconds per call."""
     for _ in range(warmup):
         fn()
     times = []
@@ -26,7 +27,13 @@ def _median_ms(fn: Callable[[], object], warmup: int, runs: int) -> float:
         t0 = time.perf_counter()
         fn()
         times.append((time.perf_counter() - t0) * 1000.0)
-    return float(statistics.median(times))
+    times.sort()
+    return {"median_ms": float(statistics.median(times)), "p10_ms": times[len(times) // 10],
+            "p90_ms": times[min(len(times) - 1, (9 * len(times)) // 10)], "runs": runs}
+
+
+def _median_ms(fn: Callable[[], object], warmup: int, runs: int) -> float:
+    return time_calls(fn, warmup, runs)["median_ms"]
 
 
 def results_path(ws: Workspace, model_id: int) -> Path:
