@@ -23,6 +23,17 @@ def workspace(tmp_path: Path) -> Workspace:
 
 
 @pytest.fixture
+def one_torch_thread():
+    """Run a test with one torch thread (small models; parallel overhead only slows them)."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
 

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from core.cli import main as cli_main
 from core.errors import UserError
@@ -19,12 +18,7 @@ from models.evaluate import evaluate, head_report, predict_arrays
 from models.network import MultiHeadResNet
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_head_report_by_hand() -> None:

@@ -23,12 +23,7 @@ from tests.conftest import require_shared_real
 from tests.export_helpers import SIZE, make_trained_workspace
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

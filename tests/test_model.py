@@ -21,12 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 CUSTOM = LabelSchema(classes={"color": ("red", "blue", "other"), "wheels": ("2", "4")})
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_heads_sized_from_default_schema() -> None:

@@ -26,12 +26,7 @@ PALETTE = {"red": (200, 30, 30), "blue": (30, 40, 200), "white": (235, 235, 235)
 VIEWS = ("left", "right", "front", "back")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def draw(color: str, view: str, size: int, rng: np.random.Generator) -> np.ndarray:
