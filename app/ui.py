@@ -19,12 +19,12 @@ REPO_ROOT = APP_DIR.parent
 if str(REPO_ROOT) not in sys.path:  # `streamlit run app/Home.py` puts app/ first, not the repo
     sys.path.insert(0, str(REPO_ROOT))
 
-from core.errors import UserError  # noqa: E402
+from data.errors import UserError  # noqa: E402
 from core.jobs import (ACTIVE, JOB_KINDS, JobConflict, cancel_job, latest_job,  # noqa: E402
                        reap_stale, start_job)
-from core.schema import SchemaError, UnknownValueError  # noqa: E402
-from core.store import ProjectStore, StoreError  # noqa: E402
-from core.workspace import Workspace  # noqa: E402
+from data.schema import SchemaError, UnknownValueError  # noqa: E402
+from data.store import ProjectStore, StoreError  # noqa: E402
+from data.workspace import Workspace  # noqa: E402
 
 log = logging.getLogger("cargroup.app")
 

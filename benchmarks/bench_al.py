@@ -92,7 +92,7 @@ def train_config(cfg: Config, seed: int, warm: bool) -> Any:
 
 # -- pools -------------------------------------------------------------------------------------
 def _new_workspace(root: Path, size: int) -> Any:
-    from core.workspace import Workspace, WorkspaceConfig
+    from data.workspace import Workspace, WorkspaceConfig
 
     return Workspace(root).init(WorkspaceConfig(
         cache_size=size, split_fractions={"train": 0.8, "val": 0.0, "test": 0.2}))
@@ -145,7 +145,7 @@ def label_test_split(ws: Any) -> int:
 
 def copy_workspace(src: Path, dst: Path) -> Any:
     """Copy the database, cache, models and exports (not the source images) of a workspace."""
-    from core.workspace import Workspace
+    from data.workspace import Workspace
 
     if dst.exists():
         shutil.rmtree(dst)
@@ -431,7 +431,7 @@ def main() -> None:
 
 
 def _ws(root: Path) -> Any:
-    from core.workspace import Workspace
+    from data.workspace import Workspace
 
     return Workspace(root)
 

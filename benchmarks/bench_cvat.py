@@ -21,7 +21,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
 from cvat_helpers import CvatTestServer, add_pool, fast_settings  # noqa: E402
-from core.workspace import Workspace, WorkspaceConfig  # noqa: E402
+from data.workspace import Workspace, WorkspaceConfig  # noqa: E402
 from cvat_bridge.client import connect  # noqa: E402
 from cvat_bridge.pull import pull  # noqa: E402
 from cvat_bridge.push import push_round  # noqa: E402

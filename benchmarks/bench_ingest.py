@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 REAL = REPO.parent / "shared" / "data" / "real"
 
-from core.workspace import Workspace, WorkspaceConfig  # noqa: E402
+from data.workspace import Workspace, WorkspaceConfig  # noqa: E402
 from data.ingest import ingest  # noqa: E402
 
 

@@ -34,7 +34,7 @@ import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 
 from core.latency import time_calls  # noqa: E402
-from core.workspace import Workspace, WorkspaceConfig  # noqa: E402
+from data.workspace import Workspace, WorkspaceConfig  # noqa: E402
 from data.cache import ImageCache  # noqa: E402
 from data.preprocess import normalise_batch, resize_square  # noqa: E402
 

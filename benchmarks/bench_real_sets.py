@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
-from core.workspace import Workspace, WorkspaceConfig  # noqa: E402
+from data.workspace import Workspace, WorkspaceConfig  # noqa: E402
 
 REAL = REPO.parent / "shared" / "data" / "real"
 ATTRIBUTE = {"color": "color", "type": "type", "orientation": "orientation"}

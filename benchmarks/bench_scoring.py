@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from core.workspace import Workspace, WorkspaceConfig  # noqa: E402
+from data.workspace import Workspace, WorkspaceConfig  # noqa: E402
 from data.cache import ImageCache  # noqa: E402
 from data.preprocess import resize_square  # noqa: E402
 

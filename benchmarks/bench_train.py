@@ -35,7 +35,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from core.schema import DEFAULT_SCHEMA  # noqa: E402
+from data.schema import DEFAULT_SCHEMA  # noqa: E402
 from data.preprocess import resize_square  # noqa: E402
 from data.transforms import apply_albumentations, train_transform  # noqa: E402
 from models.network import MultiHeadResNet  # noqa: E402
@@ -171,8 +171,8 @@ def throughput(args: argparse.Namespace) -> dict:
 # -- recipe ------------------------------------------------------------------------------------
 
 def recipe(args: argparse.Namespace) -> dict:
-    from core.sampling import sample_first_batch
-    from core.workspace import Workspace, WorkspaceConfig
+    from data.sampling import sample_first_batch
+    from data.workspace import Workspace, WorkspaceConfig
     from data.demo import create_demo_pool
     from core.annotator import simulate_labels
     from models.evaluate import evaluate

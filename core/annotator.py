@@ -10,8 +10,8 @@ from __future__ import annotations
 import random
 from typing import Iterable
 
-from core.schema import LabelSchema
-from core.store import ProjectStore
+from data.schema import LabelSchema
+from data.store import ProjectStore
 
 ANNOTATOR = "simulator"
 

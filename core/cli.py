@@ -14,10 +14,10 @@ import sqlite3
 import sys
 from typing import Sequence
 
-from core.errors import UserError
-from core.schema import SchemaError, UnknownValueError
-from core.store import StoreError
-from core.workspace import ENV_WORKSPACE, Workspace
+from data.errors import UserError
+from data.schema import SchemaError, UnknownValueError
+from data.store import StoreError
+from data.workspace import ENV_WORKSPACE, Workspace
 
 
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from core.schema import LabelSchema
-from core.store import SPLITS, ProjectStore
-from core.workspace import Workspace
+from data.schema import LabelSchema
+from data.store import SPLITS, ProjectStore
+from data.workspace import Workspace
 
 RARE_FRACTION = 0.02  # a class with under 2 % of an attribute's labels (but > 0) is "rare"
 

@@ -11,9 +11,9 @@ import os
 import time
 from typing import Any
 
-from core.errors import UserError
+from data.errors import UserError
 from core.jobs import JobCancelled, JobContext
-from core.workspace import Workspace
+from data.workspace import Workspace
 
 
 def _threads() -> None:
@@ -62,7 +62,7 @@ def run_demo(ws: Workspace, params: dict, ctx: JobContext) -> dict[str, Any]:
 
 
 def _sample(ws: Workspace, n: int, seed: int) -> dict[str, Any]:
-    from core.sampling import SamplingError, sample_first_batch
+    from data.sampling import SamplingError, sample_first_batch
 
     with ws.store() as store:
         try:

@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from core.errors import UserError
-from core.store import ProjectStore
-from core.workspace import Workspace
+from data.errors import UserError
+from data.store import ProjectStore
+from data.workspace import Workspace
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

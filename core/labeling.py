@@ -13,9 +13,9 @@ from typing import Mapping
 
 import numpy as np
 
-from core.schema import LabelSchema
-from core.store import ImageRecord, ProjectStore
-from core.workspace import Workspace
+from data.schema import LabelSchema
+from data.store import ImageRecord, ProjectStore
+from data.workspace import Workspace
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from core.workspace import Workspace
+from data.workspace import Workspace
 
 RESULTS_NAME = "latency.json"
 

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from core.errors import UserError
+from data.errors import UserError
 from core.queue import QueueResult, build_queue
-from core.workspace import Workspace
+from data.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ def run_round(ws: Workspace, *, labels: str | Path | None = None, simulate: bool
     - the queue options are those of :func:`core.queue.build_queue`.
     """
     from models.evaluate import evaluate, metrics_summary
-    from models.scoring import ScoringCancelled, score_pool
+    from core.scoring import ScoringCancelled, score_pool
     from models.train import TrainConfig, train
 
     timings: dict[str, float] = {}

@@ -21,8 +21,8 @@ import numpy as np
 from core import acquisition as acq
 from core.diversity import METHODS as DIVERSITY_METHODS
 from core.diversity import select_diverse
-from core.errors import UserError
-from core.workspace import Workspace
+from data.errors import UserError
+from data.workspace import Workspace
 
 Progress = Callable[[float, str], None]
 ROUND_KIND = "al"
@@ -109,7 +109,7 @@ def select(scores: np.ndarray, top_k: int, *, embeddings: np.ndarray | None = No
 def _load_or_score(ws: Workspace, model_id: int, candidates: Sequence[int], *, rescore: bool,
                    progress: Progress | None, should_cancel: Callable[[], bool] | None,
                    score_kwargs: Mapping[str, Any]):
-    from models.scoring import pool_scores_for, score_pool
+    from core.scoring import pool_scores_for, score_pool
 
     pool = None if rescore else pool_scores_for(ws, model_id)
     if pool is not None and pool.model_id == model_id:

@@ -35,7 +35,7 @@ import PIL.Image
 import cvat_sdk.auto_annotation as cvataa
 from cvat_sdk import models
 
-from core.schema import DEFAULT_SCHEMA
+from data.schema import DEFAULT_SCHEMA
 
 ENV_MODEL = "CARGROUP_ONNX_MODEL"
 ENV_THREADS = "CARGROUP_ONNX_THREADS"

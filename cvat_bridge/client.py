@@ -30,7 +30,7 @@ from cvat_sdk.core.exceptions import (BackgroundRequestException, CvatSdkExcepti
                                       IncompatibleVersionException)
 from cvat_sdk.version import VERSION as SDK_VERSION
 
-from core.errors import UserError
+from data.errors import UserError
 from cvat_bridge.settings import CvatSettings
 
 log = logging.getLogger(__name__)

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.errors import UserError
-from core.schema import LabelSchema
-from cvat_bridge.naming import upload_name
+from data.errors import UserError
+from data.schema import LabelSchema
+from data.naming import upload_name
 from cvat_bridge.spec import TAG_LABEL, label_spec
 
 

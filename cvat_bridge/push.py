@@ -20,10 +20,10 @@ from typing import Any
 
 from cvat_sdk.api_client import models
 
-from core.schema import LabelSchema
+from data.schema import LabelSchema
 from cvat_bridge import records
 from cvat_bridge.client import Connection, CvatError, translate_errors
-from cvat_bridge.naming import upload_name
+from data.naming import upload_name
 from cvat_bridge.spec import TAG_LABEL, ensure_project, default_project_name
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """Which CVAT task holds which images of which round (the store's ``cvat_tasks`` tables).
 
-Kept here rather than in core/store.py because only the bridge reads and writes these rows.
+Kept here rather than in data/store.py because only the bridge reads and writes these rows.
 """
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-from core.errors import UserError
+from data.errors import UserError
 
 ENV_HOST = "CVAT_HOST"
 ENV_USERNAME = "CVAT_USERNAME"

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from core.schema import LabelSchema
+from data.schema import LabelSchema
 from cvat_bridge.client import Connection, CvatError, CvatNotFound, translate_errors
 
 TAG_LABEL = "vehicle"

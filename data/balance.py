@@ -19,7 +19,7 @@ from typing import Mapping
 
 import numpy as np
 
-from core.schema import LabelSchema
+from data.schema import LabelSchema
 
 
 def flip_image(image: np.ndarray) -> np.ndarray:

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from core.schema import LabelSchema
-from core.store import ProjectStore
+from data.schema import LabelSchema
+from data.store import ProjectStore
 from data.balance import BalancePlan, flip_image, flip_label, plan_orientation_balance
 from data.cache import ImageCache
 

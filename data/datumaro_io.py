@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Mapping
 
-from core.errors import UserError
-from core.schema import LabelSchema, UnknownValueError
+from data.errors import UserError
+from data.schema import LabelSchema, UnknownValueError
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +263,7 @@ def name_index(store: Any) -> Callable[[str], tuple[int | None, str]]:
     for rec in store.images():
         by_stem.setdefault(PurePosixPath(rec.name).stem, []).append(rec.id)
         names[rec.id] = rec.name
-    from cvat_bridge.naming import parse_upload_stem, upload_stem
+    from data.naming import parse_upload_stem, upload_stem
 
     def lookup(item_id: str) -> tuple[int | None, str]:
         stem = PurePosixPath(item_id).name

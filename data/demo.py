@@ -32,7 +32,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from core.schema import DEFAULT_CLASSES
+from data.schema import DEFAULT_CLASSES
 
 # -- classes and default (street-like, imbalanced) frequencies ---------------------------------
 PAINT: dict[str, tuple[int, int, int]] = {

@@ -27,10 +27,10 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
-from core.errors import UserError
-from core.schema import LabelSchema
-from core.splits import assign_split
-from core.workspace import Workspace
+from data.errors import UserError
+from data.schema import LabelSchema
+from data.splits import assign_split
+from data.workspace import Workspace
 from data.archive import ARCHIVE_SUFFIXES, DONE_MARKER, ArchiveError, ExtractLimits, \
     extract_archive
 from data.cache import ImageCache

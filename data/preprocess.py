@@ -9,7 +9,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from models.network import IMAGENET_MEAN, IMAGENET_STD
+#: ImageNet channel statistics (RGB, 0..1 scale) that every pretrained backbone here expects.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _MEAN = np.asarray(IMAGENET_MEAN, dtype=np.float32) * 255.0
 _STD = np.asarray(IMAGENET_STD, dtype=np.float32) * 255.0

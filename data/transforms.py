@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from data.preprocess import normalise_batch
-from models.network import IMAGENET_MEAN, IMAGENET_STD
+from data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 ImageTransform = Callable[[np.ndarray], np.ndarray]
 

@@ -20,9 +20,9 @@ from typing import Any, Mapping
 import torch
 from torchvision.models import resnet18
 
-from core.errors import UserError
-from core.schema import LabelSchema
-from core.workspace import Workspace
+from data.errors import UserError
+from data.schema import LabelSchema
+from data.workspace import Workspace
 from models.network import MultiHeadResNet
 
 CHECKPOINT_NAME = "model.pt"

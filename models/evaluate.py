@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-from core.errors import UserError
-from core.workspace import Workspace
+from data.errors import UserError
+from data.workspace import Workspace
 from data.cache import ImageCache
 from data.dataset import encode_targets, load_split
 from data.preprocess import normalise_batch

@@ -32,11 +32,11 @@ import onnx
 import torch
 from torch import nn
 
-from core.errors import UserError
-from core.workspace import Workspace
+from data.errors import UserError
+from data.workspace import Workspace
 from data.cache import ImageCache
-from data.preprocess import normalise_batch
-from models.network import IMAGENET_MEAN, IMAGENET_STD, MultiHeadResNet
+from data.preprocess import IMAGENET_MEAN, IMAGENET_STD, normalise_batch
+from models.network import MultiHeadResNet
 
 log = logging.getLogger(__name__)
 

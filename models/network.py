@@ -1,6 +1,6 @@
 """Three-head ResNet18: one shared torchvision backbone, one linear softmax head per attribute.
 
-Heads are sized from the :class:`~core.schema.LabelSchema`, and ``forward`` returns a dict of
+Heads are sized from the :class:`~data.schema.LabelSchema`, and ``forward`` returns a dict of
 logits keyed by attribute name, so adding a class to the schema never touches this file.
 """
 from __future__ import annotations
@@ -12,12 +12,10 @@ import torch
 from torch import nn
 from torchvision.models import ResNet18_Weights, resnet18
 
-from core.schema import LabelSchema
+from data.schema import LabelSchema
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class HeadDict(nn.ModuleDict):

@@ -14,7 +14,7 @@ import numpy as np
 import onnxruntime as ort
 
 from data.preprocess import normalise_batch
-from models.network import IMAGENET_MEAN, IMAGENET_STD
+from data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 META_SCHEMA = "cargroup.schema"
 META_PREPROCESS = "cargroup.preprocess"

@@ -26,7 +26,7 @@ from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, 
                                       QuantType, quantize_static)
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from core.workspace import Workspace
+from data.workspace import Workspace
 from data.preprocess import normalise_batch
 from models.export import (FP32_NAME, INPUT_NAME, INT8_NAME, META_PRECISION, ExportError,
                            export_dir, pool_images, read_metadata, resolve_model_id, set_metadata)

@@ -33,9 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from core.errors import UserError
-from core.schema import LabelSchema
-from core.workspace import Workspace
+from data.errors import UserError
+from data.schema import LabelSchema
+from data.workspace import Workspace
 from data.cache import ImageCache
 from data.dataset import LabelledImageDataset, SplitData, encode_targets, load_split
 from data.transforms import apply_albumentations, eval_transform, train_transform

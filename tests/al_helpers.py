@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.workspace import Workspace
+from data.workspace import Workspace
 from data.cache import ImageCache
 from models.checkpoint import model_meta, save_checkpoint
 from models.network import build_model

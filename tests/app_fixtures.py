@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from core.workspace import Workspace, WorkspaceConfig
+from data.workspace import Workspace, WorkspaceConfig
 
 
 def build_pool(root: Path, *, n: int = 60, first_batch: int = 40, seed: int = 0,
                size: int = 32) -> Workspace:
     """A demo pool (the app's own generator) with round 0 labelled by the simulated annotator."""
     from core.annotator import simulate_labels
-    from core.sampling import sample_first_batch
+    from data.sampling import sample_first_batch
     from data.demo import create_demo_pool
 
     ws = Workspace(root).init(WorkspaceConfig(cache_size=size))

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.workspace import Workspace, WorkspaceConfig
+from data.workspace import Workspace, WorkspaceConfig
 from data.cache import ImageCache
 from data.preprocess import normalise_batch
 from models.checkpoint import model_meta, save_checkpoint

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.workspace import ENV_WORKSPACE, Workspace, WorkspaceConfig
+from data.workspace import ENV_WORKSPACE, Workspace, WorkspaceConfig
 from app_fixtures import build_trained
 
 APP = Path(__file__).resolve().parents[1] / "app"
@@ -267,7 +267,7 @@ def test_errors_are_readable_messages_not_tracebacks(empty: Workspace, monkeypat
             raise RuntimeError("disk on fire")
 
         def user_mistake() -> None:
-            from core.errors import UserError
+            from data.errors import UserError
             raise UserError("no labelled test images to evaluate on")
 
         ui.run_page(body)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.schema import DEFAULT_SCHEMA, LabelSchema
+from data.schema import DEFAULT_SCHEMA, LabelSchema
 from data.balance import (class_counts, flip_image, flip_label, mirror_pairs,
                           plan_orientation_balance)
 from data.dataset import LabelledImageDataset, SplitData

@@ -21,7 +21,7 @@ from typing import Iterator
 
 import pytest
 
-from core.workspace import Workspace
+from data.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[1]
 SHOTS = Path(os.environ.get("CARGROUP_SCREENSHOTS") or REPO / "test-artifacts" / "screenshots")

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from core.cli import main
-from core.workspace import Workspace
+from data.workspace import Workspace
 
 from conftest import REPO
 

@@ -15,11 +15,12 @@ from torch import nn
 
 import cvat_sdk.auto_annotation as cvataa
 from cvat_helpers import CvatTestServer, add_pool, fast_settings
-from core.schema import DEFAULT_SCHEMA
+from data.schema import DEFAULT_SCHEMA
 from cvat_bridge import auto_annotation
 from cvat_bridge.client import connect
 from cvat_bridge.push import push_round
-from models.network import IMAGENET_MEAN, IMAGENET_STD, MultiHeadResNet
+from data.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from models.network import MultiHeadResNet
 
 logging.getLogger("cvat_bridge").setLevel(logging.ERROR)
 SIZE = 32

@@ -14,7 +14,7 @@ from PIL import Image
 from cvat_helpers import add_pool
 from core.cli import main
 from cvat_bridge.manual import export_round
-from cvat_bridge.naming import upload_stem
+from data.naming import upload_stem
 from data.datumaro_io import DatumaroImportError, import_datumaro
 
 TRACE = Path(__file__).resolve().parents[2] / "shared" / "cvat-trace"

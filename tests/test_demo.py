@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from core.annotator import simulate_labels
-from core.schema import DEFAULT_CLASSES, DEFAULT_SCHEMA
-from core.workspace import Workspace
+from data.schema import DEFAULT_CLASSES, DEFAULT_SCHEMA
+from data.workspace import Workspace
 from data.demo import (AZIMUTH, BODIES, PAINT, _body_faces, _camera, _render_vehicle,
                        class_counts, create_demo_pool, generate_demo_images, render_vehicle,
                        sample_labels)

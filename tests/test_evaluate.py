@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from core.cli import main as cli_main
-from core.errors import UserError
-from core.schema import DEFAULT_SCHEMA
-from core.workspace import Workspace, WorkspaceConfig
+from data.errors import UserError
+from data.schema import DEFAULT_SCHEMA
+from data.workspace import Workspace, WorkspaceConfig
 from data.cache import ImageCache
 from models.checkpoint import model_meta, save_checkpoint
 from models.evaluate import evaluate, head_report, predict_arrays

@@ -12,12 +12,12 @@ import torch
 from onnx import numpy_helper
 
 from core.cli import main
-from core.errors import UserError
-from core.workspace import Workspace, WorkspaceConfig
+from data.errors import UserError
+from data.workspace import Workspace, WorkspaceConfig
 from data.preprocess import normalise_batch
 from models import export as ex
 from models.checkpoint import load_model
-from models.network import IMAGENET_MEAN, IMAGENET_STD
+from data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from models.onnx_runtime import OnnxClassifier, softmax
 from tests.conftest import require_shared_real
 from tests.export_helpers import SIZE, make_trained_workspace

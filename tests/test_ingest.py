@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.schema import DEFAULT_SCHEMA, UnknownValueError
-from core.workspace import Workspace, WorkspaceConfig
+from data.schema import DEFAULT_SCHEMA, UnknownValueError
+from data.workspace import Workspace, WorkspaceConfig
 from data.archive import ExtractLimits
 from data.cache import ImageCache
 from data.images import ImageRejected, load_rgb
@@ -360,7 +360,7 @@ KILL_SCRIPT = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, {repo!r})
     from pathlib import Path
-    from core.workspace import Workspace
+    from data.workspace import Workspace
     from data.ingest import ingest
     ws = Workspace({ws!r})
     ingest(ws, Path({src!r}), workers=1, batch_size=10,

@@ -21,7 +21,7 @@ from models import export as ex
 from models.jetson import common
 from models.jetson import run_engine as rt
 from models.jetson.bundle import BUNDLE_FILES, build_jetson_bundle
-from models.network import IMAGENET_MEAN, IMAGENET_STD
+from data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from models.onnx_runtime import OnnxClassifier
 from tests.conftest import SHARED_REAL
 from tests.export_helpers import SIZE, make_trained_workspace

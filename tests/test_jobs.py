@@ -8,10 +8,10 @@ import time
 import pytest
 
 from core.cli import main
-from core.errors import UserError
+from data.errors import UserError
 from core.jobs import (JobConflict, JobContext, _interpret_progress, active_jobs, cancel_job,
                        get_job, latest_job, log_path, reap_stale, run_job, start_job, wait_job)
-from core.workspace import Workspace
+from data.workspace import Workspace
 
 
 def test_worker_process_runs_job_and_records_progress(workspace: Workspace) -> None:

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.errors import UserError
-from core.schema import DEFAULT_SCHEMA, LabelSchema
+from data.errors import UserError
+from data.schema import DEFAULT_SCHEMA, LabelSchema
 from models import checkpoint as ckpt
 from models import network
 from models.network import MultiHeadResNet, build_model
@@ -109,7 +109,7 @@ def test_process_killed_mid_save_keeps_previous_file(tmp_path: Path) -> None:
     script = textwrap.dedent(f"""
         import sys, time, torch
         sys.path.insert(0, {str(REPO)!r})
-        from core.schema import LabelSchema
+        from data.schema import LabelSchema
         from models import checkpoint as ckpt
         from models.network import MultiHeadResNet
         schema = LabelSchema(classes={{"color": ("red", "blue", "other"), "wheels": ("2", "4")}})

@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.errors import UserError
+from data.errors import UserError
 from core.queue import build_queue, candidate_ids, queue_items
 from models.checkpoint import model_record, resolve_model_path
-from models.scoring import PoolScores
+from core.scoring import PoolScores
 from tests.al_helpers import make_model, make_pool
 
 

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from core.schema import (DEFAULT_CLASSES, DEFAULT_SCHEMA, SchemaError, UnknownValueError,
+from data.schema import (DEFAULT_CLASSES, DEFAULT_SCHEMA, SchemaError, UnknownValueError,
                          default_schema, load_schema)
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from core.acquisition import STRATEGIES, bald
-from models.scoring import (EMBEDDING_IDS_FILE, EMBEDDINGS_FILE, HeadParams, load_pool_scores,
+from core.scoring import (EMBEDDING_IDS_FILE, EMBEDDINGS_FILE, HeadParams, load_pool_scores,
                             mc_dropout_heads, pool_scores_for, score_pool)
 from tests.al_helpers import make_model, make_pool
 
@@ -88,7 +88,7 @@ def test_score_pool_stores_predictions_scores_and_embeddings(scored_ws):
 
 
 def test_mc_dropout_heads_match_the_network():
-    from core.schema import DEFAULT_SCHEMA
+    from data.schema import DEFAULT_SCHEMA
     from models.network import MultiHeadResNet
 
     torch.manual_seed(0)

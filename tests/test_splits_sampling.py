@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from core.sampling import SamplingError, sample_first_batch
-from core.splits import assign_split
-from core.store import ProjectStore
+from data.sampling import SamplingError, sample_first_batch
+from data.splits import assign_split
+from data.store import ProjectStore
 
 FRACTIONS = {"train": 0.7, "val": 0.1, "test": 0.2}
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from core.store import MIGRATIONS, ProjectStore, StoreError
+from data.store import MIGRATIONS, ProjectStore, StoreError
 
 
 @pytest.fixture

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from core.cli import main as cli_main
-from core.errors import UserError
-from core.schema import DEFAULT_SCHEMA, LabelSchema
-from core.workspace import Workspace
+from data.errors import UserError
+from data.schema import DEFAULT_SCHEMA, LabelSchema
+from data.workspace import Workspace
 from data.cache import ImageCache
 from data.dataset import LabelledImageDataset, encode_targets, load_split
 from data.preprocess import normalise_batch
@@ -67,7 +67,7 @@ def add_images(ws: Workspace, n: int, *, split: str, seed: int = 0, partial: boo
 
 @pytest.fixture
 def pool(tmp_path: Path) -> Workspace:
-    from core.workspace import WorkspaceConfig
+    from data.workspace import WorkspaceConfig
     ws = Workspace(tmp_path / "ws").init(WorkspaceConfig(cache_size=32))
     add_images(ws, 48, split="train", seed=1, partial=True)
     add_images(ws, 16, split="val", seed=2)
@@ -262,7 +262,7 @@ def test_balanced_training_reports_counts(pool: Workspace) -> None:
 
 
 def test_no_labelled_training_images_is_a_user_error(tmp_path: Path) -> None:
-    from core.workspace import WorkspaceConfig
+    from data.workspace import WorkspaceConfig
     ws = Workspace(tmp_path / "empty").init(WorkspaceConfig(cache_size=32))
     add_images(ws, 4, split="train", label=False)
     with pytest.raises(UserError, match="no labelled training images"):
@@ -283,7 +283,7 @@ def test_cli_train_then_evaluate(pool: Workspace, capsys) -> None:
 
 
 def test_cli_train_without_labels_exits_2(tmp_path: Path, capsys) -> None:
-    from core.workspace import WorkspaceConfig
+    from data.workspace import WorkspaceConfig
     ws = Workspace(tmp_path / "w").init(WorkspaceConfig(cache_size=32))
     rc = cli_main(["--workspace", str(ws.root), "train", "--epochs", "1", "--no-pretrained"])
     assert rc == 2
@@ -293,8 +293,8 @@ def test_cli_train_without_labels_exits_2(tmp_path: Path, capsys) -> None:
 def test_demo_pool_end_to_end_train_warm_start_and_evaluate(tmp_path: Path) -> None:
     """The real pipeline: demo pool -> round 0 -> simulated labels -> train -> evaluate -> warm."""
     from core.annotator import simulate_labels
-    from core.sampling import sample_first_batch
-    from core.workspace import WorkspaceConfig
+    from data.sampling import sample_first_batch
+    from data.workspace import WorkspaceConfig
     from data.demo import create_demo_pool
     from models.evaluate import evaluate
 

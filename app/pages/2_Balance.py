@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ui  # noqa: E402
 
 from core.dashboard import RARE_FRACTION, class_counts, flip_balance, rare_classes  # noqa: E402
-from core.store import SPLITS  # noqa: E402
+from data.store import SPLITS  # noqa: E402
 
 SPLIT_COLORS = {"train": "#4C78A8", "val": "#72B7B2", "test": "#F58518"}
 

@@ -9,8 +9,8 @@ from typing import Any, Callable
 from core.acquisition import STRATEGIES, parse_weights
 from core.commands.project import require_workspace
 from core.diversity import METHODS as DIVERSITY_METHODS
-from core.errors import UserError
-from core.workspace import Workspace
+from data.errors import UserError
+from data.workspace import Workspace
 
 
 def _queue_options(p: argparse.ArgumentParser) -> None:
@@ -93,7 +93,7 @@ def _bar(desc: str) -> tuple[Callable[[float, str], None], Callable[[], None]]:
 
 def cmd_score(args: argparse.Namespace, ws: Workspace) -> int:
     require_workspace(ws)
-    from models.scoring import ScoringError, score_pool
+    from core.scoring import ScoringError, score_pool
 
     update, close = _bar("score")
     try:

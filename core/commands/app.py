@@ -7,9 +7,9 @@ import subprocess
 import sys
 import time
 
-from core.errors import UserError
+from data.errors import UserError
 from core.jobs import FINISHED, REPO_ROOT, cancel_job, run_job
-from core.workspace import ENV_WORKSPACE, Workspace
+from data.workspace import ENV_WORKSPACE, Workspace
 
 APP_ENTRY = REPO_ROOT / "app" / "Home.py"
 

@@ -6,7 +6,7 @@ import json
 import logging
 
 from core.commands.project import require_workspace
-from core.workspace import Workspace
+from data.workspace import Workspace
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from core.workspace import Workspace
+from data.workspace import Workspace
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,7 +36,7 @@ def cmd_export(args: argparse.Namespace, ws: Workspace) -> int:
     require_workspace(ws)
     model_id = resolve_model_id(ws, args.model)
     if args.calibration < 1 or args.parity_images < 1:
-        from core.errors import UserError
+        from data.errors import UserError
         raise UserError("--calibration and --parity-images must be at least 1")
     path = export_onnx(ws, model_id, parity_images=args.parity_images)
     parity = load_parity(ws, model_id) or {}

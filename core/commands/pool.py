@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Callable
 
 from core.commands.project import require_workspace
-from core.errors import UserError
-from core.workspace import Workspace
+from data.errors import UserError
+from data.workspace import Workspace
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -136,7 +136,7 @@ def cmd_demo_pool(args: argparse.Namespace, ws: Workspace) -> int:
 
 def cmd_label_sim(args: argparse.Namespace, ws: Workspace) -> int:
     from core.annotator import simulate_labels
-    from core.store import StoreError
+    from data.store import StoreError
 
     require_workspace(ws)
     if not 0.0 <= args.error_rate <= 1.0:

@@ -6,10 +6,10 @@ import json
 import shutil
 from pathlib import Path
 
-from core.errors import UserError
-from core.sampling import SamplingError, sample_first_batch
-from core.schema import load_schema
-from core.workspace import Workspace, WorkspaceConfig
+from data.errors import UserError
+from data.sampling import SamplingError, sample_first_batch
+from data.schema import load_schema
+from data.workspace import Workspace, WorkspaceConfig
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

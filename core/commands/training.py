@@ -7,8 +7,8 @@ import logging
 from typing import Any
 
 from core.commands.project import require_workspace
-from core.errors import UserError
-from core.workspace import Workspace
+from data.errors import UserError
+from data.workspace import Workspace
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -14,7 +14,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from core.workspace import Workspace
+from data.workspace import Workspace
 from models.export import (FP32_NAME, META_OUTPUTS, META_PREPROCESS, META_SCHEMA, ExportError,
                            export_dir, read_metadata, resolve_model_id)
 

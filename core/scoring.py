@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from core import acquisition as acq
-from core.workspace import Workspace
+from data.workspace import Workspace
 from data.cache import ImageCache
 from data.preprocess import normalise_batch
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import random
 
-from core.store import ProjectStore
+from data.store import ProjectStore
 
 
 class SamplingError(ValueError):

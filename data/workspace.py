@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from core.schema import LabelSchema, default_schema, load_schema
+from data.schema import LabelSchema, default_schema, load_schema
+from data.store import ProjectStore
 
 ENV_WORKSPACE = "CARGROUP_WORKSPACE"
 DEFAULT_WORKSPACE = "workspace"
@@ -110,12 +111,10 @@ class Workspace:
             (config or WorkspaceConfig()).save(self.config_path)
             self.__dict__.pop("config", None)
             self.__dict__.pop("schema", None)
-        from core.store import ProjectStore
         ProjectStore(self.db_path).close()
         return self
 
-    def store(self) -> "ProjectStore":  # noqa: F821 - imported lazily to avoid a cycle
-        from core.store import ProjectStore
+    def store(self) -> ProjectStore:
         if not self.exists:
             self.init()
         return ProjectStore(self.db_path)
