@@ -8,6 +8,7 @@ cvat-sdk client can be driven against it. Tests annotate through :meth:`CvatTest
 """
 from __future__ import annotations
 
+import base64
 import email.parser
 import email.policy
 import io
@@ -31,6 +32,35 @@ from PIL import Image
 DESCRIPTION = ("CVAT is completely re-designed and re-implemented version of Video Annotation Tool "
                "from Irvine, California tool.")
 JSON_TYPE = "application/vnd.cvat+json"
+HTML_TYPE = "text/html; charset=utf-8"
+NO_CACHE = [("Cache-Control", "max-age=0, no-cache, no-store, must-revalidate, private")]
+# What CVAT 2.23.1 (Django) answers on a 500, e.g. while its policy engine is down (trace l).
+SERVER_ERROR_HTML = ("\n<!doctype html>\n<html lang=\"en\">\n<head>\n  <title>Server Error (500)"
+                     "</title>\n</head>\n<body>\n  <h1>Server Error (500)</h1><p></p>\n</body>\n"
+                     "</html>\n")
+NOT_FOUND_HTML = ("\n<!doctype html>\n<html lang=\"en\">\n<head>\n  <title>Not Found</title>\n"
+                  "</head>\n<body>\n  <h1>Not Found</h1><p>The requested resource was not found "
+                  "on this server.</p>\n</body>\n</html>\n")
+JOB_STATES = ("new", "in progress", "rejected", "completed")
+JOB_STAGES = ("annotation", "validation", "acceptance")
+# ``Allow`` headers as traced, by route.
+ALLOW = [
+    (r"/api/server/about", "GET, HEAD, OPTIONS"),
+    (r"/api/auth/login", "POST, OPTIONS"),
+    (r"/api/auth/logout", "GET, POST, HEAD, OPTIONS"),
+    (r"/api/users(/self)?", "GET, HEAD, OPTIONS"),
+    (r"/api/(projects|tasks)", "GET, POST, HEAD, OPTIONS"),
+    (r"/api/jobs", "GET, POST, HEAD, OPTIONS"),
+    (r"/api/(projects|tasks|jobs)/\d+", "GET, PATCH, DELETE, HEAD, OPTIONS"),
+    (r"/api/labels", "GET, HEAD, OPTIONS"),
+    (r"/api/(tasks|jobs)/\d+/data/meta", "GET, PATCH, HEAD, OPTIONS"),
+    (r"/api/tasks/\d+/data/", "GET, POST, HEAD, OPTIONS"),
+    (r"/api/(tasks|jobs)/\d+/annotations/?", "GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS"),
+    (r"/api/tasks/\d+/dataset", "GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS"),
+    (r"/api/tasks/\d+/dataset/export", "POST, OPTIONS"),
+    (r"/api/requests(/[^/]+)?", "GET, HEAD, OPTIONS"),
+    (r"/api/requests/[^/]+/cancel", "POST, OPTIONS"),
+]
 LABEL_COLORS = ("#10a0c0", "#c06060", "#33ddff", "#fa3253")
 
 
@@ -45,10 +75,22 @@ def _natural_key(name: str) -> list[Any]:
 
 
 class HttpError(Exception):
-    def __init__(self, status: int, body: Any) -> None:
+    def __init__(self, status: int, body: Any, *, content_type: str | None = None,
+                 headers: list[tuple[str, str]] | None = None) -> None:
         super().__init__(status)
         self.status = status
         self.body = body
+        self.content_type = content_type
+        self.headers = headers or []
+
+
+def _html(status: int, text: str) -> HttpError:
+    """A plain-text/HTML answer (``text/html; charset=utf-8``) as CVAT sends for some errors."""
+    return HttpError(status, text.encode(), content_type=HTML_TYPE)
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in re.findall(r"\d+", version)[:3])
 
 
 @dataclass
@@ -72,6 +114,10 @@ class Faults:
     rules: list[_Rule] = field(default_factory=list)
     export_never_finishes: bool = False
     create_fails_with: str | None = None
+    # Trace j: with the export worker stopped, export requests stay "queued".
+    export_worker_stopped: bool = False
+    # Trace l: with the policy engine down, every permission-checked call answers an HTML 500.
+    policy_engine_down: bool = False
 
     def fail(self, pattern: str, *, times: int | None = 1, status: int = 500,
              method: str | None = None) -> None:
@@ -87,6 +133,8 @@ class Faults:
         self.rules.clear()
         self.export_never_finishes = False
         self.create_fails_with = None
+        self.export_worker_stopped = False
+        self.policy_engine_down = False
 
     def take(self, method: str, path: str) -> _Rule | None:
         for rule in self.rules:
@@ -115,6 +163,8 @@ class _Rq:
     result_url: str | None = None
     never_finishes: bool = False
     fail_message: str | None = None
+    subresource: str | None = None
+    queued_while: Callable[[], bool] | None = None     # stays "queued" while this is true
 
 
 class _State:
@@ -138,15 +188,23 @@ class CvatTestServer:
 
     def __init__(self, *, version: str = "2.23.1", modern_about: bool = False,
                  users: dict[str, str] | None = None, tokens: dict[str, str] | None = None,
-                 readonly_users: set[str] | None = None, frames_per_poll: int = 1) -> None:
+                 readonly_users: set[str] | None = None, frames_per_poll: int = 1,
+                 plain_users: set[str] | None = None) -> None:
         self.version = version
         self.modern_about = modern_about
         self.users = dict(users or {"admin": "admin-password"})
         self.user_ids = {name: i + 1 for i, name in enumerate(self.users)}
+        # CVAT 2.2x knows no personal access tokens: it answers ``Authorization: Bearer`` with
+        # 401 (trace g). Its "token" is the login key, sent as ``Authorization: Token <key>``.
+        self.bearer_tokens = _version_tuple(version) >= (2, 30)
         self.tokens = dict(tokens or {})                 # personal access tokens -> username
         self.readonly_users = set(readonly_users or ())
+        # Plain users (CVAT group "user") may only see and change the jobs assigned to them.
+        self.plain_users = set(plain_users or ())
         self.sessions: dict[str, tuple[str, str]] = {}   # sessionid -> (username, csrftoken)
         self.login_keys: dict[str, str] = {}             # "Token <key>" auth (sdk 2.23 style)
+        if not self.bearer_tokens:
+            self.login_keys.update(self.tokens)           # on 2.2x a token is a login key
         self.polls_before_finish = frames_per_poll
         self.faults = Faults()
         self.state = _State()
@@ -204,7 +262,7 @@ class CvatTestServer:
             return [f["name"] for f in self.state.tasks[task_id]["frames"]]
 
     def set_tags(self, task_id: int, tags: dict[str, dict[str, str] | None],
-                 label: str = "vehicle") -> None:
+                 label: str = "vehicle", source: str = "manual") -> None:
         """Annotate: ``{frame name or stem: {attribute: value}}``; None removes the tag.
 
         Values are stored unvalidated, as CVAT 2.23 does for select attributes.
@@ -224,7 +282,7 @@ class CvatTestServer:
                     continue
                 task["tags"].append({
                     "id": self.state.next_id("tag"), "frame": frame, "label_id": lab["id"],
-                    "group": None, "source": "manual",
+                    "group": None, "source": source,
                     "attributes": [{"spec_id": by_name[a], "value": v} for a, v in values.items()],
                 })
             task["tags"].sort(key=lambda t: t["frame"])
@@ -237,12 +295,53 @@ class CvatTestServer:
             return {t["frame"]: {names[a["spec_id"]]: a["value"] for a in t["attributes"]}
                     for t in task["tags"]}
 
-    def set_job_state(self, job_id: int, state: str, stage: str | None = None) -> None:
+    def set_job_state(self, job_id: int, state: str, stage: str | None = None,
+                      assignee: str | None = None) -> None:
+        """What a person does in the UI: finish a job, move its stage, assign it."""
         with self.state.lock:
             job = self.state.jobs[job_id]
             job["state"] = state
             if stage:
                 job["stage"] = stage
+            if assignee:
+                job["assignee"], job["assignee_updated"] = assignee, time.time()
+
+    def jobs_of(self, task_id: int) -> list[int]:
+        """Job ids of a task in frame order."""
+        with self.state.lock:
+            return [j["id"] for j in sorted(self.state.jobs.values(), key=lambda j: j["start"])
+                    if j["task_id"] == task_id]
+
+    def delete_frames(self, task_id: int, frames: list[int]) -> None:
+        """What "delete frame" in the CVAT UI does: data/meta ``deleted_frames`` (trace k)."""
+        with self.state.lock:
+            self.state.tasks[task_id]["deleted_frames"] = sorted(set(frames))
+
+    def auto_tags(self, task_id: int, tags: dict[str, dict[str, str]],
+                  label: str = "vehicle") -> None:
+        """Tags as auto-annotation stores them: ``source: auto``, left-out attributes absent."""
+        self.set_tags(task_id, tags, label=label, source="auto")
+
+    def edit_tag(self, task_id: int, key: str, values: dict[str, str],
+                 source: str = "semi-auto") -> None:
+        """A person edits a tag in the UI: same id, new values, source ``semi-auto``."""
+        with self.state.lock:
+            task = self.state.tasks[task_id]
+            frame = self._frame_index(task)[key]
+            tag = next(t for t in task["tags"] if t["frame"] == frame)
+            lab = self.state.labels[tag["label_id"]]
+            by_name = {a["name"]: a["id"] for a in lab["attributes"]}
+            vals = {a["spec_id"]: a["value"] for a in tag["attributes"]}
+            vals.update({by_name[a]: v for a, v in values.items()})
+            tag["attributes"] = [{"spec_id": k, "value": v} for k, v in vals.items()]
+            tag["source"] = source
+
+    def _frame_index(self, task: dict) -> dict[str, int]:
+        index = {}
+        for i, f in enumerate(task["frames"]):
+            index[f["name"]] = i
+            index[PurePosixPath(f["name"]).stem] = i
+        return index
 
     def add_project(self, name: str, labels: list[dict]) -> int:
         """Create a project directly (e.g. one whose spec differs from ours)."""
@@ -266,7 +365,8 @@ class CvatTestServer:
                     "id": self.state.next_id("attribute"), "name": a["name"],
                     "mutable": bool(a.get("mutable", False)),
                     "input_type": a.get("input_type", "select"),
-                    "default_value": a.get("default_value") or (a.get("values") or [""])[0],
+                    # Left out, it is stored as "" (not the first value; trace h).
+                    "default_value": str(a.get("default_value") or ""),
                     "values": list(a.get("values", [])),
                 })
             label = {"id": lid, "name": spec["name"], "color": spec.get("color") or
@@ -336,7 +436,9 @@ class CvatTestServer:
             "dimension": "2d", "subset": "", "organization": None, "target_storage": None,
             "source_storage": None,
             "jobs": {"count": len(jobs),
-                     "completed": sum(1 for j in jobs if j["state"] == "completed"),
+                     # only jobs accepted and completed count (trace m)
+                     "completed": sum(1 for j in jobs if j["state"] == "completed"
+                                      and j["stage"] == "acceptance"),
                      "validation": sum(1 for j in jobs if j["stage"] == "validation"),
                      "url": f"{base}/api/jobs?task_id={t['id']}"},
             "labels": {"url": f"{base}/api/labels?task_id={t['id']}"},
@@ -348,8 +450,12 @@ class CvatTestServer:
         task = self.state.tasks[j["task_id"]]
         return {
             "url": f"{base}/api/jobs/{j['id']}", "id": j["id"], "task_id": j["task_id"],
-            "project_id": task.get("project_id"), "assignee": None, "guide_id": None,
-            "dimension": "2d", "bug_tracker": "", "status": j["stage"], "stage": j["stage"],
+            "project_id": task.get("project_id"),
+            "assignee": self._owner(j["assignee"], base) if j.get("assignee") else None,
+            "guide_id": None, "dimension": "2d", "bug_tracker": "",
+            # the old `status` follows the stage; "completed" only once accepted (trace m)
+            "status": "completed" if (j["stage"], j["state"]) == ("acceptance", "completed")
+            else j["stage"], "stage": j["stage"],
             "state": j["state"], "mode": "annotation",
             "frame_count": j["stop"] - j["start"] + 1, "start_frame": j["start"],
             "stop_frame": j["stop"], "data_chunk_size": task["chunk_size"],
@@ -358,7 +464,8 @@ class CvatTestServer:
             "issues": {"url": f"{base}/api/issues?job_id={j['id']}", "count": 0},
             "labels": {"url": f"{base}/api/labels?job_id={j['id']}"}, "type": "annotation",
             "organization": None, "target_storage": None, "source_storage": None,
-            "assignee_updated_date": None,
+            "assignee_updated_date": _iso(j["assignee_updated"]) if j.get("assignee_updated")
+            else None,
         }
 
     def _meta_json(self, t: dict, start: int, stop: int) -> dict:
@@ -367,7 +474,9 @@ class CvatTestServer:
                   for f in t["frames"][start:stop + 1]]
         return {"chunks_updated_date": _iso(t["updated"]), "chunk_size": t["chunk_size"],
                 "size": len(frames), "image_quality": t["image_quality"], "start_frame": start,
-                "stop_frame": stop, "frame_filter": "", "frames": frames, "deleted_frames": [],
+                "stop_frame": stop, "frame_filter": "", "frames": frames,
+                "deleted_frames": sorted(f for f in t.get("deleted_frames", ())
+                                         if start <= f <= stop),
                 "included_frames": None}
 
     def _rq_json(self, rq: _Rq) -> dict:
@@ -384,10 +493,35 @@ class CvatTestServer:
             "result_url": rq.result_url, "result_id": None,
         }
 
+    def _requests_list(self, q: dict[str, str], user: str) -> list[dict]:
+        """``GET /api/requests``: filters action/target/task_id/status/subresource/format
+        (``target_id`` is no filter in 2.23.1); newest first (trace j)."""
+        rows = []
+        for rq in self.state.requests.values():
+            if q.get("action") and not rq.op_type.startswith(q["action"] + ":"):
+                continue
+            if q.get("target") and q["target"] != "task":
+                continue
+            if q.get("task_id") and str(rq.task_id) != q["task_id"]:
+                continue
+            if q.get("status") and rq.status != q["status"]:
+                continue
+            if q.get("subresource") and rq.subresource != q["subresource"]:
+                continue
+            if q.get("format") and rq.fmt != q["format"]:
+                continue
+            rows.append(rq)
+        rows.sort(key=lambda r: -r.created)
+        return [self._rq_json(r) for r in rows]
+
     def _advance(self, rq: _Rq) -> None:
         """Each poll moves the request on: queued -> started -> finished (as traced)."""
         rq.polls += 1
         if rq.status in ("finished", "failed"):
+            return
+        if rq.queued_while is not None and rq.queued_while():
+            rq.status = "queued"            # no worker picks it up (trace j)
+            rq.polls = 0
             return
         if rq.started is None:
             rq.started = time.time()
@@ -442,7 +576,8 @@ class CvatTestServer:
             jid = self.state.next_id("job")
             self.state.jobs[jid] = {"id": jid, "task_id": task["id"], "start": start,
                                     "stop": min(start + seg, len(frames)) - 1,
-                                    "state": "new", "stage": "annotation", "created": now}
+                                    "state": "new", "stage": "annotation", "created": now,
+                                    "assignee": None, "assignee_updated": None}
         task["updated"] = now
         return None
 
@@ -461,16 +596,34 @@ class CvatTestServer:
             frame = int(tag.get("frame", 0))
             if not lo <= frame <= hi:
                 raise HttpError(400, [f"frame {frame} is out of the range"])
-            out.append({"id": self.state.next_id("tag"), "frame": frame, "label_id": lid,
+            # PUT and PATCH keep the ids sent; a tag sent without source becomes "manual"
+            # and a source sent is stored as is ("auto" stays "auto"; trace i).
+            out.append({"id": tag.get("id") or self.state.next_id("tag"), "frame": frame,
+                        "label_id": lid,
                         "group": tag.get("group"), "source": tag.get("source") or "manual",
                         "attributes": [{"spec_id": a["spec_id"], "value": str(a.get("value", ""))}
                                        for a in tag.get("attributes", [])]})
         return out
 
+    def _filled(self, tag: dict) -> list[dict]:
+        """The tag's attributes plus every one it left out, with the spec's default_value.
+
+        CVAT does this whenever it reads annotations (API and export), so an attribute that
+        was never set comes back as its default (trace h); the stored tag keeps only what was
+        sent (the PUT/PATCH answer echoes that).
+        """
+        label = self.state.labels[tag["label_id"]]
+        out = [dict(a) for a in tag["attributes"]]
+        have = {a["spec_id"] for a in out}
+        for spec in sorted(label["attributes"], key=lambda a: a["name"]):
+            if spec["id"] not in have:
+                out.append({"spec_id": spec["id"], "value": spec["default_value"]})
+        return out
+
     def _annotations(self, task: dict, lo: int, hi: int) -> dict:
         tags = [{"id": t["id"], "label_id": t["label_id"], "frame": t["frame"],
                  "group": t["group"], "source": t["source"],
-                 "attributes": [dict(a) for a in t["attributes"]]}
+                 "attributes": self._filled(t)}
                 for t in task["tags"] if lo <= t["frame"] <= hi]
         return {"version": task["annotations_version"], "tags": tags, "shapes": [], "tracks": []}
 
@@ -481,12 +634,15 @@ class CvatTestServer:
         attr_names = {a["id"]: a["name"] for lb in labels for a in lb["attributes"]}
         all_attrs = sorted({a["name"] for lb in labels for a in lb["attributes"]} | {"occluded"})
         items = []
+        deleted = set(task.get("deleted_frames", ()))
         for n, f in enumerate(task["frames"]):
+            if n in deleted:            # left out entirely, item and image (trace k)
+                continue
             anns = []
             for k, t in enumerate(t for t in task["tags"] if t["frame"] == n):
                 anns.append({"id": k, "type": "label",
                              "attributes": dict(sorted((attr_names[a["spec_id"]], a["value"])
-                                                       for a in t["attributes"])),
+                                                       for a in self._filled(t))),
                              "group": 0, "label_id": index[t["label_id"]]})
             items.append({"id": PurePosixPath(f["name"]).stem, "annotations": anns,
                           "attr": {"frame": n},
@@ -498,7 +654,9 @@ class CvatTestServer:
         buf = io.BytesIO()
         with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
             if save_images:
-                for f in task["frames"]:
+                for n, f in enumerate(task["frames"]):
+                    if n in deleted:
+                        continue
                     zf.writestr(f"images/default/{f['name']}", f["data"])
             zf.writestr("annotations/default.json", json.dumps(doc))
         return buf.getvalue()
@@ -536,6 +694,10 @@ def _make_handler(srv: CvatTestServer) -> type[BaseHTTPRequestHandler]:
                 self.send_header("Content-Type", content_type or JSON_TYPE)
             self.send_header("Content-Length", str(len(data)))
             self.send_header("X-Request-Id", str(uuid.uuid4()))
+            path = urlsplit(self.path).path
+            allow = next((a for pat, a in reversed(ALLOW) if re.fullmatch(pat, path)), None)
+            if allow and status != 500:
+                self.send_header("Allow", allow)
             for k, v in headers or []:
                 self.send_header(k, v)
             self.end_headers()
@@ -546,26 +708,43 @@ def _make_handler(srv: CvatTestServer) -> type[BaseHTTPRequestHandler]:
         def base(self) -> str:
             return f"http://{self.headers.get('Host', f'127.0.0.1:{srv.port}')}"
 
+        def _unauthorized(self, detail: str) -> HttpError:
+            return HttpError(401, {"detail": detail}, headers=[("WWW-Authenticate", "Token")])
+
         def _user(self) -> str:
+            """Token, then Basic, then session (DRF's order in CVAT 2.23; trace g)."""
             auth = self.headers.get("Authorization", "")
             if auth.startswith("Bearer "):
+                if not srv.bearer_tokens:       # 2.2x: no such scheme, valid key or not
+                    raise self._unauthorized("Authentication credentials were not provided.")
                 user = srv.tokens.get(auth[7:].strip())
                 if user is None:
-                    raise HttpError(401, {"detail": "Invalid token."})
+                    raise self._unauthorized("Invalid token.")
                 return user
             if auth.startswith("Token "):
                 user = srv.login_keys.get(auth[6:].strip())
                 if user is None:
-                    raise HttpError(401, {"detail": "Invalid token."})
+                    raise self._unauthorized("Invalid token.")
                 return user
+            if auth.startswith("Basic "):
+                try:
+                    name, _, pw = base64.b64decode(auth[6:].strip()).decode().partition(":")
+                except ValueError:
+                    name, pw = "", None
+                if srv.users.get(name) != pw:
+                    raise self._unauthorized("Invalid username/password.")
+                return name
             cookie = SimpleCookie(self.headers.get("Cookie", ""))
             sid = cookie.get("sessionid")
             if sid is None or sid.value not in srv.sessions:
-                raise HttpError(401, {"detail": "Authentication credentials were not provided."})
+                raise self._unauthorized("Authentication credentials were not provided.")
             user, csrf = srv.sessions[sid.value]
-            if self.command not in ("GET", "HEAD", "OPTIONS") \
-                    and self.headers.get("X-CSRFToken") != csrf:
-                raise HttpError(403, {"detail": "CSRF Failed: CSRF token missing or incorrect."})
+            if self.command not in ("GET", "HEAD", "OPTIONS"):
+                sent = self.headers.get("X-CSRFToken")
+                if not sent:
+                    raise HttpError(403, {"detail": "CSRF Failed: CSRF token missing."})
+                if sent != csrf:
+                    raise HttpError(403, {"detail": "CSRF Failed: CSRF token incorrect."})
             return user
 
         def _write_allowed(self, user: str) -> None:
@@ -582,13 +761,21 @@ def _make_handler(srv: CvatTestServer) -> type[BaseHTTPRequestHandler]:
             if rule is not None and rule.delay_s:
                 time.sleep(rule.delay_s)
             if rule is not None and rule.status:
-                self._send(rule.status, {"detail": f"injected fault {rule.status}"})
+                if rule.status >= 500:        # Django's own error page, as CVAT sends it
+                    self._send(rule.status, SERVER_ERROR_HTML.encode(), content_type=HTML_TYPE)
+                else:
+                    self._send(rule.status, {"detail": f"injected fault {rule.status}"})
+                return
+            if srv.faults.policy_engine_down and path not in ("/api/server/about",
+                                                              "/api/auth/login"):
+                self._send(500, SERVER_ERROR_HTML.encode(), content_type=HTML_TYPE)
                 return
             try:
                 with st.lock:
                     result = self._route(path, query, body)
             except HttpError as exc:
-                self._send(exc.status, exc.body)
+                self._send(exc.status, exc.body, content_type=exc.content_type,
+                           headers=exc.headers)
                 return
             self._send(*result[:2], **(result[2] if len(result) > 2 else {}))
 
@@ -630,8 +817,10 @@ def _make_handler(srv: CvatTestServer) -> type[BaseHTTPRequestHandler]:
                 if user not in srv.users or srv.users[user] != pw:
                     raise HttpError(400, {"non_field_errors": [
                         "Unable to log in with provided credentials."]})
-                sid, csrf, key = (secrets.token_hex(16), secrets.token_hex(16),
-                                  secrets.token_hex(20))
+                sid, csrf = secrets.token_hex(16), secrets.token_hex(16)
+                # One key per user (DRF's Token.get_or_create); logout deletes it (trace g).
+                key = next((k for k, u in srv.login_keys.items() if u == user), None) \
+                    or secrets.token_hex(20)
                 srv.sessions[sid] = (user, csrf)
                 srv.login_keys[key] = user
                 cookies = [("Set-Cookie", f"csrftoken={csrf}; Max-Age=31449600; Path=/; SameSite=Lax"),
@@ -639,19 +828,24 @@ def _make_handler(srv: CvatTestServer) -> type[BaseHTTPRequestHandler]:
                            ("Set-Cookie", f"sessionid={sid}; HttpOnly; Max-Age=1209600; Path=/; SameSite=Lax")]
                 return 200, {"key": key}, {"headers": cookies}
             if path == "/api/auth/logout" and m == "POST":
+                try:
+                    user = self._user()
+                except HttpError:
+                    user = None
                 sid = SimpleCookie(self.headers.get("Cookie", "")).get("sessionid")
                 if sid is not None:
                     srv.sessions.pop(sid.value, None)
-                return 200, {"detail": "Successfully logged out."}
+                for k in [k for k, u in srv.login_keys.items() if u == user]:
+                    del srv.login_keys[k]           # the user's key dies with any logout
+                return 200, {"detail": "Successfully logged out."}, {"headers": [
+                    ("Set-Cookie", 'sessionid=""; expires=Thu, 01 Jan 1970 00:00:00 GMT; '
+                                   "Max-Age=0; Path=/; SameSite=Lax"),
+                    ("Set-Cookie", 'sessionfresh=""; expires=Thu, 01 Jan 1970 00:00:00 GMT; '
+                                   "Max-Age=0; Path=/; SameSite=Lax")]}
 
             user = self._user()
             if path == "/api/users/self" and m == "GET":
-                uid = srv.user_ids.get(user, 1)
-                return 200, {"url": f"{self.base}/api/users/{uid}", "id": uid, "username": user,
-                             "first_name": "", "last_name": "", "email": f"{user}@example.com",
-                             "groups": ["admin"], "is_staff": True, "is_superuser": True,
-                             "is_active": True, "last_login": _iso(time.time()),
-                             "date_joined": _iso(time.time() - 3600), "has_analytics_access": True}
+                return 200, self._user_json(user)
             if path == "/api/projects":
                 if m == "POST":
                     self._write_allowed(user)
@@ -675,8 +869,14 @@ def _make_handler(srv: CvatTestServer) -> type[BaseHTTPRequestHandler]:
                 rows = [t for t in st.tasks.values()
                         if not q.get("project_id") or str(t.get("project_id")) == q["project_id"]]
                 return 200, self._page([srv._task_json(t, self.base) for t in rows], q)
+            if path == "/api/users" and m == "GET":
+                rows = [self._user_json(n) for n in srv.users
+                        if not q.get("search") or q["search"] in n]
+                return 200, self._page(sorted(rows, key=lambda r: -r["id"]), q)
             if mm := re.fullmatch(r"/api/tasks/(\d+)", path):
                 task = self._task(int(mm.group(1)))
+                if user in srv.plain_users:
+                    raise HttpError(403, {"detail": "You do not have permission to perform this action."})
                 if m == "GET":
                     return 200, srv._task_json(task, self.base)
                 if m == "DELETE":
@@ -698,22 +898,48 @@ def _make_handler(srv: CvatTestServer) -> type[BaseHTTPRequestHandler]:
             if mm := re.fullmatch(r"/api/(tasks|jobs)/(\d+)/data/meta", path):
                 if mm.group(1) == "tasks":
                     task = self._task(int(mm.group(2)))
+                    if m == "PATCH":
+                        self._write_allowed(user)
+                        data = self._json(body)
+                        if "deleted_frames" in data:
+                            task["deleted_frames"] = sorted(set(map(int, data["deleted_frames"])))
                     return 200, srv._meta_json(task, 0, len(task["frames"]) - 1)
                 job = self._job(int(mm.group(2)))
                 return 200, srv._meta_json(st.tasks[job["task_id"]], job["start"], job["stop"])
             if path == "/api/jobs" and m == "GET":
+                if q.get("task_id") and int(q["task_id"]) not in st.tasks:
+                    raise HttpError(400, {"task_id": [
+                        "Select a valid choice. That choice is not one of the available choices."]})
                 rows = [j for j in st.jobs.values()
-                        if not q.get("task_id") or str(j["task_id"]) == q["task_id"]]
+                        if (not q.get("task_id") or str(j["task_id"]) == q["task_id"])
+                        and (not q.get("project_id") or str(st.tasks[j["task_id"]].get(
+                            "project_id")) == q["project_id"])
+                        and (not q.get("state") or j["state"] == q["state"])
+                        and (not q.get("stage") or j["stage"] == q["stage"])
+                        and (not q.get("assignee") or j.get("assignee") == q["assignee"])
+                        and (user not in srv.plain_users or j.get("assignee") == user)]
                 rows.sort(key=lambda j: -j["id"])      # newest first, as traced
                 return 200, self._page([srv._job_json(j, self.base) for j in rows], q)
             if mm := re.fullmatch(r"/api/jobs/(\d+)", path):
                 job = self._job(int(mm.group(1)))
+                if user in srv.plain_users and job.get("assignee") != user:
+                    raise HttpError(403, {"detail": "You do not have permission to perform this action."})
                 if m == "PATCH":
                     self._write_allowed(user)
                     data = self._json(body)
+                    errors = {}
+                    for key, allowed in (("state", JOB_STATES), ("stage", JOB_STAGES)):
+                        if key in data and data[key] not in allowed:
+                            errors[key] = [f'"{data[key]}" is not a valid choice.']
+                    if errors:
+                        raise HttpError(400, errors)
                     for key in ("state", "stage"):
                         if key in data:
                             job[key] = data[key]
+                    if "assignee" in data:
+                        by_id = {i: n for n, i in srv.user_ids.items()}
+                        job["assignee"] = by_id.get(data["assignee"])
+                        job["assignee_updated"] = time.time()
                 return 200, srv._job_json(job, self.base)
             if mm := re.fullmatch(r"/api/(tasks|jobs)/(\d+)/annotations/", path):
                 if mm.group(1) == "tasks":
@@ -728,15 +954,33 @@ def _make_handler(srv: CvatTestServer) -> type[BaseHTTPRequestHandler]:
             if (mm := re.fullmatch(r"/api/tasks/(\d+)/(annotations|dataset)", path)) \
                     and m == "GET" and q.get("action") == "download":
                 return self._download(self._task(int(mm.group(1))), q)
+            if path == "/api/requests" and m == "GET":
+                return 200, self._page(srv._requests_list(q, user), q), {"headers": NO_CACHE}
+            if (mm := re.fullmatch(r"/api/requests/(.+)/cancel", path)) and m == "POST":
+                rq = st.requests.get(unquote(mm.group(1)))
+                if rq is None:
+                    raise _html(404, "There is no request with specified id")
+                if rq.status not in ("queued",):
+                    raise _html(400, "Only requests that have not yet been started can be cancelled")
+                del st.requests[rq.id]
+                return 200, None, {"headers": NO_CACHE}
             if (mm := re.fullmatch(r"/api/requests/(.+)", path)) and m == "GET":
                 rq = st.requests.get(unquote(mm.group(1)))
                 if rq is None:
-                    raise HttpError(404, {"detail": "Not found."})
+                    raise _html(404, "There is no request with specified id")
                 srv._advance(rq)
-                return 200, srv._rq_json(rq), {"headers": [
-                    ("Cache-Control", "max-age=0, no-cache, no-store, must-revalidate, private")]}
+                return 200, srv._rq_json(rq), {"headers": NO_CACHE}
             raise HttpError(404 if m in ("GET", "DELETE") else 405,
                             {"detail": f"{m} {path} is not served by the CVAT test server"})
+
+        def _user_json(self, user: str) -> dict:
+            uid = srv.user_ids.get(user, 1)
+            admin = user not in srv.plain_users
+            return {"url": f"{self.base}/api/users/{uid}", "id": uid, "username": user,
+                    "first_name": "", "last_name": "", "email": f"{user}@example.com",
+                    "groups": ["admin"] if admin else ["user"], "is_staff": admin,
+                    "is_superuser": admin, "is_active": True, "last_login": _iso(time.time()),
+                    "date_joined": _iso(time.time() - 3600), "has_analytics_access": admin}
 
         def _page(self, rows: list, q: dict[str, str]) -> dict:
             size = int(q.get("page_size") or 10)
@@ -849,6 +1093,9 @@ def _make_handler(srv: CvatTestServer) -> type[BaseHTTPRequestHandler]:
                 task["tags"] = [t for t in task["tags"] if not lo <= t["frame"] <= hi] + new
             elif m == "PATCH" and q.get("action") == "create":
                 task["tags"] += new
+            elif m == "PATCH" and q.get("action") == "update":
+                ids = {t["id"] for t in new}
+                task["tags"] = [t for t in task["tags"] if t["id"] not in ids] + new
             elif m == "PATCH" and q.get("action") == "delete":
                 ids = {t.get("id") for t in data.get("tags", [])}
                 task["tags"] = [t for t in task["tags"] if t["id"] not in ids]
@@ -873,24 +1120,37 @@ def _make_handler(srv: CvatTestServer) -> type[BaseHTTPRequestHandler]:
             uid = srv.user_ids.get(user, 1)
             rq_id = f"export:task-{task['id']}-{kind}-in-Datumaro_1@0-format-by-{uid}"
             base = self.base
+            running = st.requests.get(rq_id)
+            if running is not None and running.status in ("queued", "started"):
+                # the same export (user, task, format, save_images) again: 409 (trace j)
+                raise HttpError(409, "Export request is being processed")
+            query = "&".join(f"{k}={quote(v, safe='').replace('%20', '+')}"
+                             for k, v in q.items())
 
             def finish() -> str:
                 st.exports[(task["id"], kind, save)] = srv._datumaro_zip(task, save)
-                return (f"{base}/api/tasks/{task['id']}/{kind}?format=Datumaro+1.0"
-                        f"&save_images={save}&action=download")
+                # the POST's query in its order, plus action=download (trace j)
+                return f"{base}/api/tasks/{task['id']}/{kind}?{query}&action=download"
             st.requests[rq_id] = _Rq(id=rq_id, op_type=f"export:{kind}", task_id=task["id"],
                                      project_id=task.get("project_id"), fmt=fmt,
                                      owner=srv._owner(user, base), created=time.time(),
-                                     on_finish=finish,
-                                     never_finishes=srv.faults.export_never_finishes)
+                                     on_finish=finish, subresource=kind,
+                                     never_finishes=srv.faults.export_never_finishes,
+                                     queued_while=lambda: srv.faults.export_worker_stopped)
             return 202, {"rq_id": rq_id}
 
         def _download(self, task: dict, q: dict[str, str]) -> tuple:
             save = q.get("save_images", "False").lower() == "true"
             kind = "dataset" if save else "annotations"
-            data = st.exports.get((task["id"], kind, save))
-            if data is None:
-                raise HttpError(400, {"detail": "Export request not found or not finished"})
+            rq = next((r for r in st.requests.values() if r.task_id == task["id"]
+                       and r.op_type == f"export:{kind}"), None)
+            if rq is None:
+                raise _html(400, "Unknown export request id. Please request export first by "
+                                 "sending a request without the action=download parameter.")
+            if rq.status != "finished":
+                raise _html(400, "Dataset export has not been finished yet")
+            data = st.exports.pop((task["id"], kind, save))
+            del st.requests[rq.id]          # a successful download ends the request (trace j)
             stamp = datetime.now(timezone.utc).strftime("%Y_%m_%d_%H_%M_%S")
             fname = f"task_{task['name']}_{kind}_{stamp}_datumaro 1.0.zip"
             return 200, data, {"content_type": "application/zip", "headers": [
