@@ -273,8 +273,8 @@ def run_cvat_push(ws: Workspace, params: dict, ctx: JobContext) -> dict[str, Any
 
     options = {k: params[k] for k in ("segment_size", "chunk_size", "prefill", "force")
                if params.get(k) is not None}
-    ctx.progress(0.05, f"pushing round {params['round_number']} to CVAT", force=True)
-    result = service.push(ws, int(params["round_number"]), **options)
+    ctx.progress(0.01, f"pushing round {params['round_number']} to CVAT", force=True)
+    result = service.push(ws, int(params["round_number"]), progress=ctx.progress, **options)
     return {"result": _plain(result), "message": result.summary()}
 
 
@@ -282,8 +282,10 @@ def run_cvat_pull(ws: Workspace, params: dict, ctx: JobContext) -> dict[str, Any
     """Export the pushed tasks as Datumaro through cvat-sdk and import their tags."""
     from cvat_bridge import service
 
-    ctx.progress(0.05, "exporting tasks from CVAT", force=True)
+    ctx.progress(0.01, "exporting tasks from CVAT", force=True)
     task_id = params.get("task_id")
-    results = service.pull(ws, None if task_id is None else int(task_id))
+    results = service.pull(ws, None if task_id is None else int(task_id),
+                           progress=ctx.progress,
+                           retract_deleted=bool(params.get("retract_deleted")))
     lines = [r.summary() for r in results]
     return {"tasks": lines, "message": "; ".join(lines) if lines else "no tasks to pull"}

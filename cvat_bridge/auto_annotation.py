@@ -1,15 +1,20 @@
 """A cvat-sdk auto-annotation function: one ``vehicle`` tag per image from our ONNX model.
 
-Lets a team pre-label any CVAT task from CVAT's side, without this app::
+The route that works against CVAT 2.2x and current servers is this app's own command, which
+runs ``cvat_sdk.auto_annotation.annotate_task`` on the bridge's connection (version check
+relaxed for 2.2x, tokens in the scheme the server takes)::
 
-    export CARGROUP_ONNX_MODEL=/path/to/model.onnx
-    cvat-cli --server-host https://cvat.example --auth user task auto-annotate 42 \\
-        --function-module cvat_bridge.auto_annotation [--clear-existing]
+    python -m core cvat prefill --task 42 --model /path/to/model.onnx [--threshold 0.6]
 
-or with a parameter instead of the environment variable (cvat-cli ``-p``)::
+``cvat-cli task auto-annotate --function-module cvat_bridge.auto_annotation`` is *not* the
+documented route any more: cvat-cli 2.80 fails on a 2.23 server's about page, cvat-cli 2.23
+lacks ``select_attribute_spec``, and the console script cannot import this package without
+``PYTHONPATH`` (issue 12, defect 5). The module still works as a function module for
+cvat-cli versions that match the server (``PYTHONPATH=<repo> cvat-cli ... -p
+model_path=str:PATH``).
 
-    cvat-cli ... task auto-annotate 42 --function-module cvat_bridge.auto_annotation \\
-        -p model_path=str:/path/to/model.onnx
+Tags are stored with ``source: auto``; ``cvat pull`` does not take them as labels until a
+person reviewed them (see cvat_bridge/pull.py).
 
 The model is an export from models/export.py: input ``image`` (N x 3 x S x S, normalised), one
 logits output per attribute, ``embedding``, and metadata ``cargroup.schema`` (class names) and
@@ -139,3 +144,31 @@ def detect(context: cvataa.DetectionFunctionContext,
            image: PIL.Image.Image) -> list[models.LabeledImageRequest]:
     """Module-level entry point used by ``--function-module cvat_bridge.auto_annotation``."""
     return _function().detect(context, image)
+
+
+def prefill_task(conn: Any, task_id: int, *, model_path: str | Path | None = None,
+                 conf_threshold: float | None = None, clear_existing: bool = False,
+                 progress: Any = None) -> int:
+    """Run cvat-sdk's ``annotate_task`` with our model on an open bridge connection.
+
+    Returns the number of tags the task holds afterwards. ``conf_threshold`` leaves unsure
+    attributes out of a tag (CVAT then reports them as the spec's empty default).
+    """
+    from cvat_bridge.client import CvatError, translate_errors
+    from cvat_bridge.progress import StageProgress
+
+    tagger = VehicleTagger(model_path)
+    if tagger.model_path is None:
+        raise CvatError(f"prefill needs a model: pass --model PATH (an .onnx from `python -m "
+                        f"core export`) or set {ENV_MODEL}")
+    if not tagger.model_path.is_file():
+        raise CvatError(f"model file {tagger.model_path} does not exist")
+    with translate_errors(conn.host, f"pre-label task {task_id}"):
+        try:
+            cvataa.annotate_task(conn.client, task_id, tagger, clear_existing=clear_existing,
+                                 conf_threshold=conf_threshold,
+                                 pbar=StageProgress(progress, 0.05, 0.95,
+                                                    f"pre-labelling task {task_id}"))
+        except cvataa.BadFunctionError as exc:
+            raise CvatError(f"pre-label task {task_id}: {exc}") from None
+        return len(conn.client.tasks.retrieve(task_id).get_annotations().tags)

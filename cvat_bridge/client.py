@@ -143,8 +143,20 @@ def _about_raw(client: Client) -> dict[str, Any]:
         return {}
 
 
+def _html_text(text: str) -> str:
+    """The gist of an HTML error page: its <title> (or <h1>), else its text without tags.
+
+    CVAT answers a 500 with Django's HTML page (trace l); a user should read "Server Error
+    (500)", not 145 bytes of markup.
+    """
+    m = re.search(r"<title[^>]*>(.*?)</title>", text, re.I | re.S) \
+        or re.search(r"<h1[^>]*>(.*?)</h1>", text, re.I | re.S)
+    found = m.group(1) if m else re.sub(r"<[^>]+>", " ", text)
+    return re.sub(r"\s+", " ", found).strip()
+
+
 def describe_api_exception(exc: api_exc.ApiException) -> str:
-    """Status plus the server's own words (JSON detail/list), never request headers."""
+    """Status plus the server's own words (JSON detail/list, or an HTML page's title)."""
     body = getattr(exc, "body", None)
     text = ""
     if body:
@@ -152,6 +164,8 @@ def describe_api_exception(exc: api_exc.ApiException) -> str:
             data = json.loads(body)
         except (TypeError, ValueError):
             data = body if isinstance(body, str) else body.decode("utf-8", "replace")
+            if re.search(r"<\s*(!doctype|html|head|body|title|h1|p)\b", data, re.I):
+                data = _html_text(data)
         if isinstance(data, dict):
             parts = []
             for key, value in data.items():
@@ -163,7 +177,7 @@ def describe_api_exception(exc: api_exc.ApiException) -> str:
             text = "; ".join(map(str, data))
         else:
             text = str(data)
-    text = text.strip()[:300]
+    text = re.sub(r"\s+", " ", text).strip()[:300]
     return f"HTTP {exc.status}{' ' + exc.reason if exc.reason else ''}" + (f": {text}" if text else "")
 
 
@@ -269,6 +283,52 @@ class Connection:
         self.close()
 
 
+# CVAT servers before personal access tokens (2.2x) know only ``Authorization: Token <key>``
+# (the ``key`` of a login) and answer ``Bearer`` with 401 whether the key is valid or not
+# (trace g); newer servers take personal access tokens as ``Bearer``. cvat-sdk 2.80's
+# AccessTokenCredentials always sends Bearer.
+BEARER_SINCE = (2, 30)
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in re.findall(r"\d+", version)[:3])
+
+
+def _token_login(client: Client, token: str, server_version: str, relaxed: bool) -> Any:
+    """Log in with a token in the scheme the server accepts; returns the current user.
+
+    The likely scheme goes first (``Token`` for servers older than 2.30 or whose version could
+    not be parsed, ``Bearer`` otherwise); on 401 the other one is tried once.
+    """
+    version = _version_tuple(server_version)
+    old = relaxed and (not version or version < BEARER_SINCE) or (version and version < BEARER_SINCE)
+    schemes = ["Token", "Bearer"] if old else ["Bearer", "Token"]
+    config = client.api_client.configuration
+    last: api_exc.ApiException | None = None
+    for scheme in schemes:
+        config.access_token = None
+        config.api_key.pop("tokenAuth", None)
+        if scheme == "Bearer":
+            client.login(AccessTokenCredentials(token))
+        else:
+            config.api_key["tokenAuth"] = token
+            config.api_key_prefix["tokenAuth"] = "Token"
+        try:
+            user = client.users.retrieve_current_user()
+        except api_exc.UnauthorizedException as exc:
+            last = exc
+            continue
+        log.debug("token accepted as 'Authorization: %s'", scheme)
+        return user
+    config.access_token = None
+    config.api_key.pop("tokenAuth", None)
+    assert last is not None
+    raise CvatAuthError(
+        f"log in: CVAT at {client.api_map.host} refused the access token with both "
+        f"'Authorization: Token' and 'Authorization: Bearer' ({describe_api_exception(last)}); "
+        "on CVAT 2.2x the token is the key of a login and dies when that user logs out") from None
+
+
 def connect(settings: CvatSettings, *, logger: logging.Logger | None = None) -> Connection:
     """Open a logged-in connection: strict version check first, relaxed for older servers."""
     host = settings.host
@@ -307,19 +367,20 @@ def connect(settings: CvatSettings, *, logger: logging.Logger | None = None) -> 
             server_version = str(client.get_server_version())
 
     with translate_errors(host, "log in"):
-        try:
-            if settings.access_token:
-                client.login(AccessTokenCredentials(settings.access_token))
-            else:
-                client.login((settings.username or "", settings.password or ""))
-        except api_exc.ApiException as exc:
-            if exc.status == 400:
-                raise CvatAuthError(f"log in: CVAT at {host} rejected user {settings.username!r} "
-                                    f"({describe_api_exception(exc)})") from None
-            raise
         if settings.organization:
             client.organization_slug = settings.organization
-        user = client.users.retrieve_current_user()
+        if settings.access_token:
+            user = _token_login(client, settings.access_token, server_version, relaxed)
+        else:
+            try:
+                client.login((settings.username or "", settings.password or ""))
+            except api_exc.ApiException as exc:
+                if exc.status == 400:
+                    raise CvatAuthError(f"log in: CVAT at {host} rejected user "
+                                        f"{settings.username!r} ({describe_api_exception(exc)})"
+                                        ) from None
+                raise
+            user = client.users.retrieve_current_user()
     return Connection(client=client, settings=settings, server_version=server_version,
                       sdk_version=SDK_VERSION, username=str(user.username),
                       user_id=getattr(user, "id", None), version_relaxed=relaxed,

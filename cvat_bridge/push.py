@@ -23,6 +23,7 @@ from cvat_sdk.api_client import models
 from data.schema import LabelSchema
 from cvat_bridge import records
 from cvat_bridge.client import Connection, CvatError, translate_errors
+from cvat_bridge.progress import ProgressFn, StageProgress, report
 from data.naming import upload_name
 from cvat_bridge.spec import TAG_LABEL, ensure_project, default_project_name
 
@@ -108,7 +109,8 @@ def push_round(conn: Connection, ws: Any, store: Any, round_number: int, *,
                segment_size: int | None = None, chunk_size: int | None = None,
                prefill: bool = False, model_id: int | None = None, force: bool = False,
                image_quality: int = 95, project_name: str | None = None,
-               include_labelled: bool = False) -> PushResult:
+               include_labelled: bool = False,
+               progress: ProgressFn | None = None) -> PushResult:
     """Create a CVAT task from round ``round_number``'s queued images; see module docstring.
 
     Images of the round that already have a label are left out unless ``include_labelled``
@@ -128,7 +130,8 @@ def push_round(conn: Connection, ws: Any, store: Any, round_number: int, *,
     if earlier and not force:
         ids = ", ".join(f"#{t.task_id}" for t in earlier)
         raise PushError(f"round {round_number} was already pushed to {conn.host} as task {ids}; "
-                        "pull it, or push again with --force to create another task")
+                        "pull it, or push again with --force to create another task (a task "
+                        f"deleted in CVAT: `cvat forget --task {earlier[0].task_id}` first)")
     if segment_size is not None and segment_size < 1:
         raise PushError("segment size must be at least 1")
     if chunk_size is not None and chunk_size < 1:
@@ -146,9 +149,11 @@ def push_round(conn: Connection, ws: Any, store: Any, round_number: int, *,
             raise PushError(f"model #{model_id} has no predictions for round {round_number}; "
                             "score the pool first")
 
+    chosen = project_name or conn.settings.project_name
+    report(progress, 0.02, "checking the CVAT project")
     project = ensure_project(conn, store, schema,
-                             project_name or conn.settings.project_name
-                             or default_project_name(Path(ws.root).name))
+                             chosen or default_project_name(Path(ws.root).name),
+                             named=bool(chosen))
     name = f"cargroup round {round_number} ({len(image_ids)} images)"
     if prefill:
         name += f" - PRE-FILLED with model #{model_id} predictions, please correct"
@@ -167,7 +172,10 @@ def push_round(conn: Connection, ws: Any, store: Any, round_number: int, *,
         try:
             with translate_errors(conn.host, f"create the task for round {round_number}"):
                 task = client.tasks.create(spec)
-                task.upload_data(files, params=params)
+                # upload 5-85 %: the SDK reports the bytes it sends
+                task.upload_data(files, params=params,
+                                 pbar=StageProgress(progress, 0.05, 0.85, "uploading images"))
+                report(progress, 0.88, "reading the frame list")
                 frames_meta = task.get_meta().frames
                 frame_of = {}
                 for frame, meta in enumerate(frames_meta):
@@ -180,6 +188,7 @@ def push_round(conn: Connection, ws: Any, store: Any, round_number: int, *,
                     raise PushError(f"CVAT holds {len(frame_of)} frames, {len(by_name)} were sent")
                 prefilled = 0
                 if prefill:
+                    report(progress, 0.92, "pre-filling tags with the model's predictions")
                     tags = _prefill_tags(schema, task.get_labels(), frame_of, predictions)
                     if tags:
                         task.set_annotations(models.LabeledDataRequest(tags=tags))

@@ -19,8 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cvat_sdk.api_client.exceptions import NotFoundException
-
 from cvat_bridge.client import Connection, CvatError, connect, translate_errors
 from cvat_bridge.settings import CvatSettings, load_settings
 
@@ -70,7 +68,7 @@ def _project_name(ws: Any, conn: Connection) -> str:
 
 def check(ws: Any, settings: CvatSettings | None = None) -> CheckResult:
     """Server version, user, and whether an existing project's label spec matches ours."""
-    from cvat_bridge.spec import META_PROJECT_KEY, compare_labels
+    from cvat_bridge.spec import compare_labels, find_project
     with open_connection(ws, settings) as conn:
         result = CheckResult(host=conn.host, server_version=conn.server_version,
                              sdk_version=conn.sdk_version, username=conn.username,
@@ -78,18 +76,8 @@ def check(ws: Any, settings: CvatSettings | None = None) -> CheckResult:
                              organization=conn.settings.organization,
                              version_relaxed=conn.version_relaxed, warnings=list(conn.warnings))
         name = _project_name(ws, conn)
-        with ws.store() as store:
-            remembered = store.get_meta(META_PROJECT_KEY + conn.host)
-        with translate_errors(conn.host, "look up the project"):
-            project = None
-            if remembered:
-                try:
-                    project = conn.client.projects.retrieve(int(remembered))
-                except NotFoundException:
-                    project = None
-            if project is None:
-                found = [p for p in conn.client.projects.list(name=name) if p.name == name]
-                project = found[0] if found else None
+        with ws.store() as store, translate_errors(conn.host, "look up the project"):
+            project = find_project(conn, store, name, named=bool(conn.settings.project_name))
             if project is not None:
                 result.project = f"{project.name!r} #{project.id}"
                 result.spec_differences = compare_labels(ws.schema, project.get_labels())
@@ -110,10 +98,31 @@ def status(ws: Any, task_id: int | None = None, *, settings: CvatSettings | None
         return task_status(conn, store, task_id)
 
 
-def pull(ws: Any, task_id: int | None = None, *, settings: CvatSettings | None = None):
+def pull(ws: Any, task_id: int | None = None, *, settings: CvatSettings | None = None,
+         retract_deleted: bool = False, progress: Any = None):
+    """Pull labels; ``progress(fraction, message)`` follows the SDK's download hooks."""
     from cvat_bridge.pull import pull as pull_tasks
     with open_connection(ws, settings) as conn, ws.store() as store:
-        return pull_tasks(conn, ws, store, task_id)
+        return pull_tasks(conn, ws, store, task_id, retract_deleted=retract_deleted,
+                          progress=progress)
+
+
+def forget(ws: Any, task_id: int, *, settings: CvatSettings | None = None):
+    """Forget a pushed task (e.g. deleted in CVAT) without contacting the server."""
+    from cvat_bridge.pull import forget as forget_task
+    settings = settings_for(ws, settings)
+    with ws.store() as store:
+        return forget_task(store, settings.host, task_id)
+
+
+def prefill(ws: Any, task_id: int, *, model_path: str | Path | None = None,
+            conf_threshold: float | None = None, clear_existing: bool = False,
+            settings: CvatSettings | None = None, progress: Any = None):
+    """Pre-label a CVAT task with our ONNX model (cvat_bridge.auto_annotation.prefill_task)."""
+    from cvat_bridge.auto_annotation import prefill_task
+    with open_connection(ws, settings) as conn:
+        return prefill_task(conn, task_id, model_path=model_path, conf_threshold=conf_threshold,
+                            clear_existing=clear_existing, progress=progress)
 
 
 def export_round(ws: Any, round_number: int, out: str | Path):
@@ -122,5 +131,6 @@ def export_round(ws: Any, round_number: int, out: str | Path):
         return write_zip(ws, store, round_number, out)
 
 
-__all__ = ["CheckResult", "CvatError", "check", "push", "status", "pull", "export_round",
+__all__ = ["CheckResult", "CvatError", "check", "push", "status", "pull", "forget", "prefill",
+           "export_round",
            "open_connection", "settings_for"]

@@ -26,17 +26,36 @@ class SpecMismatch(CvatError):
                          + "; ".join(differences))
 
 
+# "Not given": CVAT fills every attribute a tag leaves out with the spec's ``default_value``
+# whenever it reads or exports annotations (trace h). A real class as default would turn "the
+# model was unsure, it left colour out" into "red", so our attributes have no default: CVAT
+# stores that as "" and reports a left-out attribute as "", which pull reads as missing.
+NOT_GIVEN = ""
+
+
 def label_spec(schema: LabelSchema) -> list[dict[str, Any]]:
-    """The ``labels`` body for ``POST /api/projects`` (as in the trace's flow b)."""
+    """The ``labels`` body for ``POST /api/projects`` (as in the trace's flow b).
+
+    ``default_value`` is left out on purpose: CVAT 2.23 then stores ``""`` (trace h), which
+    makes "not given" representable (see NOT_GIVEN).
+    """
     return [{
         "name": TAG_LABEL,
         "type": "tag",
         "attributes": [
             {"name": attr, "mutable": False, "input_type": "select",
-             "values": list(schema.classes[attr]), "default_value": schema.classes[attr][0]}
+             "values": list(schema.classes[attr])}
             for attr in schema.attributes
         ],
     }]
+
+
+def attribute_defaults(server_labels: Iterable[Any]) -> dict[str, str]:
+    """{attribute: default_value} of the server's tag label (our ``vehicle``)."""
+    for lb in (_as_dict(x) for x in server_labels):
+        if str(lb.get("name", "")).lower() == TAG_LABEL:
+            return {a["name"]: str(a.get("default_value") or "") for a in lb.get("attributes", [])}
+    return {}
 
 
 def _as_dict(obj: Any) -> dict[str, Any]:
@@ -83,6 +102,11 @@ def compare_labels(schema: LabelSchema, server_labels: Iterable[Any]) -> list[st
             diffs.append(f"attribute {attr!r} lacks values {lacking}")
         if unknown:
             diffs.append(f"attribute {attr!r} has values we do not know {unknown}")
+        default = str(a.get("default_value") or NOT_GIVEN)
+        if default != NOT_GIVEN:
+            diffs.append(f"attribute {attr!r} defaults to {default!r}: CVAT reports that value "
+                         f"for every tag that leaves {attr} out (e.g. an unsure pre-label), so "
+                         "it cannot be told from a real answer; clear the default in CVAT")
     others = [lb.get("name") for lb in labels if lb.get("name") != TAG_LABEL]
     if others:
         diffs.append(f"extra labels {others} (annotators could tag images with them)")
@@ -100,23 +124,39 @@ def default_project_name(ws_root_name: str) -> str:
     return f"cargroup {ws_root_name}"
 
 
-def ensure_project(conn: Connection, store: Any, schema: LabelSchema, name: str) -> ProjectInfo:
-    """Find (remembered id, then exact name) or create the project; refuse on spec mismatch."""
+def find_project(conn: Connection, store: Any, name: str, *, named: bool) -> Any | None:
+    """The project to use: a named one wins; the remembered id only stands in for the default.
+
+    ``named`` is True when the user chose ``name`` (``--project``, ``CVAT_PROJECT``, the
+    ``project`` key of cvat.json). Then the remembered id is used only if that project still
+    has this name; otherwise the project is looked up by name (issue 12, defect 2). Without a
+    chosen name the remembered project is used even if it was renamed in CVAT.
+    """
+    client = conn.client
+    project = None
+    remembered = store.get_meta(META_PROJECT_KEY + conn.host)
+    if remembered:
+        try:
+            project = client.projects.retrieve(int(remembered))
+        except Exception as exc:  # noqa: BLE001 - only 404 means "gone"; re-raise others
+            if getattr(exc, "status", None) != 404:
+                raise
+            project = None
+        if project is not None and named and project.name != name:
+            project = None
+    if project is None:
+        matches = [p for p in client.projects.list(name=name) if p.name == name]
+        project = matches[0] if matches else None
+    return project
+
+
+def ensure_project(conn: Connection, store: Any, schema: LabelSchema, name: str, *,
+                   named: bool = True) -> ProjectInfo:
+    """Find (see :func:`find_project`) or create the project; refuse on spec mismatch."""
     client = conn.client
     key = META_PROJECT_KEY + conn.host
     with translate_errors(conn.host, "find the CVAT project"):
-        project = None
-        remembered = store.get_meta(key)
-        if remembered:
-            try:
-                project = client.projects.retrieve(int(remembered))
-            except Exception as exc:  # noqa: BLE001 - only 404 means "gone"; re-raise others
-                if getattr(exc, "status", None) != 404:
-                    raise
-                project = None
-        if project is None:
-            matches = [p for p in client.projects.list(name=name) if p.name == name]
-            project = matches[0] if matches else None
+        project = find_project(conn, store, name, named=named)
         created = False
         if project is None:
             project = client.projects.create({"name": name, "labels": label_spec(schema)})

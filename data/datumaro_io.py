@@ -58,6 +58,8 @@ class ParsedExport:
     items: list[ParsedItem]
     labels: list[str]
     attributes: list[str]
+    tag_label: str = TAG_LABEL              # the export's label taken as our `vehicle` tag
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -70,6 +72,9 @@ class ImportReport:
     unlabelled: list[str] = field(default_factory=list)
     rejected: list[tuple[str, str]] = field(default_factory=list)     # (item, reason)
     skipped: list[tuple[str, str]] = field(default_factory=list)      # (item, reason)
+    # Tags not stored because nobody reviewed them (pre-filled by the model; cvat pull).
+    held: list[tuple[str, str]] = field(default_factory=list)         # (item, reason)
+    notes: list[str] = field(default_factory=list)                    # said once per import
 
     @property
     def added(self) -> list[tuple[str, int]]:
@@ -80,14 +85,15 @@ class ImportReport:
     def counts(self) -> dict[str, int]:
         return {"imported": len(self.imported), "unchanged": len(self.unchanged),
                 "unlabelled": len(self.unlabelled), "rejected": len(self.rejected),
-                "skipped": len(self.skipped)}
+                "skipped": len(self.skipped), "held": len(self.held)}
 
     def summary(self) -> str:
         return ", ".join(f"{k} {v}" for k, v in self.counts.items())
 
     def details(self, limit: int = 20) -> list[str]:
-        lines = []
-        for title, rows in (("rejected", self.rejected), ("skipped", self.skipped)):
+        lines = [f"  note: {n}" for n in self.notes]
+        for title, rows in (("rejected", self.rejected), ("skipped", self.skipped),
+                            ("held", self.held)):
             for item, reason in rows[:limit]:
                 lines.append(f"  {title} {item}: {reason}")
             if len(rows) > limit:
@@ -104,7 +110,9 @@ class ImportReport:
                 "unchanged": [{"item": i, "image_id": n} for i, n in self.unchanged],
                 "unlabelled": list(self.unlabelled),
                 "rejected": [{"item": i, "reason": r} for i, r in self.rejected],
-                "skipped": [{"item": i, "reason": r} for i, r in self.skipped]}
+                "skipped": [{"item": i, "reason": r} for i, r in self.skipped],
+                "held": [{"item": i, "reason": r} for i, r in self.held],
+                "notes": list(self.notes)}
 
 
 # -- reading ---------------------------------------------------------------------------------
@@ -158,7 +166,28 @@ def _extract_annotations(zip_path: Path, dest: Path) -> list[Path]:
         return out
 
 
-def read_datumaro(path: str | Path) -> ParsedExport:
+def choose_tag_label(labels: list[str], attributes: list[str],
+                     schema: LabelSchema | None) -> tuple[str | None, str | None]:
+    """Which of the export's labels is our ``vehicle`` tag, and a note when not by exact name.
+
+    Names match case-insensitively (a CVAT project may call it ``Vehicle``). A project with a
+    single label under another name is accepted when the export declares all of our
+    attributes, since its tags can then only mean ours; the note says so.
+    """
+    if TAG_LABEL in labels:
+        return TAG_LABEL, None
+    folded = [n for n in labels if n.strip().lower() == TAG_LABEL]
+    if len(folded) == 1:
+        return folded[0], f"label {folded[0]!r} taken as {TAG_LABEL!r} (names compared ignoring case)"
+    if schema is not None and len(labels) == 1:
+        declared = set(attributes) - IGNORED_ATTRIBUTES
+        if set(schema.attributes) <= declared:
+            return labels[0], (f"the export's only label {labels[0]!r} taken as {TAG_LABEL!r}: "
+                               f"its attributes match ({', '.join(schema.attributes)})")
+    return None, None
+
+
+def read_datumaro(path: str | Path, schema: LabelSchema | None = None) -> ParsedExport:
     """Parse a Datumaro export (.zip, a default.json, or an export folder) with datumaro."""
     import datumaro as dm
     from datumaro.components.annotation import AnnotationType
@@ -195,6 +224,7 @@ def read_datumaro(path: str | Path) -> ParsedExport:
     label_cat = categories.get(AnnotationType.label)
     labels = [c.name for c in label_cat.items] if label_cat is not None else []
     attributes = sorted(label_cat.attributes) if label_cat is not None else []
+    tag_label, note = choose_tag_label(labels, attributes, schema)
     parsed = []
     for it in items:
         tags, other = [], []
@@ -205,7 +235,7 @@ def read_datumaro(path: str | Path) -> ParsedExport:
                                  f"{len(labels)} categories")
                     continue
                 name = labels[ann.label]
-                if name == TAG_LABEL:
+                if name == tag_label:
                     tags.append(dict(ann.attributes))
                 else:
                     other.append(f"tag {name!r}")
@@ -215,14 +245,15 @@ def read_datumaro(path: str | Path) -> ParsedExport:
         parsed.append(ParsedItem(id=str(it.id), subset=str(it.subset or "default"),
                                  frame=int(frame) if isinstance(frame, (int, float)) else None,
                                  tags=tags, other=other))
-    return ParsedExport(items=parsed, labels=labels, attributes=attributes)
+    return ParsedExport(items=parsed, labels=labels, attributes=attributes,
+                        tag_label=tag_label or TAG_LABEL, notes=[note] if note else [])
 
 
 def check_schema(export: ParsedExport, schema: LabelSchema, origin: str) -> None:
     """Refuse exports made with another label spec (no `vehicle` label, none of our attributes)."""
     if not export.items:
         raise DatumaroImportError(f"{origin} holds no items")
-    if TAG_LABEL not in export.labels:
+    if export.tag_label not in export.labels:
         raise DatumaroImportError(
             f"{origin} was not made with our label spec: its labels are {export.labels or 'none'}, "
             f"expected a tag label {TAG_LABEL!r} with attributes {', '.join(schema.attributes)}")
@@ -284,21 +315,26 @@ def import_datumaro(ws: Any, path: str | Path, *, source: str = "import", store:
                     item_map: Mapping[str, int] | None = None,
                     source_ref: str | Callable[[ParsedItem], str] | None = None,
                     annotator: str | Callable[[ParsedItem], str | None] | None = None,
-                    round_id: int | None = None) -> ImportReport:
+                    round_id: int | None = None,
+                    review: Callable[[ParsedItem, dict[str, str]],
+                                     tuple[dict[str, str] | None, str]] | None = None,
+                    ) -> ImportReport:
     """Import a Datumaro export into the workspace's store; returns what happened per item.
 
     ``item_map`` (item id -> image id) is how ``cvat pull`` maps items of a task it pushed;
     without it items are matched by file name. Unknown values and unknown items are reported,
-    not guessed; all labels are written in one transaction.
+    not guessed; all labels are written in one transaction. ``review(item, values)`` (cvat
+    pull) may return ``(None, reason)`` to hold an item back or ``(values, "")`` with values
+    removed (e.g. CVAT's fill-ins for attributes a pre-label left out).
     """
     path = Path(path)
     schema: LabelSchema = ws.schema
-    export = read_datumaro(path)
+    export = read_datumaro(path, schema)
     check_schema(export, schema, path.name)
     own_store = store is None
     store = ws.store() if own_store else store
     try:
-        report = ImportReport(source=str(path))
+        report = ImportReport(source=str(path), notes=list(export.notes))
         lookup = None if item_map is not None else name_index(store)
         plan: list[tuple[ParsedItem, int, dict[str, str]]] = []
         seen: dict[int, str] = {}
@@ -324,6 +360,12 @@ def import_datumaro(ws: Any, path: str | Path, *, source: str = "import", store:
             except ValueError as exc:
                 report.rejected.append((item.id, str(exc)))
                 continue
+            if review is not None:
+                kept, why = review(item, values)
+                if kept is None:
+                    report.held.append((item.id, why))
+                    continue
+                values = kept
             if not values:
                 report.unlabelled.append(item.id)
                 continue

@@ -61,7 +61,7 @@ def test_round_trip_push_annotate_pull(server, conn, workspace):
         [result] = pull(conn, workspace, store)
         rep = result.report
         assert rep.counts == {"imported": 7, "unchanged": 0, "unlabelled": 0, "rejected": 0,
-                              "skipped": 0}
+                              "skipped": 0, "held": 0}
         assert store.labelled_ids() - before == set(ids)
         by_item = dict(rows_to_stems(rows))
         second = by_item[stems[1]]

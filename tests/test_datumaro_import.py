@@ -76,7 +76,7 @@ def test_manual_round_trip_through_exported_zip(workspace, tmp_path):
                       (stems[2], None), (stems[3], GOOD), (stems[4], GOOD)])
     report = import_datumaro(workspace, write_zip(tmp_path / "export.zip", doc))
     assert report.counts == {"imported": 4, "unchanged": 0, "unlabelled": 1, "rejected": 0,
-                             "skipped": 0}
+                             "skipped": 0, "held": 0}
     with workspace.store() as store:
         lv = store.current_label(int(stems[1].split("_")[0]))
         assert lv.values == {"color": "gray", "type": "truck", "orientation": "back-right"}

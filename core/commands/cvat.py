@@ -1,4 +1,5 @@
-"""CVAT commands: ``cvat check|push|status|pull|export-round`` and ``import-datumaro PATH``."""
+"""CVAT commands: ``cvat check|push|status|pull|forget|prefill|export-round`` and
+``import-datumaro PATH``."""
 from __future__ import annotations
 
 import argparse
@@ -26,6 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = p.add_subparsers(dest="cvat_command", metavar="ACTION", required=True)
 
     s = sub.add_parser("check", help="server version, user, and the project's label spec")
+    s.add_argument("--project", default=None, help="CVAT project name (default from settings)")
     s.set_defaults(handler=cmd_check)
 
     s = sub.add_parser("push", help="create a CVAT task from a round's queued images")
@@ -51,7 +53,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s = sub.add_parser("pull", help="export pushed tasks (Datumaro 1.0) and import their tags")
     s.add_argument("--task", type=int, default=None)
     s.add_argument("--json", action="store_true")
+    s.add_argument("--retract-deleted", action="store_true",
+                   help="retract labels whose tag was deleted in CVAT after an earlier pull "
+                        "(a new empty label version; the history keeps the old one)")
     s.set_defaults(handler=cmd_pull)
+
+    s = sub.add_parser("forget", help="forget a pushed task (e.g. deleted in CVAT); labels stay")
+    s.add_argument("--task", type=int, required=True)
+    s.set_defaults(handler=cmd_forget)
+
+    s = sub.add_parser("prefill", help="pre-label a CVAT task with an exported ONNX model "
+                                       "(cvat-sdk auto-annotation; tags get source 'auto')")
+    s.add_argument("--task", type=int, required=True)
+    s.add_argument("--model", default=None,
+                   help="exported .onnx model (default: $CARGROUP_ONNX_MODEL)")
+    s.add_argument("--threshold", type=float, default=None,
+                   help="leave out attributes whose probability is below this")
+    s.add_argument("--clear-existing", action="store_true",
+                   help="delete the task's existing annotations first")
+    s.set_defaults(handler=cmd_prefill)
 
     s = sub.add_parser("export-round", help="zip a round for manual upload to CVAT")
     s.add_argument("--round", type=int, required=True, dest="round_number")
@@ -66,8 +86,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _settings(args: argparse.Namespace, ws: Workspace):
+    from dataclasses import replace
+
     from cvat_bridge.service import settings_for
     settings = settings_for(ws)
+    if getattr(args, "project", None) and args.cvat_command == "check":
+        settings = replace(settings, project_name=args.project)
     overrides = {}
     if args.timeout is not None:
         overrides["timeout_s"] = args.timeout
@@ -141,15 +165,34 @@ def _print_report(report, as_json: bool) -> None:
 def cmd_pull(args: argparse.Namespace, ws: Workspace) -> int:
     from cvat_bridge import service
     require_workspace(ws)
-    results = service.pull(ws, args.task, settings=_settings(args, ws))
+    results = service.pull(ws, args.task, settings=_settings(args, ws),
+                           retract_deleted=args.retract_deleted)
     if args.json:
-        print(json.dumps([{"task_id": r.task_id, "round": r.round_number,
-                           **r.report.to_dict()} for r in results], indent=2))
+        print(json.dumps([r.to_dict() for r in results], indent=2))
         return 0
     for r in results:
         print(r.summary())
-        for line in r.report.details():
+        for line in r.details():
             print(line)
+    return 0
+
+
+def cmd_forget(args: argparse.Namespace, ws: Workspace) -> int:
+    from cvat_bridge import service
+    require_workspace(ws)
+    rec = service.forget(ws, args.task)
+    print(f"forgot task #{rec.task_id} (round {rec.round_number}, {rec.size} images) on "
+          f"{rec.host}; its labels stay, and the round can be pushed again")
+    return 0
+
+
+def cmd_prefill(args: argparse.Namespace, ws: Workspace) -> int:
+    from cvat_bridge import service
+    require_workspace(ws)
+    tags = service.prefill(ws, args.task, model_path=args.model, conf_threshold=args.threshold,
+                           clear_existing=args.clear_existing, settings=_settings(args, ws))
+    print(f"task #{args.task}: pre-labelled, {tags} tag(s) now; they count as labels only "
+          "after review (edited in CVAT, or their job marked completed)")
     return 0
 
 
