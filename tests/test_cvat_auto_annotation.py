@@ -139,3 +139,33 @@ def test_sdk_driver_annotates_a_pushed_task(tiny_onnx, workspace, tmp_path, monk
     for values in tags.values():
         assert set(values) == set(DEFAULT_SCHEMA.attributes)
         assert all(values[a] in DEFAULT_SCHEMA.classes[a] for a in values)
+
+
+def test_prefill_command_is_the_documented_route(tiny_onnx, workspace, tmp_path, monkeypatch,
+                                                 capsys):
+    """`python -m core cvat prefill --task N --model M` against a 2.23 server (defect 5)."""
+    from core.cli import main
+    from cvat_bridge.pull import pull
+    from cvat_helpers import PASSWORD
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv(auto_annotation.ENV_MODEL, raising=False)
+    ids = add_pool(workspace, 3)
+    with CvatTestServer() as srv:
+        with connect(fast_settings(srv.url)) as conn, workspace.store() as store:
+            res = push_round(conn, workspace, store, store.create_round(ids, kind="seed"))
+        monkeypatch.setenv("CVAT_HOST", srv.url)
+        monkeypatch.setenv("CVAT_USERNAME", "admin")
+        monkeypatch.setenv("CVAT_PASSWORD", PASSWORD)
+        base = ["--workspace", str(workspace.root), "cvat", "--poll", "0.02", "prefill",
+                "--task", str(res.task_id)]
+        assert main(base) == 2                                  # no model: one clear line
+        assert "--model" in capsys.readouterr().err
+        assert main([*base, "--model", str(tiny_onnx)]) == 0
+        assert "3 tag(s)" in capsys.readouterr().out
+        with srv.state.lock:
+            sources = {t["source"] for t in srv.state.tasks[res.task_id]["tags"]}
+        assert sources == {"auto"} and sorted(srv.tags(res.task_id)) == [0, 1, 2]
+        with connect(fast_settings(srv.url)) as conn, workspace.store() as store:
+            [r] = pull(conn, workspace, store)
+        assert r.report.counts["held"] == 3 and r.report.counts["imported"] == 0
