@@ -40,6 +40,8 @@ import PIL.Image
 import cvat_sdk.auto_annotation as cvataa
 from cvat_sdk import models
 
+from cvat_bridge.client import CvatError, translate_errors
+from cvat_bridge.progress import StageProgress
 from data.schema import DEFAULT_SCHEMA
 
 ENV_MODEL = "CARGROUP_ONNX_MODEL"
@@ -154,9 +156,6 @@ def prefill_task(conn: Any, task_id: int, *, model_path: str | Path | None = Non
     Returns the number of tags the task holds afterwards. ``conf_threshold`` leaves unsure
     attributes out of a tag (CVAT then reports them as the spec's empty default).
     """
-    from cvat_bridge.client import CvatError, translate_errors
-    from cvat_bridge.progress import StageProgress
-
     tagger = VehicleTagger(model_path)
     if tagger.model_path is None:
         raise CvatError(f"prefill needs a model: pass --model PATH (an .onnx from `python -m "
