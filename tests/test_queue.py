@@ -24,12 +24,17 @@ def pool(workspace):
     return workspace, ids, test, set(labelled), set(queued)
 
 
-def test_random_queue_excludes_test_labelled_and_queued(pool):
+def test_random_queue_excludes_test_val_labelled_and_queued(pool):
     ws, ids, test, labelled, queued = pool
+    with ws.store() as store:
+        val = {r.id for r in store.images(split="val")}
+    assert val
     res = build_queue(ws, "random", top_k=100)
     got = set(res.image_ids)
-    assert got and not got & (test | labelled | queued)
-    assert got == set(ids) - test - labelled - queued          # everything left, nothing else
+    assert got and not got & (test | val | labelled | queued)
+    # everything left in the train split, nothing else: validation images never drift towards
+    # hard examples (issue 11, defect 7)
+    assert got == set(ids) - test - val - labelled - queued
     assert res.round_number == 1
     with ws.store() as store:
         rnd = store.round(1)
@@ -149,3 +154,26 @@ def test_balance_favours_predicted_rare_classes(workspace):
     bal = build_queue(workspace, "entropy", top_k=1, balance=True, record=False)
     assert bal.image_ids == [cand[1]]
     assert bal.params["rarity"]["type"]["bus"] > bal.params["rarity"]["type"]["sedan"]
+
+
+def test_bald_after_scoring_without_mc_passes_rescores(workspace):
+    """Issue 11, defect 2: `score --mc-passes 0` then `rank -s bald` must not rank by id."""
+    from core.scoring import score_pool
+
+    ids = make_pool(workspace, 24)
+    model_id = make_model(workspace)
+    first = score_pool(workspace, model_id, mc_passes=0)
+    with workspace.store() as store:
+        assert store.scores(model_id, "entropy")
+        assert not store.scores(model_id, "bald")          # not computed, so not stored
+    assert "bald" not in first.measures
+    res = build_queue(workspace, "bald", top_k=5, record=False)
+    assert res.timings["scored_now"] == 1.0                # rescored with MC passes
+    assert len({round(it.score, 9) for it in res.items}) > 1
+    assert [it.score for it in res.items] == sorted((it.score for it in res.items), reverse=True)
+    with workspace.store() as store:
+        assert len(store.scores(model_id, "bald")) == len(ids)
+    # an explicit "no MC passes" for a BALD queue is refused, not silently zero
+    score_pool(workspace, model_id, mc_passes=0)
+    with pytest.raises(UserError, match="MC-dropout"):
+        build_queue(workspace, "bald", top_k=5, record=False, score_kwargs={"mc_passes": 0})
