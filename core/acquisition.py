@@ -14,7 +14,8 @@ the queue, the benchmark and the app alike. Conventions:
   attribute ranks high). User weights per attribute (e.g. ``orientation=2``) express "focus on
   orientation"; a weight of 0 ignores that head.
 
-Strategies are registered by name in :data:`STRATEGIES` for the CLI and the app.
+Strategies are registered by name in :data:`STRATEGIES` for the CLI and the app. Batches are
+drawn from the scores by top-k or by stochastic sampling (:func:`stochastic_batch`).
 """
 from __future__ import annotations
 
@@ -202,51 +203,129 @@ def apply_balance(scores: np.ndarray, rarity_factor: np.ndarray, strength: float
     return np.asarray(scores, dtype=np.float64) * np.power(np.asarray(rarity_factor), strength)
 
 
+# -- stochastic batches ------------------------------------------------------------------------
+SAMPLING: tuple[str, ...] = ("topk", "power", "softmax", "softrank")
+"""How a batch is drawn from the scores: plain top-k, or one of Kirsch et al.'s samplers."""
+
+
+def stochastic_batch(scores: np.ndarray, k: int, *, mode: str = "power", beta: float = 1.0,
+                     seed: int = 0) -> np.ndarray:
+    """Draw ``k`` indices without replacement, favouring high scores; returns them in draw order.
+
+    Stochastic batch acquisition (Kirsch, Farquhar, Atighehchian, Jesson, Branchaud-Charron &
+    Gal, "Stochastic Batch Acquisition: A Simple Baseline for Deep Active Learning", TMLR 2023):
+    top-k of a single score ignores that the scores of a batch's members interact (near
+    duplicates rank together), and sampling ``p_i ∝ s_i^beta`` is as good as far costlier
+    batch-aware methods. Sampling without replacement is done with the Gumbel-top-k trick:
+    ``argsort(log p_i + G_i)`` with i.i.d. standard Gumbel ``G_i``.
+
+    - ``power``: ``p ∝ s^beta`` (the paper's recommended default, ``beta=1``);
+    - ``softmax``: ``p ∝ exp(beta * s)``;
+    - ``softrank``: ``p ∝ rank^-beta`` (only the order of the scores matters);
+    - ``topk``: the deterministic top-k (no sampling), for comparison.
+
+    ``beta -> inf`` approaches top-k; ``beta = 0`` is uniform random. The same ``seed`` gives
+    the same batch. ``scores`` has shape ``(N,)``; ties in ``topk`` keep index order.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    if s.ndim != 1:
+        raise ValueError(f"expected scores of shape (N,), got {s.shape}")
+    if mode not in SAMPLING:
+        raise ValueError(f"unknown sampling {mode!r}; choose from {', '.join(SAMPLING)}")
+    if beta < 0 or not math.isfinite(beta):
+        raise ValueError("beta must be a finite number >= 0")
+    k = min(int(k), len(s))
+    if k <= 0:
+        return np.zeros(0, dtype=np.int64)
+    if mode == "topk":
+        return np.argsort(-s, kind="stable")[:k].astype(np.int64)
+    if mode == "power":
+        # a score of 0 gets a vanishing (not -inf) probability, so zeros still come last in
+        # random order rather than in index order
+        logp = beta * np.log(np.clip(s, 1e-300, None))
+    elif mode == "softmax":
+        logp = beta * s
+    else:  # softrank: rank 1 is the highest score
+        ranks = np.empty(len(s))
+        ranks[np.argsort(-s, kind="stable")] = np.arange(1, len(s) + 1)
+        logp = -beta * np.log(ranks)
+    gumbel = np.random.default_rng(seed).gumbel(size=len(s))
+    keys = logp + gumbel
+    return np.argsort(-keys, kind="stable")[:k].astype(np.int64)
+
+
 # -- strategies --------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Strategy:
-    """A named acquisition rule the CLI and the app can offer."""
+    """A named acquisition rule the CLI and the app can offer.
+
+    ``kind`` says what a strategy ranks with:
+    - ``uncertainty``: a model's per-head scores (``measure``), combined over heads;
+    - ``random``: nothing (the baseline);
+    - ``typicality``: pretrained-backbone embeddings of the pool (no trained model needed);
+    - ``auto``: picks typicality or uncertainty per batch (see :mod:`core.selection`).
+    """
 
     name: str
-    measure: str | None          # per-head measure name, "bald", or None for random
+    measure: str | None          # per-head measure name, "bald", or None
     combine: str = "mean"        # how heads are combined
     description: str = ""
+    kind: str = "uncertainty"
 
     @property
     def needs_model(self) -> bool:
-        return self.measure is not None
+        return self.kind == "uncertainty"
 
     @property
     def needs_mc(self) -> bool:
         return self.measure == "bald"
 
-    def per_head(self, probs: PerHead | None = None,
-                 mc_samples: PerHead | None = None) -> dict[str, np.ndarray]:
-        """Per-head uncertainties for this strategy's measure."""
-        if self.measure == "bald":
-            if mc_samples is None:
-                raise ValueError("BALD needs MC-dropout samples")
-            return {a: bald(s) for a, s in mc_samples.items()}
-        if self.measure is None or probs is None:
-            raise ValueError(f"strategy {self.name!r} needs probabilities")
-        return per_head_scores(probs, self.measure)
+    @property
+    def needs_embeddings(self) -> bool:
+        """Needs the pool's pretrained-backbone embeddings (see core/embeddings.py)."""
+        return self.kind in ("typicality", "auto")
 
-    def score(self, probs: PerHead | None = None, *, mc_samples: PerHead | None = None,
-              weights: Mapping[str, float] | None = None, n: int | None = None,
-              seed: int = 0) -> np.ndarray:
-        """One uncertainty score per image (higher = label first)."""
-        if self.measure is None:
-            if n is None:
-                first = next(iter((probs or mc_samples or {}).values()), None)
-                if first is None:
-                    raise ValueError("random scores need n or probabilities")
-                n = first.shape[-2]
-            return random_scores(n, seed)
-        return COMBINERS[self.combine](self.per_head(probs, mc_samples), weights)
+
+def uncertainty_per_head(probs: PerHead, mc_samples: PerHead | None = None,
+                         ) -> dict[str, dict[str, np.ndarray]]:
+    """Every per-head measure: ``{measure: {attribute: (N,)}}``; BALD only with MC samples.
+
+    The one place per-head scores are computed: pool scoring stores this, and the queue, the
+    store rows and the tests all read from it.
+    """
+    out = {m: per_head_scores(probs, m) for m in PER_HEAD}
+    if mc_samples is not None:
+        out["bald"] = {a: bald(s) for a, s in mc_samples.items()}
+    return out
+
+
+def strategy_scores(strategy: Strategy, per_head: Mapping[str, PerHead],
+                    weights: Mapping[str, float] | None = None) -> np.ndarray:
+    """One score per image (higher = label first) for an uncertainty strategy.
+
+    ``per_head`` is ``{measure: {attribute: (N,)}}`` as :func:`uncertainty_per_head` returns
+    (and pool scoring stores). A measure that was not computed (BALD without MC passes) is an
+    error, never a silent zero.
+    """
+    if strategy.kind != "uncertainty" or strategy.measure is None:
+        raise ValueError(f"strategy {strategy.name!r} does not rank by uncertainty scores")
+    if strategy.measure not in per_head:
+        need = " (it needs MC-dropout passes)" if strategy.needs_mc else ""
+        raise ValueError(f"the scores have no {strategy.measure!r} values{need}")
+    return COMBINERS[strategy.combine](per_head[strategy.measure], weights)
 
 
 STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
-    Strategy("random", None, description="uniform random baseline"),
+    Strategy("auto", None, kind="auto",
+             description="typicality while labels are few or the model cannot rank yet, "
+                         "then entropy with stochastic sampling and core-set diversity"),
+    Strategy("random", None, kind="random", description="uniform random baseline"),
+    Strategy("typiclust", None, kind="typicality",
+             description="most typical image of each uncovered k-means cluster of pretrained "
+                         "embeddings (TypiClust; cold start, no model needed)"),
+    Strategy("probcover", None, kind="typicality",
+             description="greedy max coverage of delta-balls in pretrained embedding space "
+                         "(ProbCover; cold start, no model needed)"),
     Strategy("entropy", "entropy", "mean",
              "mean over heads of entropy / log K (sum of normalised entropies)"),
     Strategy("entropy-max", "entropy", "max", "max over heads of entropy / log K"),
@@ -257,7 +336,7 @@ STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
     Strategy("bald", "bald", "mean", "MC-dropout mutual information, mean over heads"),
     Strategy("bald-max", "bald", "max", "MC-dropout mutual information, max over heads"),
 )}
-"""Strategy name -> :class:`Strategy`. Diversity and class balance are options on top of any."""
+"""Strategy name -> :class:`Strategy`. Diversity, sampling and class balance are options on top."""
 
 
 def get_strategy(name: str) -> Strategy:

@@ -142,3 +142,48 @@ def test_select_diverse_avoids_near_duplicates(method):
     assert len(set(picked.tolist())) == 5
     assert sum(i < 30 for i in picked) <= 2              # at most a couple from the clump
     assert list(scores[picked]) == sorted(scores[picked], reverse=True)
+
+
+def test_stochastic_batch_is_reproducible_and_favours_high_scores():
+    rng = np.random.default_rng(0)
+    scores = rng.random(500)
+    for mode in ("power", "softmax", "softrank"):
+        a = acq.stochastic_batch(scores, 50, mode=mode, beta=1.0, seed=7)
+        b = acq.stochastic_batch(scores, 50, mode=mode, beta=1.0, seed=7)
+        c = acq.stochastic_batch(scores, 50, mode=mode, beta=1.0, seed=8)
+        assert a.tolist() == b.tolist(), mode                  # same seed, same batch
+        assert a.tolist() != c.tolist(), mode
+        assert len(set(a.tolist())) == 50                      # without replacement
+        assert scores[a].mean() > scores.mean(), mode          # biased towards high scores
+    top = acq.stochastic_batch(scores, 10, mode="topk")
+    assert top.tolist() == np.argsort(-scores)[:10].tolist()
+    # beta -> large approaches top-k; a zero score is drawn only after every positive one
+    sharp = acq.stochastic_batch(scores, 10, mode="power", beta=200.0, seed=0)
+    assert set(sharp.tolist()) == set(top.tolist())
+    z = np.array([0.0, 0.5, 0.0, 0.2])
+    assert set(acq.stochastic_batch(z, 2, mode="power", seed=3).tolist()) == {1, 3}
+    with pytest.raises(ValueError, match="sampling"):
+        acq.stochastic_batch(scores, 3, mode="gumbel")
+
+
+def test_power_sampling_matches_its_distribution():
+    # p ∝ s: the first draw of a batch of 1 lands on index 1 three times as often as index 0
+    s = np.array([1.0, 3.0])
+    firsts = [int(acq.stochastic_batch(s, 1, mode="power", seed=i)[0]) for i in range(4000)]
+    assert np.mean(firsts) == pytest.approx(0.75, abs=0.03)
+
+
+def test_core_set_counts_labelled_images_as_centres():
+    # Sener & Savarese: the labelled set are centres already, so a batch of 2 goes to the two
+    # regions no labelled image covers, even though the covered region is the biggest
+    rng = np.random.default_rng(2)
+    regions = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
+    x = np.concatenate([c + rng.normal(0, 0.1, (n, 2)) for c, n in zip(regions, (40, 10, 10, 10))])
+    region = np.repeat(np.arange(4), (40, 10, 10, 10))
+    labelled = regions[[0, 3]]
+    scores = np.ones(len(x))
+    picked = select_diverse(scores, x, 2, method="kcenter", pool_factor=100, existing=labelled,
+                            normalise=False)
+    assert sorted(region[picked].tolist()) == [1, 2]
+    without = select_diverse(scores, x, 2, method="kcenter", pool_factor=100, normalise=False)
+    assert 0 in region[without].tolist()          # with no centres, the first pick is region 0
