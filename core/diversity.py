@@ -7,7 +7,9 @@ them that cover that set (k-center greedy, or one image per k-means cluster), an
 uncertainty order.
 
 Inputs are plain arrays (embeddings ``(N, D)`` from the network's penultimate layer, scores
-``(N,)``), so this module knows nothing about models or the store.
+``(N,)``), so this module knows nothing about models or the store. The queue passes the
+embeddings of the images already labelled or queued as ``existing`` centres, so a batch fills
+the gaps the labelled set leaves instead of re-covering it.
 """
 from __future__ import annotations
 
@@ -101,11 +103,13 @@ def kmeans_pick(embeddings: np.ndarray, scores: np.ndarray, k: int, *, seed: int
 def select_diverse(scores: np.ndarray, embeddings: np.ndarray, k: int, *,
                    method: Method = "kcenter", pool_factor: float = 4.0,
                    existing: np.ndarray | None = None, normalise: bool = True,
-                   seed: int = 0) -> np.ndarray:
+                   seed: int = 0, preselected: np.ndarray | None = None) -> np.ndarray:
     """Uncertainty pre-selection, then a diverse subset; returns indices sorted by score.
 
     ``pool_factor`` sets the pre-selection size (``pool_factor * k`` most uncertain); 1 means
-    plain top-k, large values approach pure diversity sampling.
+    plain top-k, large values approach pure diversity sampling. ``preselected`` (indices)
+    replaces that top-m pre-selection, e.g. with a stochastic draw. ``existing``: embeddings
+    of images already labelled or queued, which count as chosen centres (a true core-set).
     """
     s = np.asarray(scores, dtype=np.float64)
     emb = np.asarray(embeddings)
@@ -116,16 +120,21 @@ def select_diverse(scores: np.ndarray, embeddings: np.ndarray, k: int, *,
     k = min(int(k), len(s))
     if k <= 0:
         return np.zeros(0, dtype=np.int64)
-    order = np.argsort(-s, kind="stable")
-    m = min(len(s), max(k, int(round(pool_factor * k))))
-    cand = order[:m]
+    if preselected is not None:
+        cand = np.asarray(preselected, dtype=np.int64)
+        k = min(k, len(cand))
+    else:
+        order = np.argsort(-s, kind="stable")
+        m = min(len(s), max(k, int(round(pool_factor * k))))
+        cand = order[:m]
     x = emb[cand]
     ex = existing
     if normalise:
         x = l2_normalise(x)
         ex = l2_normalise(existing) if existing is not None and len(existing) else None
     if method == "kcenter":
-        local = kcenter_greedy(x, k, first=0, existing=ex)
+        first = int(np.argmax(s[cand])) if len(cand) else 0
+        local = kcenter_greedy(x, k, first=first, existing=ex)
     else:
         local = kmeans_pick(x, s[cand], k, seed=seed)
     picked = cand[np.asarray(local, dtype=np.int64)]

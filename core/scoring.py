@@ -16,8 +16,13 @@ Results go to three places:
   combined uncertainty scores (``save_scores``: ``entropy:color``, ..., ``entropy``) for the UI;
 - ``<model folder>/embeddings.npy`` with ``embedding_ids.npy`` (row i is image
   ``embedding_ids[i]``), for the diversity step;
-- ``<model folder>/pool_scores.npz``: ids, full probabilities and per-head BALD, so the queue
-  can re-rank with any strategy, head weights or class balance without running the model again.
+- ``<model folder>/pool_scores.npz``: ids, full probabilities, every per-head score and the
+  number of MC-dropout passes, so the queue can re-rank with any strategy, head weights or class
+  balance without running the model again.
+
+What was computed is stored with the scores: with ``mc_passes=0`` there is no BALD, neither in
+the store nor in the file, and asking for it is an error (the queue then rescores), never a
+column of zeros that silently ranks by image id.
 """
 from __future__ import annotations
 
@@ -34,6 +39,7 @@ from core import acquisition as acq
 from data.workspace import Workspace
 from data.cache import ImageCache
 from data.preprocess import normalise_batch
+from models.checkpoint import load_model, model_record, resolve_model_path
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +48,7 @@ Progress = Callable[[float, str], None]
 EMBEDDINGS_FILE = "embeddings.npy"
 EMBEDDING_IDS_FILE = "embedding_ids.npy"
 POOL_SCORES_FILE = "pool_scores.npz"
+COVERED_EMBEDDINGS_FILE = "covered_embeddings.npz"
 MEASURES = ("entropy", "margin", "least_confidence", "bald")
 DEFAULT_MC_PASSES = 10
 
@@ -52,6 +59,10 @@ class ScoringError(RuntimeError):
 
 class ScoringCancelled(ScoringError):
     """``should_cancel()`` turned true between batches; nothing was saved."""
+
+
+class MissingMeasure(ScoringError):
+    """The saved scores lack a measure (BALD scored with ``mc_passes=0``)."""
 
 
 @dataclass
@@ -139,7 +150,12 @@ class OnnxBackend:
 
 @dataclass
 class PoolScores:
-    """Everything one scoring pass produced for a set of images (row i = ``image_ids[i]``)."""
+    """Everything one scoring pass produced for a set of images (row i = ``image_ids[i]``).
+
+    ``bald`` holds per-head BALD only when ``mc_passes > 0``; ``uncertainty`` is every per-head
+    measure that was computed, ``{measure: {attribute: (N,)}}``, filled once from ``probs`` and
+    ``bald`` by :func:`core.acquisition.uncertainty_per_head` unless given.
+    """
 
     model_id: int
     image_ids: np.ndarray
@@ -149,6 +165,16 @@ class PoolScores:
     class_names: dict[str, list[str]]
     backend: str = ""
     timings: dict[str, float] = field(default_factory=dict)
+    mc_passes: int = 0
+    uncertainty: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.mc_passes <= 0:
+            self.bald = {}
+        if not self.uncertainty:
+            self.uncertainty = acq.uncertainty_per_head(self.probs)
+            if self.bald:
+                self.uncertainty["bald"] = dict(self.bald)
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -157,18 +183,28 @@ class PoolScores:
     def attributes(self) -> list[str]:
         return list(self.probs)
 
+    @property
+    def measures(self) -> list[str]:
+        """The measures this pass computed (BALD only with MC-dropout passes)."""
+        return [m for m in MEASURES if m in self.uncertainty]
+
     def per_head(self, measure: str) -> dict[str, np.ndarray]:
-        """{attribute: (N,)} uncertainty for a measure in :data:`MEASURES`."""
-        if measure == "bald":
-            return dict(self.bald)
-        return acq.per_head_scores(self.probs, measure)
+        """{attribute: (N,)} uncertainty for a measure in :attr:`measures`."""
+        if measure not in self.uncertainty:
+            if measure == "bald":
+                raise MissingMeasure("these scores have no BALD (scored without MC-dropout "
+                                     "passes); score again with --mc-passes above 0")
+            raise MissingMeasure(f"these scores have no {measure!r}")
+        return self.uncertainty[measure]
 
     def subset(self, rows: np.ndarray | Sequence[int]) -> "PoolScores":
         rows = np.asarray(rows, dtype=np.int64)
         return PoolScores(self.model_id, self.image_ids[rows],
                           {a: p[rows] for a, p in self.probs.items()}, self.embeddings[rows],
                           {a: b[rows] for a, b in self.bald.items()}, self.class_names,
-                          self.backend, dict(self.timings))
+                          self.backend, dict(self.timings), self.mc_passes,
+                          {m: {a: v[rows] for a, v in per.items()}
+                           for m, per in self.uncertainty.items()})
 
     def predictions(self) -> list[tuple[int, str, str, float]]:
         """(image_id, attribute, predicted class, probability) rows for the store."""
@@ -182,11 +218,11 @@ class PoolScores:
         return rows
 
     def score_rows(self) -> list[tuple[int, str, float]]:
-        """(image_id, name, value) rows: every measure per head and its mean over heads."""
+        """(image_id, name, value) rows: every computed measure per head and its mean over heads."""
         rows: list[tuple[int, str, float]] = []
         ids = [int(i) for i in self.image_ids]
-        for measure in MEASURES:
-            per = self.per_head(measure)
+        for measure in self.measures:
+            per = self.uncertainty[measure]
             for a, v in per.items():
                 name = acq.score_name(measure, a)
                 rows.extend(zip(ids, [name] * len(ids), v.astype(float).tolist()))
@@ -203,10 +239,13 @@ class PoolScores:
                   "embeddings": self.embeddings.astype(np.float32)}
         for a in self.attributes:
             arrays[f"probs/{a}"] = self.probs[a].astype(np.float32)
-            arrays[f"bald/{a}"] = self.bald[a].astype(np.float32)
             arrays[f"classes/{a}"] = np.asarray(self.class_names[a])
+        for m, per in self.uncertainty.items():
+            for a, v in per.items():
+                arrays[f"score/{m}/{a}"] = np.asarray(v, dtype=np.float32)
         arrays["meta/model_id"] = np.asarray(self.model_id)
         arrays["meta/backend"] = np.asarray(self.backend)
+        arrays["meta/mc_passes"] = np.asarray(int(self.mc_passes))
         tmp = folder / (POOL_SCORES_FILE + ".tmp.npz")
         np.savez(tmp, **arrays)
         tmp.replace(folder / POOL_SCORES_FILE)
@@ -225,12 +264,22 @@ def load_pool_scores(folder: str | Path) -> PoolScores | None:
         return None
     with np.load(path, allow_pickle=False) as z:
         attrs = [k.split("/", 1)[1] for k in z.files if k.startswith("probs/")]
+        # a file from before mc_passes was recorded cannot tell real BALD from zeros: treat
+        # its BALD as missing (the queue rescores when a strategy needs it)
+        passes = int(z["meta/mc_passes"]) if "meta/mc_passes" in z.files else 0
+        uncertainty: dict[str, dict[str, np.ndarray]] = {}
+        for key in z.files:
+            if key.startswith("score/"):
+                _, m, a = key.split("/", 2)
+                uncertainty.setdefault(m, {})[a] = z[key]
+        if passes <= 0:
+            uncertainty.pop("bald", None)
         return PoolScores(
             model_id=int(z["meta/model_id"]), image_ids=z["image_ids"],
             probs={a: z[f"probs/{a}"] for a in attrs}, embeddings=z["embeddings"],
-            bald={a: z[f"bald/{a}"] for a in attrs},
+            bald=dict(uncertainty.get("bald", {})),
             class_names={a: [str(c) for c in z[f"classes/{a}"]] for a in attrs},
-            backend=str(z["meta/backend"]))
+            backend=str(z["meta/backend"]), mc_passes=passes, uncertainty=uncertainty)
 
 
 def choose_backend(ws: Workspace, model: torch.nn.Module, model_id: int, image_size: int,
@@ -255,7 +304,10 @@ def score_images(backend: TorchBackend | OnnxBackend, cache: ImageCache, cache_r
                  seed: int = 0, progress: Progress | None = None,
                  should_cancel: Callable[[], bool] | None = None,
                  ) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, np.ndarray], dict[str, float]]:
-    """Batches from the cache through ``backend``; returns (probs, embeddings, bald, timings)."""
+    """Batches from the cache through ``backend``; returns (probs, embeddings, bald, timings).
+
+    ``bald`` is empty when ``mc_passes`` is 0 (nothing computed, nothing pretended).
+    """
     rows = np.asarray(cache_rows, dtype=np.int64)
     n = len(rows)
     rng = np.random.default_rng(seed)
@@ -278,9 +330,6 @@ def score_images(backend: TorchBackend | OnnxBackend, cache: ImageCache, cache_r
             samples = mc_dropout_heads(e, heads, mc_passes, rng)
             for a, s in samples.items():
                 bald[a].append(acq.bald(s).astype(np.float32))
-        else:
-            for a in heads.weights:
-                bald[a].append(np.zeros(len(sel), np.float32))
         t3 = time.perf_counter()
         for a in heads.weights:
             probs[a].append(np.asarray(p[a], dtype=np.float32))
@@ -297,7 +346,7 @@ def score_images(backend: TorchBackend | OnnxBackend, cache: ImageCache, cache_r
         return np.concatenate(parts)[inverse] if parts else np.zeros(shape, np.float32)
 
     out_probs = {a: _cat(v, (0, heads.weights[a].shape[0])) for a, v in probs.items()}
-    out_bald = {a: _cat(v, (0,)) for a, v in bald.items()}
+    out_bald = {a: _cat(v, (0,)) for a, v in bald.items()} if mc_passes > 0 else {}
     timings = {"read_s": t_read, "model_s": t_model, "mc_dropout_s": t_mc}
     return out_probs, _cat(embs, (0, dim)), out_bald, timings
 
@@ -312,8 +361,6 @@ def score_pool(ws: Workspace, model_id: int | None = None, *, image_ids: Sequenc
     With ``save`` the predictions and scores go to the store and the arrays to the model
     folder (see the module docstring). Returns the :class:`PoolScores` either way.
     """
-    from models.checkpoint import load_model
-
     t_start = time.perf_counter()
     model, meta = load_model(ws, model_id)
     model_id = int(meta["model_id"])
@@ -335,13 +382,16 @@ def score_pool(ws: Workspace, model_id: int | None = None, *, image_ids: Sequenc
         engine, cache, [r.cache_row for r in records], heads, batch_size=batch_size,
         mc_passes=mc_passes, seed=seed, progress=progress, should_cancel=should_cancel)
     result = PoolScores(model_id, np.array([r.id for r in records], dtype=np.int64), probs, emb,
-                        bald_scores, class_names, engine.name)
+                        bald_scores, class_names, engine.name, mc_passes=max(int(mc_passes), 0))
     t_scored = time.perf_counter()
     if save:
         folder = Path(meta["model_dir"])
         result.save_arrays(folder)
+        stale = [acq.score_name(m, a) for m in MEASURES if m not in result.measures
+                 for a in [None, *result.attributes]]
         with ws.store() as store:
             store.save_predictions(model_id, result.predictions())
+            store.delete_scores(model_id, stale)
             store.save_scores(model_id, result.score_rows())
     t_end = time.perf_counter()
     result.timings = {"load_s": t_load - t_start, **timings,
@@ -354,8 +404,59 @@ def score_pool(ws: Workspace, model_id: int | None = None, *, image_ids: Sequenc
 
 def pool_scores_for(ws: Workspace, model_id: int) -> PoolScores | None:
     """The saved scoring pass of ``model_id`` (None when the pool was never scored with it)."""
-    from models.checkpoint import model_record, resolve_model_path
+    return load_pool_scores(_model_folder(ws, model_id))
 
-    record = model_record(ws, model_id)
-    folder = resolve_model_path(ws, record["path"]).parent
-    return load_pool_scores(folder)
+
+def model_embeddings(ws: Workspace, model_id: int, image_ids: Sequence[int], *,
+                     backend: str = "auto", threads: int | None = None,
+                     batch_size: int = 256) -> np.ndarray:
+    """The model's penultimate embeddings of ``image_ids``, ``(len(image_ids), D)``.
+
+    Why: a true core-set (Sener & Savarese) counts the labelled images as centres already
+    chosen, so diversity needs their embeddings too, while pool scoring only embeds unlabelled
+    images. Vectors come from the model's saved pool scores where the image was scored, else
+    from ``<model folder>/covered_embeddings.npz``, else they are computed now (one backbone
+    pass over the missing images, usually the few labelled since the last scoring) and added
+    to that file. A model's embedding of an image never changes, so nothing goes stale.
+    """
+    want = [int(i) for i in image_ids]
+    if not want:
+        return np.zeros((0, 0), np.float32)
+    found: dict[int, np.ndarray] = {}
+    pool = pool_scores_for(ws, model_id)
+    if pool is not None:
+        index = {int(i): r for r, i in enumerate(pool.image_ids)}
+        found.update({i: pool.embeddings[index[i]] for i in want if i in index})
+    folder = _model_folder(ws, model_id)
+    extra_path = folder / COVERED_EMBEDDINGS_FILE
+    extra_ids, extra_vecs = np.zeros(0, np.int64), None
+    if extra_path.is_file():
+        with np.load(extra_path, allow_pickle=False) as z:
+            extra_ids, extra_vecs = z["ids"], z["vectors"]
+        index = {int(i): r for r, i in enumerate(extra_ids)}
+        found.update({i: extra_vecs[index[i]] for i in want if i in index and i not in found})
+    missing = [i for i in want if i not in found]
+    if missing:
+        model, meta = load_model(ws, model_id)
+        image_size = int(meta.get("image_size") or ws.config.cache_size)
+        engine = choose_backend(ws, model, model_id, image_size, backend, threads=threads)
+        with ws.store() as store:
+            records = {r.id: r for r in store.images(missing)}
+        rows = [records[i].cache_row for i in missing]
+        if any(r is None for r in rows):
+            raise ScoringError("some labelled images have no cached pixels; re-ingest them")
+        cache = ImageCache(ws.cache_dir, ws.config.cache_size)
+        parts = [engine.predict(cache.read(rows[s:s + batch_size]))[1]
+                 for s in range(0, len(rows), batch_size)]
+        new = np.concatenate(parts).astype(np.float32)
+        found.update(dict(zip(missing, new)))
+        all_ids = np.concatenate([extra_ids.astype(np.int64), np.asarray(missing, np.int64)])
+        all_vecs = new if extra_vecs is None else np.concatenate([extra_vecs, new])
+        tmp = folder / (COVERED_EMBEDDINGS_FILE + ".tmp.npz")
+        np.savez(tmp, ids=all_ids, vectors=all_vecs.astype(np.float32))
+        tmp.replace(extra_path)
+    return np.stack([np.asarray(found[i], dtype=np.float32) for i in want])
+
+
+def _model_folder(ws: Workspace, model_id: int) -> Path:
+    return resolve_model_path(ws, model_record(ws, model_id)["path"]).parent

@@ -563,6 +563,14 @@ class ProjectStore:
                 out.setdefault(int(image_id), {})[attr] = (value, float(prob))
         return out
 
+    def delete_scores(self, model_id: int, names: Iterable[str]) -> None:
+        """Drop a model's stored scores with these names (a measure a new pass did not compute)."""
+        names = list(names)
+        if names:
+            self.conn.execute(
+                f"DELETE FROM scores WHERE model_id=? AND name IN ({','.join('?' * len(names))})",
+                (model_id, *names))
+
     def scores(self, model_id: int, name: str) -> dict[int, float]:
         return {int(i): float(v) for i, v in self.conn.execute(
             "SELECT image_id, value FROM scores WHERE model_id=? AND name=?", (model_id, name))}

@@ -98,23 +98,31 @@ def test_class_rarity_and_balance():
     assert acq.apply_balance(np.array([0.5, 0.2]), np.array([1.0, 9.0]), 0.0) == pytest.approx([0.5, 0.2])
 
 
-def test_strategy_registry_scores():
+def test_strategy_scores_through_the_one_scoring_path():
     probs = {"color": np.array([[0.5, 0.5], [0.9, 0.1]]),
              "type": np.array([[1.0, 0.0, 0.0], [1 / 3, 1 / 3, 1 / 3]])}
-    ent = acq.get_strategy("entropy").score(probs)
+    per = acq.uncertainty_per_head(probs)               # what pool scoring stores
+    assert set(per) == {"entropy", "margin", "least_confidence"}   # no BALD without MC samples
+
+    def score(name, table=per):
+        return acq.strategy_scores(acq.get_strategy(name), table)
+
     h09 = -(0.9 * math.log(0.9) + 0.1 * math.log(0.1)) / LN2
-    assert ent == pytest.approx([(1.0 + 0.0) / 2, (h09 + 1.0) / 2])
-    assert acq.get_strategy("entropy-max").score(probs) == pytest.approx([1.0, 1.0])
-    assert acq.get_strategy("margin").score(probs) == pytest.approx([(1.0 + 0.0) / 2, (0.2 + 1.0) / 2])
-    r1 = acq.get_strategy("random").score(probs, seed=3)
-    r2 = acq.get_strategy("random").score(n=2, seed=3)
-    assert r1 == pytest.approx(r2) and len(r1) == 2
+    assert score("entropy") == pytest.approx([(1.0 + 0.0) / 2, (h09 + 1.0) / 2])
+    assert score("entropy-max") == pytest.approx([1.0, 1.0])
+    assert score("margin") == pytest.approx([(1.0 + 0.0) / 2, (0.2 + 1.0) / 2])
     with pytest.raises(ValueError, match="MC-dropout"):
-        acq.get_strategy("bald").score(probs)
+        score("bald")                                     # missing, never zeros
     with pytest.raises(ValueError, match="unknown strategy"):
         acq.get_strategy("nope")
+    with pytest.raises(ValueError, match="does not rank"):
+        score("typiclust")
     mc = {"color": np.array([[[1.0, 0.0]], [[0.0, 1.0]]])}
-    assert acq.get_strategy("bald").score(mc_samples=mc) == pytest.approx([1.0])
+    with_mc = acq.uncertainty_per_head({"color": np.array([[0.5, 0.5]])}, mc)
+    assert score("bald", with_mc) == pytest.approx([1.0])
+    # kinds: which strategies need a trained model
+    assert {n for n, s in acq.STRATEGIES.items() if not s.needs_model} == {
+        "auto", "random", "typiclust", "probcover"}
 
 
 def test_kcenter_picks_spread_out_points():

@@ -13,7 +13,7 @@ from tests.al_helpers import make_model, make_pool
 
 @pytest.fixture
 def pool(workspace):
-    ids = make_pool(workspace, 36, splits=("train", "val", "test"))
+    ids = make_pool(workspace, 60, splits=("train", "val", "test"))
     with workspace.store() as store:
         test = {r.id for r in store.images(split="test")}
         labelled = [i for i in ids if i not in test][:4]

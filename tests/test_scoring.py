@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.acquisition import STRATEGIES, bald
+from core.acquisition import STRATEGIES, bald, strategy_scores
 from core.scoring import (EMBEDDING_IDS_FILE, EMBEDDINGS_FILE, HeadParams, load_pool_scores,
                             mc_dropout_heads, pool_scores_for, score_pool)
 from tests.al_helpers import make_model, make_pool
@@ -19,9 +19,7 @@ def scored_ws(workspace):
 
 
 def _ranking(pool, name):
-    strat = STRATEGIES[name]
-    return np.argsort(-strat.score(pool.probs) if not strat.needs_mc else
-                      -np.mean([pool.bald[a] for a in pool.attributes], axis=0), kind="stable")
+    return np.argsort(-strategy_scores(STRATEGIES[name], pool.uncertainty), kind="stable")
 
 
 def test_onnx_and_torch_rank_the_same(scored_ws):
@@ -83,6 +81,7 @@ def test_score_pool_stores_predictions_scores_and_embeddings(scored_ws):
     np.testing.assert_allclose(emb, pool.embeddings)
     again = pool_scores_for(ws, model_id)
     assert again is not None and list(again.image_ids) == expected
+    assert again.mc_passes == 10 and again.measures == ["entropy", "margin", "least_confidence", "bald"]
     np.testing.assert_allclose(again.bald["type"], pool.bald["type"])
     assert load_pool_scores(ws.root / "nowhere") is None
 
