@@ -212,15 +212,19 @@ def run_queue(ws: Workspace, params: dict, ctx: JobContext) -> dict[str, Any]:
     weights = {k: float(v) for k, v in (params.get("weights") or {}).items()}
     if weights and all(v == 1.0 for v in weights.values()):
         weights = {}
-    result = build_queue(ws, str(params.get("strategy", "entropy")), int(params.get("top_k", 100)),
+    result = build_queue(ws, str(params.get("strategy", "auto")), int(params.get("top_k", 100)),
                          weights=weights or None, diversity=params.get("diversity") or None,
                          balance=bool(params.get("balance", False)),
+                         sampling=params.get("sampling") or None,
                          progress=ctx.stage(0.0, 0.95, "scoring the pool"))
+    chose = result.params.get("auto", {}).get("chose")
     return {"round": result.round_number, "strategy": result.strategy,
+            "reason": result.reason, "notes": result.notes,
             "size": len(result.items), "candidates": result.candidates,
             "timings": _plain(result.timings),
             "message": f"round {result.round_number}: {len(result.items)} images ranked by "
-                       f"{result.strategy} out of {result.candidates}"}
+                       f"{result.strategy}{f' ({chose})' if chose else ''} out of "
+                       f"{result.candidates}" + "".join(f"; {n}" for n in result.notes)}
 
 
 # -- export -------------------------------------------------------------------------------------

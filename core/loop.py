@@ -133,7 +133,8 @@ def label_summary(ws: Workspace) -> dict[str, Any]:
 def run_round(ws: Workspace, *, labels: str | Path | None = None, simulate: bool = False,
               error_rate: float = 0.0, strategy: str = "entropy", top_k: int = 200,
               weights: Mapping[str, float] | None = None, diversity: str | bool | None = None,
-              balance: bool = False, train_config: Any = None, warm_start: bool | None = None,
+              balance: bool = False, sampling: str | None = None, beta: float = 1.0,
+              train_config: Any = None, warm_start: bool | None = None,
               eval_split: str = "test", seed: int = 0,
               score_kwargs: Mapping[str, Any] | None = None,
               progress: Progress | None = None,
@@ -203,7 +204,8 @@ def run_round(ws: Workspace, *, labels: str | Path | None = None, simulate: bool
 
     t = time.perf_counter()
     queue = build_queue(ws, strategy, top_k, weights=weights, diversity=diversity,
-                        balance=balance, seed=seed, model_id=model_id, record=True)
+                        balance=balance, sampling=sampling, beta=beta, seed=seed,
+                        model_id=model_id, record=True)
     timings["queue_s"] = time.perf_counter() - t
     _stage(progress, "queue")(1.0, f"queued {len(queue.items)} images")
     timings["total_s"] = sum(timings.values())

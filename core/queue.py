@@ -383,6 +383,33 @@ def build_queue(ws: Workspace, strategy: str = "entropy", top_k: int = 200,
                        reason=reason, notes=notes)
 
 
+def auto_reason(ws: Workspace) -> str:
+    """What ``auto`` would pick now and why, without scoring (for the Queue page's controls)."""
+    n = training_label_count(ws)
+    with ws.store() as store:
+        current = store.current_model()
+    choice = choose_auto(n, current is not None)
+    if choice.strategy != "typiclust" or current is None:
+        pool = pool_scores_for(ws, int(current["id"])) if current is not None else None
+        if pool is None:
+            return ("decided when ranking: the current model's scores come first "
+                    f"({n} training labels)")
+        wanted = set(candidate_ids(ws))
+        rows = [r for r, i in enumerate(pool.image_ids) if int(i) in wanted]
+        if not rows:
+            return choice.reason
+        mean_h = float(acq.combine_mean(pool.subset(rows).per_head("entropy")).mean())
+        choice = choose_auto(n, True, mean_h)
+    return choice.reason
+
+
+def round_reason(ws: Workspace, round_number: int) -> str:
+    """The reason ``auto`` recorded for a round ('' for other strategies)."""
+    with ws.store() as store:
+        params = store.round(round_number).get("params") or {}
+    return str((params.get("auto") or {}).get("reason", ""))
+
+
 def queue_items(ws: Workspace, round_number: int | None = None) -> list[QueueItem]:
     """The stored batch of a round (default: the latest) with the model's predictions, for the UI."""
     with ws.store() as store:

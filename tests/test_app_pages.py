@@ -172,9 +172,10 @@ def test_queue_page_grid_and_rank_button(trained: Workspace, monkeypatch) -> Non
     started = []
     monkeypatch.setattr(ui, "start_job", lambda ws, kind, params: started.append((kind, params)) or 1)
     next(b for b in at.button if b.label == "Rank next batch").click().run()
-    assert started[0] == ("queue", {"strategy": "entropy", "top_k": 100, "diversity": None,
-                                    "balance": False,
-                                    "weights": {"color": 1.0, "type": 1.0, "orientation": 1.0}})
+    # auto is the default strategy, with its reason shown before ranking
+    assert any(c.value.startswith("auto → typicality: only") for c in at.caption)
+    assert started[0] == ("queue", {"strategy": "auto", "top_k": 100, "diversity": None,
+                                    "balance": False, "weights": {}})
 
 
 def test_export_job_then_page_offers_downloads_and_latency(trained: Workspace, monkeypatch) -> None:

@@ -12,24 +12,28 @@ import ui  # noqa: E402
 from core import labeling  # noqa: E402
 from core.acquisition import STRATEGIES  # noqa: E402
 from core.dashboard import queue_view  # noqa: E402
+from core.queue import auto_reason, round_reason  # noqa: E402
 
 GRID_COLUMNS = 6
 PAGE_SIZE = 48
 
 
-def controls(has_model: bool, attributes: tuple[str, ...]) -> None:
+def controls(ws, has_model: bool, attributes: tuple[str, ...]) -> None:
     with st.container(border=True):
         cols = st.columns([2, 1, 1, 1])
         names = [n for n, s in STRATEGIES.items() if has_model or not s.needs_model]
-        default = names.index("entropy") if "entropy" in names else 0
+        default = names.index("auto")
         strategy = cols[0].selectbox("Strategy", names, index=default,
                                      format_func=lambda n: f"{n} — {STRATEGIES[n].description}")
+        if strategy == "auto":
+            st.caption(f"auto → {auto_reason(ws)}")
         top_k = cols[1].number_input("Batch size", 1, 5000, 100, step=10)
+        typical = STRATEGIES[strategy].kind in ("typicality", "auto")
         diversity = cols[2].selectbox("Diversity", ["none", "kcenter", "kmeans"],
-                                      disabled=not has_model,
+                                      disabled=not has_model or typical,
                                       help="Spread the batch over embedding space so it is not "
                                            "many near-identical frames")
-        balance = cols[3].checkbox("Favour rare classes", disabled=not has_model)
+        balance = cols[3].checkbox("Favour rare classes", disabled=not has_model or typical)
         weights = {}
         if STRATEGIES[strategy].needs_model:
             st.caption("Head weights (e.g. raise orientation to focus the batch on it)")
@@ -37,7 +41,8 @@ def controls(has_model: bool, attributes: tuple[str, ...]) -> None:
             for col, attr in zip(wcols, attributes):
                 weights[attr] = col.slider(attr, 0.0, 3.0, 1.0, 0.5, key=f"w_{attr}")
         if not has_model:
-            st.caption("Only random sampling is possible until a model is trained.")
+            st.caption("Until a model is trained: auto/typiclust/probcover pick typical images "
+                       "from pretrained-backbone embeddings, or random.")
         if st.button("Rank next batch", type="primary", icon=":material/sort:"):
             params = {"strategy": strategy, "top_k": int(top_k),
                       "diversity": None if diversity == "none" else diversity,
@@ -79,7 +84,7 @@ def body() -> None:
         model = s.current_model()
         infos = labeling.batches(s)
     ui.job_panel("queue", key="queue")
-    controls(model is not None, ws.schema.attributes)
+    controls(ws, model is not None, ws.schema.attributes)
     if not infos:
         st.info("No batch yet: rank one above, or sample a first batch on the Overview page.")
         return
@@ -103,6 +108,9 @@ def body() -> None:
                 st.switch_page("pages/3_CVAT.py")
             except Exception:  # noqa: BLE001 - standalone page (tests): no navigation
                 st.info("Open the CVAT page to push this batch.")
+    reason = round_reason(ws, number)
+    if reason:
+        st.info(f"auto chose {reason}", icon=":material/lightbulb:")
     items = queue_view(ws, number)
     st.caption(f"{len(items)} images, highest priority first. Scores: higher = more useful to "
                "label; H = the head's normalised entropy.")

@@ -6,7 +6,7 @@ import json
 import logging
 from typing import Any, Callable
 
-from core.acquisition import STRATEGIES, parse_weights
+from core.acquisition import SAMPLING, STRATEGIES, parse_weights
 from core.commands.project import require_workspace
 from core.diversity import METHODS as DIVERSITY_METHODS
 from data.errors import UserError
@@ -26,6 +26,13 @@ def _queue_options(p: argparse.ArgumentParser) -> None:
                    help="with --diversity: pre-select this many times --top most uncertain")
     p.add_argument("--balance", action="store_true",
                    help="favour images predicted to be in classes rare among current labels")
+    p.add_argument("--sampling", choices=list(SAMPLING), default=None,
+                   help="draw the batch by top-k (default) or stochastically: power (p ∝ s^beta), "
+                        "softmax or softrank (Kirsch et al. 2023); auto uses power")
+    p.add_argument("--beta", type=float, default=1.0, help="with --sampling: sharpness (default 1)")
+    p.add_argument("--backbone", default=None,
+                   help="pretrained backbone for typiclust/probcover/auto embeddings "
+                        "(default: efficientnet_lite0 if installed, else resnet18)")
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -114,7 +121,8 @@ def cmd_score(args: argparse.Namespace, ws: Workspace) -> int:
 def _print_items(items: list[Any], show: int) -> None:
     for it in items[:show]:
         preds = "  ".join(f"{a}={v}({p:.2f})" for a, (v, p) in it.predictions.items())
-        print(f"{it.rank + 1:>4}. {it.name:<28} score={it.score:.3f}  {preds}")
+        score = "" if it.score != it.score else f"score={it.score:.3f}  "   # NaN: pick order only
+        print(f"{it.rank + 1:>4}. {it.name:<28} {score}{preds}")
     if len(items) > show:
         print(f"      ... {len(items) - show} more")
 
@@ -123,7 +131,8 @@ def cmd_rank(args: argparse.Namespace, ws: Workspace) -> int:
     if args.list:
         for s in STRATEGIES.values():
             print(f"{s.name:<18} {s.description}")
-        print("options: --diversity [kcenter|kmeans], --balance, --weights attr=w,...")
+        print("options: --diversity [kcenter|kmeans], --sampling topk|power|softmax|softrank, "
+              "--beta B, --balance, --weights attr=w,..., --backbone NAME")
         return 0
     require_workspace(ws)
     from core.queue import build_queue
@@ -132,20 +141,33 @@ def cmd_rank(args: argparse.Namespace, ws: Workspace) -> int:
     try:
         res = build_queue(ws, args.strategy, args.top, weights=_weights(args.weights),
                           diversity=args.diversity, balance=args.balance,
-                          pool_factor=args.pool_factor, seed=args.seed,
+                          pool_factor=args.pool_factor, sampling=args.sampling, beta=args.beta,
+                          backbone=args.backbone, seed=args.seed,
                           record=not args.preview, rescore=args.rescore, progress=update)
     finally:
         close()
     if args.json:
         print(json.dumps({"round": res.round_number, "strategy": res.strategy,
+                          "reason": res.reason, "notes": res.notes,
                           "params": res.params, "model_id": res.model_id,
                           "items": [it.to_dict() for it in res.items]}, indent=2))
         return 0
     where = (f"recorded as round {res.round_number}" if res.round_number is not None
              else "preview, not recorded")
-    extras = [x for x in (res.params.get("diversity"), "balance" if args.balance else None) if x]
+    p = res.params
+    extras = [x for x in (p.get("auto", {}).get("chose"), p.get("diversity"),
+                          p.get("sampling") if p.get("sampling") not in (None, "topk") else None,
+                          "balance" if p.get("balance") else None) if x]
     print(f"{len(res.items)} of {res.candidates} candidates by {res.strategy}"
           f"{' + ' + ' + '.join(extras) if extras else ''} ({where}; {res.timings['total_s']:.1f} s)")
+    if res.reason:
+        print(f"auto: {res.reason}")
+    emb = p.get("embeddings")
+    if emb:
+        print(f"embeddings: {emb['backbone']} ({emb['origin_detail']}); "
+              f"{emb['embedded_now']} images embedded now")
+    for note in res.notes:
+        print(f"note: {note}")
     _print_items(res.items, args.show)
     return 0
 
@@ -165,7 +187,8 @@ def cmd_round(args: argparse.Namespace, ws: Workspace) -> int:
         rep = run_round(ws, labels=args.labels, simulate=args.simulate,
                         error_rate=args.error_rate, strategy=args.strategy, top_k=args.top,
                         weights=_weights(args.weights), diversity=args.diversity,
-                        balance=args.balance, train_config=config,
+                        balance=args.balance, sampling=args.sampling, beta=args.beta,
+                        train_config=config,
                         warm_start=False if args.no_warm_start else None, seed=args.seed,
                         progress=update)
     finally:

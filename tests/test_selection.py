@@ -1,0 +1,151 @@
+"""Cold-start selection end to end: pool embeddings cache, typicality queues with no model, auto."""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+from torch import nn
+
+import core.embeddings as embeddings_mod
+from core.cli import main
+from core.embeddings import cache_path, pool_embeddings
+from core.queue import build_queue
+from core.selection import AUTO_TYPICALITY_BELOW, choose_auto
+from data.cache import ImageCache
+from models.backbones import Backbone, WeightsOrigin
+
+# colour groups of different sizes: (mean RGB, count); within a group the shade varies a little
+GROUPS = [((200, 30, 30), 13), ((30, 200, 30), 9), ((30, 30, 200), 5)]
+
+
+class _Loader:
+    """A stand-in for models.backbones.load_backbone: mean colour per channel as the embedding
+    (so the right answer is known) with a chosen weights origin; counts its calls."""
+
+    def __init__(self, kind: str = "imagenet") -> None:
+        self.kind, self.calls = kind, 0
+
+    def __call__(self, name: str, **_: object) -> Backbone:
+        self.calls += 1
+        module = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        detail = "random init" if self.kind == "random" else "ImageNet (test)"
+        return Backbone(name, module, 3, WeightsOrigin(name, self.kind, detail))
+
+
+@pytest.fixture
+def loader(monkeypatch):
+    fake = _Loader()
+    monkeypatch.setattr(embeddings_mod, "load_backbone", fake)
+    return fake
+
+
+def _add_images(ws, colours, start=0, split="train"):
+    size = ws.config.cache_size
+    imgs = np.stack([np.full((size, size, 3), c, np.uint8) for c in colours])
+    rows = ImageCache(ws.cache_dir, size).append(imgs)
+    ids = []
+    with ws.store() as store:
+        for i, (row, img) in enumerate(zip(rows, imgs)):
+            n = start + i
+            image_id, _ = store.add_image(path=f"pool/c{n:04d}.png", name=f"c{n:04d}.png",
+                                          sha256=hashlib.sha256(img.tobytes() + bytes([n % 256, n // 256])).hexdigest(),
+                                          width=size, height=size, nbytes=img.nbytes, split=split,
+                                          cache_row=row)
+            ids.append(image_id)
+    return ids
+
+
+def _colour_pool(ws):
+    """Groups of shades of one colour: the dominant channel moves by 0, ±1, ±4, ±9, ... (k²), so
+    shades thin out away from the group's middle shade, its most typical image by construction."""
+    colours, group, central = [], [], []
+    for g, (rgb, n) in enumerate(GROUPS):
+        dominant = int(np.argmax(rgb))
+        for j in range(n):
+            k = (j + 1) // 2
+            shift = (1 if j % 2 else -1) * k * k
+            shade = list(rgb)
+            shade[dominant] += shift
+            if j == 0:
+                central.append(len(colours))
+            colours.append(tuple(shade))
+            group.append(g)
+    ids = _add_images(ws, colours)
+    return ids, np.array(group), central
+
+
+def test_pool_embeddings_cache_only_embeds_new_images(workspace, loader):
+    ids = _add_images(workspace, [(10, 20, 30), (200, 100, 0)])
+    emb = pool_embeddings(workspace, "resnet18")
+    assert list(emb.ids) == ids and emb.vectors.shape == (2, 3) and emb.vectors.dtype == np.float32
+    assert emb.computed == 2 and emb.pretrained and loader.calls == 1
+    assert cache_path(workspace, "resnet18", "imagenet", 64).is_file()
+    # brighter red channel for the second image, as the mean colour says
+    assert emb.vectors[1, 0] > emb.vectors[0, 0]
+    again = pool_embeddings(workspace, "resnet18")
+    assert again.computed == 0 and loader.calls == 1            # pretrained cache: no network
+    np.testing.assert_array_equal(again.vectors, emb.vectors)
+    more = _add_images(workspace, [(0, 0, 0)], start=2)
+    grown = pool_embeddings(workspace, "resnet18")
+    assert grown.computed == 1 and list(grown.ids) == ids + more
+    np.testing.assert_array_equal(grown.vectors[:2], emb.vectors)
+
+
+def test_random_init_cache_is_replaced_once_pretrained_weights_load(workspace, monkeypatch):
+    _add_images(workspace, [(10, 20, 30), (200, 100, 0)])
+    rnd = _Loader("random")
+    monkeypatch.setattr(embeddings_mod, "load_backbone", rnd)
+    first = pool_embeddings(workspace, "resnet18")
+    assert not first.pretrained and first.origin.kind == "random"
+    assert pool_embeddings(workspace, "resnet18").computed == 0 and rnd.calls == 2  # re-checked
+    pre = _Loader("imagenet")
+    monkeypatch.setattr(embeddings_mod, "load_backbone", pre)
+    second = pool_embeddings(workspace, "resnet18")
+    assert second.pretrained and second.computed == 2           # not mixed with random ones
+
+
+def test_typiclust_queue_without_a_model_picks_each_groups_typical_image(workspace, loader):
+    ids, group, central = _colour_pool(workspace)
+    res = build_queue(workspace, "typiclust", top_k=3, record=True)
+    assert res.model_id is None and res.round_number == 0
+    assert [int(group[ids.index(i)]) for i in res.image_ids] == [0, 1, 2]   # largest group first
+    assert res.image_ids == [ids[c] for c in central]
+    assert res.params["embeddings"]["origin"] == "imagenet"
+    # the next batch skips the groups the first one covered: queued images count as covered
+    nxt = build_queue(workspace, "typiclust", top_k=3, record=False)
+    assert not set(nxt.image_ids) & set(res.image_ids)
+    with pytest.raises(Exception, match="drop --diversity"):
+        build_queue(workspace, "probcover", top_k=2, diversity="kcenter", record=False)
+    pc = build_queue(workspace, "probcover", top_k=2, record=False)
+    assert len(set(pc.image_ids)) == 2 and pc.params["embeddings"]["delta"] > 0
+
+
+def test_auto_without_a_model_uses_typicality_and_says_why(workspace, loader, capsys):
+    _colour_pool(workspace)
+    res = build_queue(workspace, "auto", top_k=3, record=False)
+    assert res.params["auto"]["chose"] == "typiclust"
+    assert res.reason.startswith("typicality: no trained model")
+    ws = ["--workspace", str(workspace.root)]
+    assert main([*ws, "rank", "--strategy", "auto", "--top", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "typicality: no trained model" in out and "recorded as round 0" in out
+
+
+def test_cli_says_when_embeddings_come_from_a_random_init_network(workspace, monkeypatch, capsys):
+    _colour_pool(workspace)
+    monkeypatch.setattr(embeddings_mod, "load_backbone", _Loader("random"))
+    ws = ["--workspace", str(workspace.root)]
+    assert main([*ws, "rank", "--strategy", "typiclust", "--top", "2", "--preview"]) == 0
+    assert "random-init" in capsys.readouterr().out
+
+
+def test_choose_auto_rule():
+    assert choose_auto(0, False).strategy == "typiclust"
+    low = choose_auto(40, True, 0.5)
+    assert low.strategy == "typiclust" and "only 40 training labels" in low.reason
+    flat = choose_auto(AUTO_TYPICALITY_BELOW + 10, True, 0.98)
+    assert flat.strategy == "typiclust" and "too uncertain to rank" in flat.reason
+    ready = choose_auto(AUTO_TYPICALITY_BELOW + 10, True, 0.6)
+    assert (ready.strategy, ready.sampling, ready.diversity) == ("entropy", "power", "kcenter")
+    assert ready.reason.startswith("uncertainty:")
