@@ -35,13 +35,15 @@ class AutoChoice:
 
 
 def choose_auto(n_labels: int, has_model: bool, mean_entropy: float | None = None, *,
-                threshold: int = AUTO_TYPICALITY_BELOW,
-                uniform: float = AUTO_UNIFORM_ENTROPY) -> AutoChoice:
+                threshold: int | None = None, uniform: float | None = None) -> AutoChoice:
     """Typicality when there is no model, too few labels, or near-uniform scores; else entropy.
 
     ``mean_entropy`` is the candidates' mean normalised entropy (mean over heads); None when
-    the pool was not scored (the label count already decided).
+    the pool was not scored (the label count already decided). ``threshold`` and ``uniform``
+    default to :data:`AUTO_TYPICALITY_BELOW` and :data:`AUTO_UNIFORM_ENTROPY`.
     """
+    threshold = AUTO_TYPICALITY_BELOW if threshold is None else int(threshold)
+    uniform = AUTO_UNIFORM_ENTROPY if uniform is None else float(uniform)
     typical = AutoChoice(AUTO_TYPICALITY, "topk", None, "")
     if not has_model:
         return AutoChoice(**{**typical.__dict__, "reason": (

@@ -149,3 +149,71 @@ def test_choose_auto_rule():
     ready = choose_auto(AUTO_TYPICALITY_BELOW + 10, True, 0.6)
     assert (ready.strategy, ready.sampling, ready.diversity) == ("entropy", "power", "kcenter")
     assert ready.reason.startswith("uncertainty:")
+
+
+def _scored(ws, ids, model_id, probs, emb):
+    from core.scoring import PoolScores
+    from models.checkpoint import model_record, resolve_model_path
+
+    folder = resolve_model_path(ws, model_record(ws, model_id)["path"]).parent
+    names = {a: list(ws.schema.classes[a]) for a in ws.schema.attributes}
+    PoolScores(model_id, np.asarray(ids), probs, emb, {}, names, "test").save_arrays(folder)
+    return folder
+
+
+def _probs(ws, n, mix):
+    """Every head ``mix`` of the way from one-hot to uniform (normalised entropy grows with mix)."""
+    out = {}
+    for a in ws.schema.attributes:
+        k = ws.schema.num_classes(a)
+        out[a] = np.tile(mix * np.full(k, 1 / k) + (1 - mix) * np.eye(k)[0], (n, 1)).astype(np.float32)
+    return out
+
+
+def test_core_set_queue_counts_labelled_images_as_centres(workspace):
+    from tests.al_helpers import make_model, make_pool
+
+    ids = make_pool(workspace, 30)
+    model_id = make_model(workspace)
+    labelled, cand = ids[:3], ids[3:]
+    with workspace.store() as store:
+        for i in labelled:
+            store.add_label(i, {"color": "red"}, source="import")
+    # candidates in three regions; the biggest, region 0, is where the labelled images are
+    regions = np.eye(3, 16, dtype=np.float32) * 10
+    region = np.array([0] * 17 + [1] * 5 + [2] * 5)
+    rng = np.random.default_rng(0)
+    emb = regions[region] + rng.normal(0, 0.01, (len(cand), 16)).astype(np.float32)
+    folder = _scored(workspace, cand, model_id, _probs(workspace, len(cand), 0.5), emb)
+    np.savez(folder / "covered_embeddings.npz", ids=np.asarray(labelled, np.int64),
+             vectors=regions[[0, 0, 0]] + 0.001)
+    res = build_queue(workspace, "entropy", top_k=2, diversity="kcenter", pool_factor=20,
+                      record=False)
+    assert sorted(int(region[cand.index(i)]) for i in res.image_ids) == [1, 2]
+
+
+def test_auto_switches_to_uncertainty_only_with_enough_labels_and_a_model_that_ranks(
+        workspace, loader, monkeypatch):
+    import core.selection as selection
+    from tests.al_helpers import make_model
+
+    ids, group, central = _colour_pool(workspace)
+    model_id = make_model(workspace)
+    with workspace.store() as store:
+        store.add_label(ids[-1], {"color": "blue"}, source="import")
+    cand = ids[:-1]
+    emb = np.random.default_rng(0).normal(size=(len(cand), 512)).astype(np.float32)
+    _scored(workspace, cand, model_id, _probs(workspace, len(cand), 0.3), emb)
+    few = build_queue(workspace, "auto", top_k=3, record=False)
+    assert few.params["auto"]["chose"] == "typiclust" and "only 1 training labels" in few.reason
+    monkeypatch.setattr(selection, "AUTO_TYPICALITY_BELOW", 1)
+    ready = build_queue(workspace, "auto", top_k=3, record=False, seed=5)
+    assert ready.params["auto"]["chose"] == "entropy"
+    assert ready.params["sampling"] == "power" and ready.params["diversity"] == "kcenter"
+    assert ready.reason.startswith("uncertainty:")
+    again = build_queue(workspace, "auto", top_k=3, record=False, seed=5)
+    assert again.image_ids == ready.image_ids                     # seeded: reproducible
+    # near-uniform scores: the model cannot rank yet, back to typicality
+    _scored(workspace, cand, model_id, _probs(workspace, len(cand), 0.999), emb)
+    flat = build_queue(workspace, "auto", top_k=3, record=False)
+    assert flat.params["auto"]["chose"] == "typiclust" and "too uncertain to rank" in flat.reason
