@@ -17,7 +17,8 @@ attribute labelled per set), at 128 px, over >= 3 seeds (mean +- sample std):
    skipped with a message.
 3. **Head-only active-learning simulation** on the cached embeddings: per (strategy, seed) the
    loop starts from nothing, and in rounds of at most ``--max-batch`` images it fits the head
-   (``LogisticRegression``, fixed C=1, no tuning) on the labelled rows, scores the pool with the
+   (``LogisticRegression``, fixed C=1, no tuning, on embeddings standardised with the pool's
+   statistics) on the labelled rows, scores the pool with the
    strategy and labels a batch, recording test accuracy at each budget of ``--budgets``.
    Strategies come from ``core.acquisition``/``core.diversity`` at run time; those not there
    (yet) are skipped with "not available".
@@ -43,16 +44,16 @@ Smoke run (seconds)::
     .venv/bin/python benchmarks/bench_few_labels.py --sets color --budgets 20,50 --seeds 1 \
         --max-images 300 --out /tmp/few_labels_smoke --force
 
-Strategy functions the harness looks for (``getattr``; keyword arguments are passed only if
-the function's signature names them, so small naming differences are tolerated):
+Strategies (issue 10 section 2) are looked up at run time, so the harness runs before and
+after the selection work lands; a missing one is skipped with "not available":
 
-- ``typiclust`` / ``probcover`` in ``core.diversity`` or ``core.acquisition``:
-  ``fn(embeddings (N, D) of the unlabelled candidates, k, *, existing=(M, D) labelled
-  embeddings or None, seed=...) -> indices into the candidates``;
-- ``stochastic_batch`` (or ``stochastic_select`` / ``power_sample``) in ``core.acquisition``:
-  ``fn(scores (N,), k, *, seed=...) -> indices``;
-- ``auto_strategy`` (or ``choose_auto``) in ``core.acquisition``:
-  ``fn(n_labelled, ...) -> strategy name`` the harness then runs.
+- ``typiclust`` / ``probcover`` in ``core.typicality`` (or ``core.diversity``):
+  ``fn(candidate embeddings, k, *, labelled=embeddings or None, seed=...)`` -> candidate
+  indices; ProbCover's ``delta`` comes from ``choose_delta(pool embeddings, n_classes)``;
+- ``entropy+stochastic`` / ``entropy+stochastic+kcenter``: ``core.queue.select`` (power
+  sampling, optional core-set counting the labelled images) or ``stochastic_batch``;
+- ``auto``: ``core.selection.choose_auto(n_labels, has_model, mean_entropy)`` decides per
+  round; the harness runs the strategy it names.
 """
 from __future__ import annotations
 
@@ -87,7 +88,7 @@ DEFAULT_OUT = REPO / "benchmarks" / "results" / "few_labels"
 SETS = ("color", "type", "orientation")
 BACKBONE_SPECS = ("resnet18-random", "resnet18-imagenet", "efficientnet_lite0-imagenet")
 DEFAULT_STRATEGIES = ("random", "typiclust", "probcover", "entropy", "entropy+kcenter",
-                      "entropy+stochastic", "auto")
+                      "entropy+stochastic", "entropy+stochastic+kcenter", "auto")
 DEFAULT_BUDGETS = (20, 50, 100, 200, 300, 500, 700, 1000)
 MAX_LOAD = 0.5
 
@@ -254,6 +255,7 @@ class Head:
     """A per-head classifier on embeddings; constant when one class is labelled."""
 
     n_classes: int
+    c: float = 1.0
     model: Any = None
     constant: int | None = None
 
@@ -263,7 +265,7 @@ class Head:
         if len(np.unique(y)) < 2:
             self.constant = int(y[0])
             return self
-        self.model = LogisticRegression(C=1.0, max_iter=500).fit(x, y)
+        self.model = LogisticRegression(C=self.c, max_iter=500).fit(x, y)
         return self
 
     def probs(self, x: np.ndarray) -> np.ndarray:
@@ -291,7 +293,10 @@ def spread_augment(x_lab: np.ndarray, y_lab: np.ndarray, x_pool: np.ndarray, n_c
 
 # -- strategies --------------------------------------------------------------------------------
 
-def _find(names: Sequence[str], modules: Sequence[str]) -> Callable | None:
+SELECTION_MODULES = ("core.typicality", "core.diversity", "core.acquisition")
+
+
+def _find(names: Sequence[str], modules: Sequence[str] = SELECTION_MODULES) -> Callable | None:
     for mod_name in modules:
         try:
             mod = importlib.import_module(mod_name)
@@ -302,6 +307,13 @@ def _find(names: Sequence[str], modules: Sequence[str]) -> Callable | None:
             if callable(fn):
                 return fn
     return None
+
+
+def _accepts(fn: Callable, name: str) -> bool:
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _call(fn: Callable, *args: Any, **kwargs: Any) -> Any:
@@ -324,10 +336,20 @@ class Context:
     probs: np.ndarray | None      # (P, K) head probabilities, None before the first fit
     seed: int
     round: int
+    n_classes: int = 2
+    memo: dict[str, Any] = field(default_factory=dict)   # per-run constants (ProbCover delta)
 
     @property
     def candidates(self) -> np.ndarray:
         return np.flatnonzero(~self.labelled)
+
+    @property
+    def existing(self) -> np.ndarray | None:
+        return self.x_pool[self.labelled] if self.labelled.any() else None
+
+    @property
+    def round_seed(self) -> int:
+        return self.seed * 1000 + self.round
 
 
 Selector = Callable[[Context, int], np.ndarray]   # -> indices into the pool
@@ -357,30 +379,73 @@ def _entropy_kcenter(ctx: Context, k: int) -> np.ndarray:
     if ctx.probs is None:
         return _random(ctx, k)
     cand = ctx.candidates
-    existing = ctx.x_pool[ctx.labelled] if ctx.labelled.any() else None
-    local = select_diverse(_entropy_scores(ctx), ctx.x_pool[cand], k, existing=existing,
+    local = select_diverse(_entropy_scores(ctx), ctx.x_pool[cand], k, existing=ctx.existing,
                            seed=ctx.seed)
     return cand[np.asarray(local, dtype=np.int64)]
 
 
-def _embedding_selector(fn: Callable) -> Selector:
+def _typicality_selector(fn: Callable, delta_fn: Callable | None) -> Selector:
+    """TypiClust/ProbCover: ``fn(candidate embeddings, k, labelled=..., seed=...)``."""
     def select(ctx: Context, k: int) -> np.ndarray:
         cand = ctx.candidates
-        existing = ctx.x_pool[ctx.labelled] if ctx.labelled.any() else None
-        local = _call(fn, ctx.x_pool[cand], k, existing=existing, labelled=existing,
-                      seed=ctx.seed, random_state=ctx.seed)
+        kwargs: dict[str, Any] = dict(existing=ctx.existing, labelled=ctx.existing,
+                                      seed=ctx.round_seed, random_state=ctx.round_seed)
+        if _accepts(fn, "delta"):
+            if delta_fn is None:
+                raise RuntimeError("probcover needs delta and there is no choose_delta()")
+            if "delta" not in ctx.memo:  # the whole pool never changes within a run
+                ctx.memo["delta"] = float(_call(delta_fn, ctx.x_pool, ctx.n_classes,
+                                                seed=ctx.seed))
+            kwargs["delta"] = ctx.memo["delta"]
+        local = _call(fn, ctx.x_pool[cand], k, **kwargs)
         return cand[np.asarray(local, dtype=np.int64)[:k]]
     return select
 
 
-def _stochastic_selector(fn: Callable) -> Selector:
+def _uncertainty_selector(sampling: str, diversity: str | None) -> Selector | None:
+    """Entropy with a stochastic sampler (and optional core-set), as the product's queue does.
+
+    Uses ``core.queue.select`` (arrays in, rows out) when it exists, else
+    ``core.acquisition.stochastic_batch`` directly; None when neither is there.
+    """
+    queue_select = _find(("select",), ("core.queue",))
+    if queue_select is not None and not _accepts(queue_select, "sampling"):
+        queue_select = None
+    stochastic = _find(("stochastic_batch",), ("core.acquisition",))
+    if queue_select is None and (stochastic is None or diversity):
+        return None
+
     def select(ctx: Context, k: int) -> np.ndarray:
         if ctx.probs is None:
             return _random(ctx, k)
         cand = ctx.candidates
-        round_seed = ctx.seed * 1000 + ctx.round
-        local = _call(fn, _entropy_scores(ctx), k, seed=round_seed, random_state=round_seed)
+        scores = _entropy_scores(ctx)
+        if queue_select is not None:
+            local = queue_select(scores, k, embeddings=ctx.x_pool[cand], diversity=diversity,
+                                 sampling=sampling, existing=ctx.existing, seed=ctx.round_seed)
+        else:
+            local = _call(stochastic, scores, k, mode=sampling, seed=ctx.round_seed)
         return cand[np.asarray(local, dtype=np.int64)[:k]]
+    return select
+
+
+def _auto_selector(chooser: Callable, typical: Selector | None) -> Selector:
+    """``core.selection.choose_auto`` decides per round; the harness runs what it chose."""
+    def select(ctx: Context, k: int) -> np.ndarray:
+        n = int(ctx.labelled.sum())
+        mean_h = float(_entropy_scores(ctx).mean()) if ctx.probs is not None else None
+        choice = _call(chooser, n, ctx.probs is not None, mean_h)
+        name = getattr(choice, "strategy", choice)
+        if name in ("typiclust", "probcover"):
+            if typical is None:
+                raise RuntimeError(f"auto chose {name}, which is not available")
+            return typical(ctx, k)
+        run = _uncertainty_selector(getattr(choice, "sampling", "power"),
+                                    getattr(choice, "diversity", None))
+        if run is None:
+            raise RuntimeError(f"auto chose {name}; no sampler available")
+        ctx.memo.setdefault("auto_rounds", []).append(f"{n}:{name}")
+        return run(ctx, k)
     return select
 
 
@@ -389,31 +454,24 @@ def build_selectors(names: Sequence[str]) -> tuple[dict[str, Selector], dict[str
     found: dict[str, Selector] = {"random": _random, "entropy": _entropy,
                                   "entropy+kcenter": _entropy_kcenter}
     missing: dict[str, str] = {}
-    mods = ("core.diversity", "core.acquisition")
+    delta_fn = _find(("choose_delta",))
     for name in ("typiclust", "probcover"):
-        fn = _find((name, f"{name}_select", f"select_{name}"), mods)
+        fn = _find((name,))
         if fn is not None:
-            found[name] = _embedding_selector(fn)
+            found[name] = _typicality_selector(fn, delta_fn)
         else:
-            missing[name] = f"no {name}() in core.diversity/core.acquisition"
-    fn = _find(("stochastic_batch", "stochastic_select", "power_sample", "stochastic_sample"),
-               ("core.acquisition", "core.diversity"))
-    if fn is not None:
-        found["entropy+stochastic"] = _stochastic_selector(fn)
-    else:
-        missing["entropy+stochastic"] = "no stochastic_batch() in core.acquisition"
-    chooser = _find(("auto_strategy", "choose_auto", "auto_choice"), mods)
+            missing[name] = f"no {name}() in {'/'.join(SELECTION_MODULES)}"
+    for name, diversity in (("entropy+stochastic", None), ("entropy+stochastic+kcenter", "kcenter")):
+        sel = _uncertainty_selector("power", diversity)
+        if sel is not None:
+            found[name] = sel
+        else:
+            missing[name] = "no stochastic sampling (core.queue.select / stochastic_batch)"
+    chooser = _find(("choose_auto",), ("core.selection", "core.acquisition"))
     if chooser is not None:
-        def auto(ctx: Context, k: int) -> np.ndarray:
-            picked = str(_call(chooser, int(ctx.labelled.sum()), n_labelled=int(ctx.labelled.sum()),
-                               has_model=ctx.probs is not None))
-            target = {"uncertainty": "entropy+stochastic", "entropy": "entropy"}.get(picked, picked)
-            if target not in found or target == "auto":
-                raise RuntimeError(f"auto chose {picked!r}, which the harness cannot run")
-            return found[target](ctx, k)
-        found["auto"] = auto
+        found["auto"] = _auto_selector(chooser, found.get("typiclust"))
     else:
-        missing["auto"] = "no auto_strategy() in core.acquisition"
+        missing["auto"] = "no choose_auto() in core.selection"
     selectors = {n: found[n] for n in names if n in found}
     reasons = {n: missing.get(n, f"unknown strategy {n!r}") for n in names if n not in found}
     return selectors, reasons
@@ -431,41 +489,46 @@ class Trajectory:
 
 def simulate(data: SetData, x_all: np.ndarray, select: Selector, *, strategy: str, seed: int,
              budgets: Sequence[int], max_batch: int, semi: bool, spread_threshold: float,
-             base: dict[str, Any]) -> Trajectory:
+             base: dict[str, Any], head_c: float = 1.0) -> Trajectory:
     """One AL run on embeddings: rounds of <= max_batch, accuracy recorded at each budget."""
     x = normalise(x_all)
     x_pool, y_pool = x[data.pool], data.y[data.pool]
-    x_test, y_test = x[data.test], data.y[data.test]
+    y_test = data.y[data.test]
+    # the head sees features standardised with the pool's statistics (unlabelled pool only,
+    # never the test rows); selection keeps the cosine geometry of x_pool
+    mu, sd = x_pool.mean(axis=0), x_pool.std(axis=0) + 1e-6
+    z_pool, z_test = (x_pool - mu) / sd, (x[data.test] - mu) / sd
     labelled = np.zeros(len(data.pool), dtype=bool)
     traj = Trajectory()
     head: Head | None = None
+    memo: dict[str, Any] = {}
     rnd = 0
     started = time.perf_counter()
     for budget in sorted(b for b in budgets if b <= len(data.pool)):
         while labelled.sum() < budget:
             k = min(max_batch, budget - int(labelled.sum()))
-            probs = head.probs(x_pool) if head is not None else None
-            picks = np.asarray(select(Context(x_pool, labelled, probs, seed, rnd), k),
-                               dtype=np.int64)
+            probs = head.probs(z_pool) if head is not None else None
+            picks = np.asarray(select(Context(x_pool, labelled, probs, seed, rnd,
+                                              data.n_classes, memo), k), dtype=np.int64)
             picks = picks[~labelled[picks]][:k]
             if len(picks) == 0:
                 raise RuntimeError(f"{strategy} picked nothing in round {rnd}")
             labelled[picks] = True
             traj.order.extend(int(i) for i in picks)
             rnd += 1
-            head = Head(data.n_classes).fit(x_pool[labelled], y_pool[labelled])
-        acc = float((head.probs(x_test).argmax(1) == y_test).mean())
+            head = Head(data.n_classes, c=head_c).fit(z_pool[labelled], y_pool[labelled])
+        acc = float((head.probs(z_test).argmax(1) == y_test).mean())
         traj.rows.append(base | {"strategy": strategy, "semi": "none", "seed": seed,
                                  "budget": budget, "accuracy": acc, "mode": "head-only",
                                  "pseudo_labels": 0,
                                  "seconds": round(time.perf_counter() - started, 2)})
         if semi:
             t = time.perf_counter()
-            xs, ys, n_pseudo = spread_augment(x_pool[labelled], y_pool[labelled],
-                                              x_pool[~labelled], data.n_classes,
+            xs, ys, n_pseudo = spread_augment(z_pool[labelled], y_pool[labelled],
+                                              z_pool[~labelled], data.n_classes,
                                               spread_threshold)
-            semi_head = Head(data.n_classes).fit(xs, ys)
-            acc = float((semi_head.probs(x_test).argmax(1) == y_test).mean())
+            semi_head = Head(data.n_classes, c=head_c).fit(xs, ys)
+            acc = float((semi_head.probs(z_test).argmax(1) == y_test).mean())
             traj.rows.append(base | {"strategy": strategy, "semi": "labelspread", "seed": seed,
                                      "budget": budget, "accuracy": acc, "mode": "head-only",
                                      "pseudo_labels": n_pseudo,
@@ -478,7 +541,11 @@ def simulate(data: SetData, x_all: np.ndarray, select: Selector, *, strategy: st
 def finetune(data: SetData, pixels: np.ndarray, pool_picks: Sequence[int], *, spec: str,
              seed: int, epochs: int, size: int, threads: int, semi: str, workdir: Path
              ) -> dict[str, Any]:
-    """Train the product's model on ``pool_picks`` (10 % of them as val) and test it."""
+    """Train the product's model on ``pool_picks`` (10 % of them as val) and test it.
+
+    The whole set goes into a fresh workspace (pool images unlabelled in "train", so FixMatch
+    can use them; test images labelled in "test"); only the picked pool images are labelled.
+    """
     import hashlib as _h
 
     from data.cache import ImageCache
@@ -493,11 +560,12 @@ def finetune(data: SetData, pixels: np.ndarray, pool_picks: Sequence[int], *, sp
     val = set(rng.choice(picks, size=max(1, len(picks) // 10), replace=False).tolist())
     cache = ImageCache(ws.cache_dir, size)
     labelled = set(picks)
+    rows = cache.append(pixels)  # one write (and fsync) for the whole set
     with ws.store() as store, store.transaction():
         test_set = set(data.test.tolist())
         for i in range(len(data.paths)):
             split = "test" if i in test_set else ("val" if i in val else "train")
-            row = cache.append(pixels[i])[0]
+            row = rows[i]
             sha = _h.sha256(f"{data.name}:{i}".encode()).hexdigest()
             image_id, _ = store.add_image(path=str(data.paths[i]), name=data.paths[i].name,
                                           sha256=sha, width=size, height=size, nbytes=0,
@@ -726,7 +794,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--semi-strategies", type=lambda s: s.split(",") if s else [],
                    default=["random", "auto"],
                    help="strategies that also get the label-spreading row ('' for none)")
-    p.add_argument("--spread-threshold", type=float, default=0.9)
+    p.add_argument("--spread-threshold", type=float, default=0.9,
+                   help="label-spreading confidence for a pseudo-label (fixed, not tuned)")
+    p.add_argument("--head-c", type=float, default=1.0,
+                   help="inverse L2 strength of the logistic-regression head (fixed, not tuned "
+                        "on test; features are standardised with the pool's statistics)")
     p.add_argument("--reference-budget", type=int, default=1000,
                    help="A = accuracy with this many random labels")
     p.add_argument("--ablation-budget", type=int, default=500)
@@ -757,6 +829,11 @@ def main(argv: Sequence[str] | None = None) -> int:
               "run alone on an idle machine, or pass --force for a smoke run", file=sys.stderr)
         return 3
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    absent = [n for n in args.sets if not (args.data / n / "labels.csv").is_file()]
+    if absent:
+        print(f"no labels.csv for {', '.join(absent)} under {args.data} (pass --data)",
+              file=sys.stderr)
+        return 2
     import torch
     torch.set_num_threads(args.threads)
     selectors, skipped = build_selectors(args.strategies)
@@ -796,7 +873,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                             traj = simulate(data, x_all, select, strategy=strat, seed=seed,
                                             budgets=args.budgets, max_batch=args.max_batch,
                                             semi=strat in args.semi_strategies,
-                                            spread_threshold=args.spread_threshold, base=base)
+                                            spread_threshold=args.spread_threshold, base=base,
+                                            head_c=args.head_c)
                         except Exception as exc:  # a strategy's API mismatch: say it, go on
                             print(f"  {spec}/{strat}/seed {seed}: failed ({type(exc).__name__}:"
                                   f" {exc}); skipped", flush=True)

@@ -35,7 +35,7 @@ def make_set(root: Path, name: str, n: int, sources: list[str], *,
     classes = list((values or {}).get(column, COLOURS))
     rows = []
     for i in range(n):
-        cls = classes[i % len(classes)]
+        cls = classes[(i // 3) % len(classes)]  # not in step with the 3-cycle of sources
         img = rng.integers(80, 120, (40, 40, 3)).astype(np.uint8)
         img[8:32, 8:32] = COLOURS.get(cls, (20 * (i % len(classes)), 90, 160))
         cv2.imwrite(str(folder / "images" / f"x{i:04d}.jpg"), img[:, :, ::-1])
