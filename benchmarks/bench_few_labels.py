@@ -204,8 +204,12 @@ def load_pixels(data: SetData, size: int) -> np.ndarray:
 
 # -- embeddings --------------------------------------------------------------------------------
 
-def load_backbone_spec(spec: str) -> tuple[Any, str] | None:
-    """(Backbone, origin sentence) for ``name-random``/``name-imagenet``; None = skip (said)."""
+def load_backbone_spec(spec: str, weights: Path | None = None) -> tuple[Any, str] | None:
+    """(Backbone, origin sentence) for ``name-random``/``name-imagenet``; None = skip (said).
+
+    ``weights``: a local ImageNet file for the backbone (``--resnet18-weights``), passed as
+    ``load_backbone(weights_path=...)``.
+    """
     import torch
     from models import backbones
 
@@ -214,7 +218,8 @@ def load_backbone_spec(spec: str) -> tuple[Any, str] | None:
         print(f"  skip {spec}: backbone {name!r} is not available in models.backbones")
         return None
     torch.manual_seed(0)  # random init is part of the spec: make it the same every run
-    bb = backbones.load_backbone(name, pretrained=(kind != "random"))
+    extra = {"weights_path": weights} if (weights and kind != "random") else {}
+    bb = backbones.load_backbone(name, pretrained=(kind != "random"), **extra)
     if kind != "random" and not bb.origin.pretrained:
         print(f"  skip {spec}: pretrained weights do not load here ({bb.origin.detail})")
         return None
@@ -222,7 +227,7 @@ def load_backbone_spec(spec: str) -> tuple[Any, str] | None:
 
 
 def embeddings(spec: str, data: SetData, size: int, pixels: Callable[[], np.ndarray],
-               cache_dir: Path) -> tuple[np.ndarray, str] | None:
+               cache_dir: Path, weights: Path | None = None) -> tuple[np.ndarray, str] | None:
     """Cached ``(N, D)`` float32 features of every image of ``data`` (computed once)."""
     from models.embed import embed_images
 
@@ -230,7 +235,7 @@ def embeddings(spec: str, data: SetData, size: int, pixels: Callable[[], np.ndar
     meta = path.with_suffix(".json")
     if path.exists() and meta.exists():
         return np.load(path), json.loads(meta.read_text())["origin"]
-    loaded = load_backbone_spec(spec)
+    loaded = load_backbone_spec(spec, weights)
     if loaded is None:
         return None
     bb, origin = loaded
@@ -539,8 +544,8 @@ def simulate(data: SetData, x_all: np.ndarray, select: Selector, *, strategy: st
 # -- full fine-tuning through models.train -----------------------------------------------------
 
 def finetune(data: SetData, pixels: np.ndarray, pool_picks: Sequence[int], *, spec: str,
-             seed: int, epochs: int, size: int, threads: int, semi: str, workdir: Path
-             ) -> dict[str, Any]:
+             seed: int, epochs: int, size: int, threads: int, semi: str, workdir: Path,
+             weights: Path | None = None) -> dict[str, Any]:
     """Train the product's model on ``pool_picks`` (10 % of them as val) and test it.
 
     The whole set goes into a fresh workspace (pool images unlabelled in "train", so FixMatch
@@ -577,8 +582,11 @@ def finetune(data: SetData, pixels: np.ndarray, pool_picks: Sequence[int], *, sp
     kwargs: dict[str, Any] = dict(epochs=epochs, image_size=size, seed=seed,
                                   num_threads=threads, pretrained=(kind != "random"),
                                   semi_supervised=semi)
-    if "backbone" in {f.name for f in dataclasses.fields(TrainConfig)}:
+    config_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    if "backbone" in config_fields:
         kwargs["backbone"] = name
+    if weights and kind != "random":
+        kwargs["weights" if "weights" in config_fields else "checkpoint"] = str(weights)
     elif name != "resnet18":
         return {"error": f"models.train has no backbone option for {name}"}
     t = time.perf_counter()
@@ -774,6 +782,10 @@ def write_outputs(out: Path, rows: list[dict[str, Any]], info: dict[str, Any],
 
 # -- main --------------------------------------------------------------------------------------
 
+def weights_for(spec: str, args: argparse.Namespace) -> Path | None:
+    return args.resnet18_weights if spec == "resnet18-imagenet" else None
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -808,6 +820,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="with --finetune: the claimed point again with FixMatch")
     p.add_argument("--finetune-epochs", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--resnet18-weights", type=Path, default=None,
+                   help="local torchvision ResNet18 ImageNet file for resnet18-imagenet "
+                        "(else torchvision's cache/download; skipped when neither works)")
     p.add_argument("--cache-dir", type=Path, default=CACHE)
     p.add_argument("--workdir", type=Path, default=None, help="fine-tuning workspaces (temp)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output path without suffix")
@@ -860,7 +875,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return pixels_cache[0]
 
             for spec in args.backbones:
-                emb = embeddings(spec, data, args.image_size, pixels, args.cache_dir)
+                emb = embeddings(spec, data, args.image_size, pixels, args.cache_dir,
+                                 weights_for(spec, args))
                 if emb is None:
                     skipped[f"{set_name}/{spec}"] = "backbone not available here"
                     continue
@@ -925,7 +941,8 @@ def run_finetunes(args: argparse.Namespace, data: SetData, pixels: np.ndarray, s
                 continue
             res = finetune(data, pixels, traj.order[:budget], spec=spec, seed=seed,
                            epochs=args.finetune_epochs, size=args.image_size,
-                           threads=args.threads, semi=semi_ft, workdir=workdir)
+                           threads=args.threads, semi=semi_ft, workdir=workdir,
+                           weights=weights_for(spec, args))
             print(f"  finetune {spec}/{strategy}@{budget}/{semi_ft}/seed {seed}: {res}",
                   flush=True)
             out.append({"set": data.name, "backbone": spec, "origin": res.get("origin", origin),
