@@ -580,15 +580,18 @@ def finetune(data: SetData, pixels: np.ndarray, pool_picks: Sequence[int], *, sp
                                 source="import")
     name, _, kind = spec.rpartition("-")
     kwargs: dict[str, Any] = dict(epochs=epochs, image_size=size, seed=seed,
-                                  num_threads=threads, pretrained=(kind != "random"),
-                                  semi_supervised=semi)
+                                  num_threads=threads, pretrained=(kind != "random"))
     config_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    if "semi_supervised" in config_fields:
+        kwargs["semi_supervised"] = semi
+    elif semi != "none":
+        return {"error": "models.train has no semi_supervised option"}
     if "backbone" in config_fields:
         kwargs["backbone"] = name
-    if weights and kind != "random":
-        kwargs["weights" if "weights" in config_fields else "checkpoint"] = str(weights)
     elif name != "resnet18":
         return {"error": f"models.train has no backbone option for {name}"}
+    if weights and kind != "random":
+        kwargs["weights" if "weights" in config_fields else "checkpoint"] = str(weights)
     t = time.perf_counter()
     result = train(ws, TrainConfig(**kwargs))
     report = evaluate(ws, result.model_id, save=False)
@@ -645,14 +648,21 @@ def reference(rows: Sequence[dict[str, Any]], set_name: str, backbone: str, budg
 
 def best_pipeline(rows: Sequence[dict[str, Any]], set_name: str, backbone: str, target: float
                   ) -> tuple[str, str, int | None]:
-    """(strategy, semi, labels) of the head-only pipeline reaching ``target`` with fewest labels."""
+    """(strategy, semi, labels) of the head-only pipeline reaching ``target`` with fewest labels.
+
+    Ties on the label count go to the higher mean accuracy at that count.
+    """
     best: tuple[str, str, int | None] = ("random", "none", None)
+    best_key: tuple[int, float] | None = None
     for (s, b, strat, semi, mode), curve in curves(rows).items():
         if (s, b, mode) != (set_name, backbone, "head-only"):
             continue
         n = labels_to_reach(curve, target)
-        if n is not None and (best[2] is None or n < best[2]):
-            best = (strat, semi, n)
+        if n is None:
+            continue
+        key = (n, -float(np.mean(curve[n])))
+        if best_key is None or key < best_key:
+            best, best_key = (strat, semi, n), key
     return best
 
 

@@ -162,9 +162,9 @@ class FixMatchTerm:
                    labelled_targets: np.ndarray, image_size: int, batch_size: int,
                    threshold: float = DEFAULT_THRESHOLD, weight: float = 1.0,
                    max_images: int | None = None, seed: int = 0) -> "FixMatchTerm | None":
-        """None when the pool has no eligible image (nothing unlabelled in train)."""
+        """None when the pool has fewer than 2 eligible images (nothing to learn from)."""
         pool = load_unlabelled_pool(store, schema, max_images=max_images, seed=seed)
-        if len(pool) == 0:
+        if len(pool) < 2:  # BatchNorm cannot train on a batch of one image
             return None
         dataset = TwoViewDataset(pool, cache, image_size, seed=seed)
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=True,
