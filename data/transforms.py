@@ -87,3 +87,60 @@ def apply_albumentations(pipeline: A.Compose) -> ImageTransform:
         return pipeline(image=image)["image"]
 
     return apply
+
+
+# -- weak / strong views for semi-supervised consistency training (models/semi.py) ------------
+
+def weak_augmentations(image_size: int, *, seed: int | None = None) -> A.Compose:
+    """The FixMatch "weak" view: a small shift-scale only, so the pseudo-label is trustworthy.
+
+    No horizontal flip (unlike FixMatch on CIFAR): a flip turns a "left" car into a "right"
+    one, so it would change the orientation pseudo-label. Nothing touches colour either.
+    """
+    return A.Compose(
+        [
+            A.Affine(translate_percent=(-0.0625, 0.0625), scale=(0.95, 1.05),
+                     border_mode=cv2.BORDER_REFLECT_101, p=1.0),
+            A.Resize(image_size, image_size, interpolation=cv2.INTER_LINEAR),
+        ],
+        seed=seed,
+    )
+
+
+def strong_augmentations(image_size: int, *, seed: int | None = None) -> A.Compose:
+    """The FixMatch "strong" view: the training pipeline, always on, plus cut-out.
+
+    RandAugment's colour operations (hue, solarise, posterise, channel shuffles) are left out on
+    purpose: colour is a label here. Cut-out (``CoarseDropout``) fills holes with mid-grey,
+    which no colour class is defined by.
+    """
+    return A.Compose(
+        [
+            A.Rotate(limit=25, border_mode=cv2.BORDER_REFLECT_101, p=0.8),
+            A.Affine(shear=(-12, 12), translate_percent=(-0.1, 0.1), scale=(0.85, 1.15),
+                     border_mode=cv2.BORDER_REFLECT_101, p=0.8),
+            A.RandomBrightnessContrast(brightness_limit=0.3, contrast_limit=0.3, p=0.8),
+            A.OneOf(
+                [
+                    A.GaussNoise(std_range=(0.04, 0.12), p=1.0),
+                    A.ImageCompression(quality_range=(25, 70), p=1.0),
+                    A.Blur(blur_limit=(3, 7), p=1.0),
+                    A.Sharpen(p=1.0),
+                ],
+                p=0.8,
+            ),
+            A.CoarseDropout(num_holes_range=(1, 1), hole_height_range=(0.25, 0.5),
+                            hole_width_range=(0.25, 0.5), fill=128, p=1.0),
+            A.Resize(image_size, image_size, interpolation=cv2.INTER_LINEAR),
+        ],
+        seed=seed,
+    )
+
+
+def normalised(pipeline: A.Compose, *, seed: int | None = None) -> A.Compose:
+    """``pipeline`` followed by the ImageNet normalisation every model input gets."""
+    return A.Compose(
+        [*pipeline.transforms,
+         A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD, max_pixel_value=255.0)],
+        seed=seed,
+    )

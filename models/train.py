@@ -42,6 +42,7 @@ from data.transforms import apply_albumentations, eval_transform, train_transfor
 from models.checkpoint import (CHECKPOINT_NAME, load_model, model_meta, save_checkpoint)
 from models.evaluate import predict_arrays
 from models.network import MultiHeadResNet, build_model
+from models.semi import DEFAULT_THRESHOLD, SEMI_METHODS, FixMatchTerm
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,10 @@ class TrainConfig:
     augment: bool = True                # False: train on eval-transformed images (benchmarks)
     device: str = "auto"                # "auto" (cuda if available), "cpu", "cuda", ...
     round_id: int | None = None         # round row id to attach the model to; None: latest
+    semi_supervised: str = "none"       # "fixmatch": also learn from unlabelled train images
+    semi_threshold: float = DEFAULT_THRESHOLD  # pseudo-label only above this confidence
+    semi_weight: float = 1.0            # lambda_u, weight of the unlabelled loss
+    semi_max_images: int | None = None  # seeded subset of the unlabelled pool; None: all
 
     def effective_epochs(self) -> int:
         if self.warm_start:
@@ -250,6 +255,9 @@ def train(ws: Workspace, config: TrainConfig | None = None, *,
     config = config or TrainConfig()
     if config.epochs < 1 or config.batch_size < 1 or config.image_size < 16:
         raise UserError("epochs and batch size must be positive and image size at least 16")
+    if config.semi_supervised not in SEMI_METHODS:
+        raise UserError(f"unknown semi-supervised method {config.semi_supervised!r}; "
+                        f"choose one of {', '.join(SEMI_METHODS)}")
     started = time.perf_counter()
     old_threads = torch.get_num_threads()
     if config.num_threads:
@@ -284,6 +292,16 @@ def train(ws: Workspace, config: TrainConfig | None = None, *,
         else:
             dataset = LabelledImageDataset(train_data, schema, transform)
 
+        semi = None
+        if config.semi_supervised == "fixmatch":  # pseudo-labels stay in memory, never stored
+            with ws.store() as store:
+                semi = FixMatchTerm.from_store(
+                    store, cache, schema, labelled_targets=dataset.targets,
+                    image_size=config.image_size, batch_size=config.batch_size,
+                    threshold=config.semi_threshold, weight=config.semi_weight,
+                    max_images=config.semi_max_images, seed=config.seed)
+            if semi is None:
+                log.warning("semi-supervised: no unlabelled train images; supervised only")
         model, origin, parent_id = _initial_model(ws, config, schema)
         fmt = torch.channels_last if config.channels_last else torch.contiguous_format
         model.to(device=device, memory_format=fmt)
@@ -331,6 +349,8 @@ def train(ws: Workspace, config: TrainConfig | None = None, *,
                 with autocast:
                     logits = model(x)
                 loss, _ = masked_loss(logits, y, attributes, weights)
+                if semi is not None:
+                    loss = loss + semi.loss(model, device, fmt, use_bf16)
                 if loss.requires_grad:  # False only when no image in the batch has a label
                     optimiser.zero_grad(set_to_none=True)
                     loss.backward()
@@ -365,6 +385,8 @@ def train(ws: Workspace, config: TrainConfig | None = None, *,
                       "val_acc": val_acc, "seconds": time.perf_counter() - epoch_start,
                       "images_per_s": seen / max(time.perf_counter() - epoch_start, 1e-9),
                       "best": improved}
+            if semi is not None:
+                record["pseudo_labelled_share"] = semi.epoch_stats()
             history.append(record)
             log.info("epoch %d/%d train %.4f val %s acc %s", epoch, epochs, train_loss,
                      None if val_loss is None else round(val_loss, 4), val_acc)

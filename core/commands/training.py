@@ -36,6 +36,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="stop after N epochs without validation improvement")
     p.add_argument("--no-bf16", action="store_true",
                    help="train in float32 even where the CPU has native bfloat16")
+    p.add_argument("--semi-supervised", choices=("none", "fixmatch"), default="none",
+                   help="fixmatch: also learn from unlabelled train images through confident "
+                        "pseudo-labels (kept in memory, never stored as labels)")
+    p.add_argument("--semi-threshold", type=float, default=0.95,
+                   help="confidence a pseudo-label needs (default 0.95)")
+    p.add_argument("--semi-weight", type=float, default=1.0,
+                   help="weight of the unlabelled loss (lambda_u, default 1)")
     p.add_argument("--no-eval", action="store_true", help="skip the test-split evaluation")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(handler=cmd_train)
@@ -83,7 +90,9 @@ def cmd_train(args: argparse.Namespace, ws: Workspace) -> int:
         warm_start=args.warm_start, balance_orientation=args.balance_orientation,
         class_weights=args.class_weights, pretrained=not args.no_pretrained,
         checkpoint=args.checkpoint, seed=args.seed, num_threads=args.threads,
-        patience=args.patience, bf16=False if args.no_bf16 else None)
+        patience=args.patience, bf16=False if args.no_bf16 else None,
+        semi_supervised=args.semi_supervised, semi_threshold=args.semi_threshold,
+        semi_weight=args.semi_weight)
     bar = _Bar()
     try:
         result = train(ws, config, progress=None if args.json else bar)
