@@ -9,6 +9,12 @@ the same list.
 Candidates are unlabelled images outside the test split that no earlier round has queued:
 the test split stays a fixed unbiased sample (round 0), and an image already waiting in a
 batch is not offered twice.
+
+Concurrency: scoring is slow and runs without a lock. The picked batch is then checked and
+recorded in one IMMEDIATE transaction (:func:`_record`): an image that another round or a label
+took since the candidates were read is dropped and the batch re-selected under the same lock,
+so two rounds never share an image. The check is an indexed look-up of the K picks, so
+recording costs the same at 10k or 1M images.
 """
 from __future__ import annotations
 
@@ -190,9 +196,32 @@ def build_queue(ws: Workspace, strategy: str = "entropy", top_k: int = 200,
                            for a, r in rarity.items()}
     except ValueError as exc:  # bad weights (all zero, ...) are the user's to fix
         raise UserError(str(exc)) from None
-    picked = select(scores, top_k, embeddings=None if pool is None else pool.embeddings,
-                    diversity=diversity, pool_factor=pool_factor, seed=seed)
+    embeddings = None if pool is None else pool.embeddings
+
+    def pick(rows: np.ndarray) -> np.ndarray:
+        """Select the batch among candidate rows ``rows``; returns candidate row indices."""
+        sub = select(scores[rows], top_k, embeddings=None if embeddings is None else embeddings[rows],
+                     diversity=diversity, pool_factor=pool_factor, seed=seed)
+        return rows[sub]
+
+    picked = pick(np.arange(len(candidates)))
     t_select = time.perf_counter()
+
+    params: dict[str, Any] = {
+        "top_k": int(top_k), "weights": dict(weights) if weights else None,
+        "diversity": diversity, "pool_factor": pool_factor if diversity else None,
+        "balance": bool(balance), "balance_strength": balance_strength if balance else None,
+        "combine": strat.combine if strat.measure else None, "seed": seed,
+        "candidates": len(candidates), "backend": pool.backend if pool is not None else None,
+    }
+    if rarity_info is not None:
+        params["rarity"] = rarity_info
+    model = None if current is None else int(current["id"])
+    number = None
+    if record:
+        picked, number = _record(ws, candidates, picked, pick, kind=ROUND_KIND,
+                                 strategy=strat.name, scores=scores, params=params, model_id=model)
+    t_record = time.perf_counter()
 
     ids = [int(candidates[i]) for i in picked]
     with ws.store() as store:
@@ -217,28 +246,39 @@ def build_queue(ws: Workspace, strategy: str = "entropy", top_k: int = 200,
                                name=rec.name, path=rec.path, split=rec.split,
                                predictions=preds, scores=head_scores))
 
-    params: dict[str, Any] = {
-        "top_k": int(top_k), "weights": dict(weights) if weights else None,
-        "diversity": diversity, "pool_factor": pool_factor if diversity else None,
-        "balance": bool(balance), "balance_strength": balance_strength if balance else None,
-        "combine": strat.combine if strat.measure else None, "seed": seed,
-        "candidates": len(candidates), "backend": pool.backend if pool is not None else None,
-    }
-    if rarity_info is not None:
-        params["rarity"] = rarity_info
-    model = None if current is None else int(current["id"])
-    number = None
-    if record:
-        with ws.store() as store:
-            number = store.create_round(ids, kind=ROUND_KIND, strategy=strat.name,
-                                        scores=[it.score for it in items], params=params,
-                                        model_id=model)
     t_end = time.perf_counter()
     timings = {"scores_s": t_scores - t0, "scored_now": float(scored_now),
-               "select_s": t_select - t_scores, "record_s": t_end - t_select,
+               "select_s": t_select - t_scores, "record_s": t_record - t_select,
                "total_s": t_end - t0}
     return QueueResult(items=items, round_number=number, strategy=strat.name, params=params,
                        model_id=model, candidates=len(candidates), timings=timings)
+
+
+def _record(ws: Workspace, candidates: Sequence[int], picked: np.ndarray,
+            pick: Callable[[np.ndarray], np.ndarray], *, kind: str, strategy: str,
+            scores: np.ndarray, params: Mapping[str, Any],
+            model_id: int | None) -> tuple[np.ndarray, int]:
+    """Check the picks and record them as the next round, in one IMMEDIATE transaction.
+
+    Picks that another process queued or labelled after ``candidates`` were read are dropped
+    and the batch is picked again (under the same lock) from the remaining candidates.
+    Returns the final picks and the round number.
+    """
+    alive = np.ones(len(candidates), dtype=bool)
+    with ws.store() as store, store.transaction():
+        while True:
+            taken = store.taken_ids(int(candidates[i]) for i in picked)
+            if not taken:
+                break
+            alive &= ~np.isin(np.asarray(candidates), list(taken))
+            rows = np.flatnonzero(alive)
+            if rows.size == 0:
+                raise UserError("no unlabelled images left to queue: another round took them")
+            picked = pick(rows)
+        number = store.create_round([int(candidates[i]) for i in picked], kind=kind,
+                                    strategy=strategy, scores=[float(scores[i]) for i in picked],
+                                    params=params, model_id=model_id)
+    return picked, number
 
 
 def queue_items(ws: Workspace, round_number: int | None = None) -> list[QueueItem]:
