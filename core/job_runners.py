@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from data.errors import UserError
+from data.optional import missing_optional
 from core.jobs import JobCancelled, JobConflict, JobContext, job_in_this_process
 from data.workspace import Workspace
 
@@ -20,9 +21,11 @@ def _threads() -> None:
     """Keep a background job from taking every core away from the dashboard."""
     try:
         import torch
-        torch.set_num_threads(max(1, int(os.environ.get("CARGROUP_JOB_THREADS", os.cpu_count() or 1))))
-    except ImportError:
-        pass
+    except ModuleNotFoundError as exc:
+        if missing_optional(exc, "torch") is None:
+            raise
+        return
+    torch.set_num_threads(max(1, int(os.environ.get("CARGROUP_JOB_THREADS", os.cpu_count() or 1))))
 
 
 def _plain(value: Any) -> Any:

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 from data.errors import UserError
+from data.optional import missing_optional
 from data.store import ProjectStore
 from data.workspace import Workspace
 
@@ -389,14 +390,11 @@ def run_job(ws: Workspace, job_id: int) -> str:
         except JobCancelled:
             store.update_job(job_id, status="cancelled", message="cancelled")
             return "cancelled"
-        except ModuleNotFoundError as exc:
-            store.update_job(job_id, status="failed",
-                             message=f"this feature is not available in this installation "
-                                     f"(missing module {exc.name})")
-            traceback.print_exc()
-            return "failed"
         except Exception as exc:  # noqa: BLE001 - any failure ends the job with a readable reason
-            store.update_job(job_id, status="failed", message=_readable(exc))
+            package = missing_optional(exc)  # only a missing optional package is "not available"
+            message = (f"this feature is not available in this installation (the {package} "
+                       f"package is not installed)" if package else _readable(exc))
+            store.update_job(job_id, status="failed", message=message)
             traceback.print_exc()
             return "failed"
         finally:
