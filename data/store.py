@@ -15,6 +15,7 @@ Tables (see ``MIGRATIONS``):
 - ``predictions`` + ``scores``: per-model, per-image predicted class/probability and
   uncertainty scores.
 - ``jobs``: background-job state (training, scoring, ...).
+- ``image_counts``: images per split, kept by triggers, so status costs the same at any pool size.
 - ``cvat_tasks`` + ``cvat_task_items``: which images went to which CVAT task.
 """
 from __future__ import annotations
@@ -166,6 +167,20 @@ MIGRATIONS: list[str] = [
     CREATE INDEX jobs_status ON jobs(status);
     CREATE INDEX models_current ON models(is_current);
     ALTER TABLE jobs ADD COLUMN pid_started TEXT;
+    CREATE TABLE image_counts (split TEXT PRIMARY KEY, n INTEGER NOT NULL);
+    INSERT INTO image_counts(split, n) SELECT split, COUNT(*) FROM images GROUP BY split;
+    CREATE TRIGGER image_counts_insert AFTER INSERT ON images BEGIN
+        INSERT INTO image_counts(split, n) VALUES (NEW.split, 1)
+            ON CONFLICT(split) DO UPDATE SET n = n + 1;
+    END;
+    CREATE TRIGGER image_counts_delete AFTER DELETE ON images BEGIN
+        UPDATE image_counts SET n = n - 1 WHERE split = OLD.split;
+    END;
+    CREATE TRIGGER image_counts_move AFTER UPDATE OF split ON images BEGIN
+        UPDATE image_counts SET n = n - 1 WHERE split = OLD.split;
+        INSERT INTO image_counts(split, n) VALUES (NEW.split, 1)
+            ON CONFLICT(split) DO UPDATE SET n = n + 1;
+    END;
     """,
 ]
 
@@ -176,6 +191,19 @@ _IDS = "(SELECT value FROM json_each(?))"
 
 def _ids_json(ids: Iterable[int]) -> str:
     return json.dumps([int(i) for i in ids])
+
+
+def _statements(script: str) -> Iterator[str]:
+    """The statements of a migration script (a trigger body's ``;`` does not end its CREATE)."""
+    buffer = ""
+    for piece in script.split(";"):
+        buffer += piece + ";"
+        if sqlite3.complete_statement(buffer):
+            if buffer.strip(" \n;"):
+                yield buffer
+            buffer = ""
+    if buffer.strip(" \n;"):
+        yield buffer
 
 
 class StoreError(RuntimeError):
@@ -263,9 +291,8 @@ class ProjectStore:
             current = self.schema_version
             self._check_version(current)
             for number, script in enumerate(MIGRATIONS[current:], start=current + 1):
-                for statement in script.split(";"):
-                    if statement.strip():
-                        self.conn.execute(statement)
+                for statement in _statements(script):
+                    self.conn.execute(statement)
                 self.conn.execute(f"PRAGMA user_version={number}")
 
     @contextmanager
@@ -360,7 +387,7 @@ class ProjectStore:
                            cache_row=row["cache_row"])
 
     def count_images(self) -> int:
-        return int(self.conn.execute("SELECT COUNT(*) FROM images").fetchone()[0])
+        return int(self.conn.execute("SELECT COALESCE(SUM(n), 0) FROM image_counts").fetchone()[0])
 
     # -- rejects --------------------------------------------------------------------------
     def add_reject(self, path: str, reason: str, source: str | None = None) -> None:
@@ -729,24 +756,28 @@ class ProjectStore:
         """Counts for ``status``: images by split, labelled by source, rounds, rejects.
 
         Label counts are SQL aggregates over the current label versions (their cost follows
-        the number of labels); pool counts come from one grouped count on the split index.
+        the number of labels); pool counts come from ``image_counts``, kept by triggers.
         """
         q = self.conn.execute
         by_split = {s: 0 for s in SPLITS}
-        by_split.update({r[0]: r[1] for r in q("SELECT split, COUNT(*) FROM images GROUP BY split")})
+        by_split.update({r[0]: r[1] for r in q("SELECT split, n FROM image_counts")})
         total = sum(by_split.values())
-        cur = ("WITH cur AS (SELECT l.id, l.image_id, l.source FROM labels l WHERE l.version="
-               "(SELECT MAX(version) FROM labels x WHERE x.image_id=l.image_id)) ")
-        with_values = "EXISTS (SELECT 1 FROM label_values v WHERE v.label_id=cur.id)"
+        # Current label versions drive every join (CROSS JOIN keeps SQLite from scanning the
+        # pool first); the cost follows the number of labels, not of images.
+        is_current = "l.version=(SELECT MAX(version) FROM labels x WHERE x.image_id=l.image_id)"
         labelled_by_split = {s: 0 for s in SPLITS}
-        labelled_by_split.update({r[0]: r[1] for r in q(
-            cur + "SELECT i.split, COUNT(*) FROM cur JOIN images i ON i.id=cur.image_id "
-            f"WHERE {with_values} GROUP BY i.split")})
+        label_sources: dict[str, int] = {}
+        for source, split, has_values, count in q(
+                "SELECT l.source, i.split, EXISTS (SELECT 1 FROM label_values v WHERE "
+                "v.label_id=l.id) AS has_values, COUNT(*) FROM labels l CROSS JOIN images i "
+                f"ON i.id=l.image_id WHERE {is_current} GROUP BY 1, 2, 3"):
+            label_sources[source] = label_sources.get(source, 0) + count
+            if has_values:
+                labelled_by_split[split] = labelled_by_split.get(split, 0) + count
         labelled = sum(labelled_by_split.values())
-        label_sources = {r[0]: r[1] for r in q(cur + "SELECT source, COUNT(*) FROM cur GROUP BY source")}
         per_attr = {r[0]: r[1] for r in q(
-            cur + "SELECT v.attribute, COUNT(*) FROM cur JOIN label_values v ON v.label_id=cur.id "
-            "GROUP BY v.attribute ORDER BY MIN(v.rowid)")}
+            "SELECT v.attribute, COUNT(*) FROM labels l CROSS JOIN label_values v "
+            f"ON v.label_id=l.id WHERE {is_current} GROUP BY v.attribute ORDER BY MIN(v.rowid)")}
         rounds = [{"number": r["number"], "kind": r["kind"], "strategy": r["strategy"],
                    "size": r["size"]} for r in self.rounds()]
         return {

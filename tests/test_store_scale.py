@@ -10,6 +10,7 @@ from typing import Callable
 import pytest
 
 from core import labeling
+from core.dashboard import learning_curve
 from data.store import MIGRATIONS, ProjectStore
 
 
@@ -93,6 +94,9 @@ def _label_page_store(path: Path, pool: int) -> tuple[ProjectStore, int, int]:
     ("current model", lambda s, m, i: s.current_model()["id"]),
     ("latest round", lambda s, m, i: s.latest_round()["number"]),
     ("taken_ids", lambda s, m, i: s.taken_ids(range(1, 200))),
+    ("count_images", lambda s, m, i: s.count_images() > 0),
+    ("status", lambda s, m, i: s.status_counts()["labelled_by_source"]),
+    ("learning curve", lambda s, m, i: len(learning_curve(s))),
 ])
 def test_label_page_queries_do_not_scan_the_pool(tmp_path: Path, name: str, query) -> None:
     """Same rounds and labels, a 20x larger pool: the query's SQLite work stays the same.
@@ -123,16 +127,31 @@ def test_status_counts_match_the_labels(tmp_path: Path) -> None:
         assert [r["size"] for r in counts["rounds"]] == [20, 20, 20]
 
 
+def test_image_counts_follow_inserts_moves_and_deletes(tmp_path: Path) -> None:
+    with ProjectStore(tmp_path / "c.db") as store:
+        _bulk_pool(store, 30)
+        store.set_split(3, "val")                         # train -> val
+        store.add_image(path="x", name="x", sha256="new", width=1, height=1, nbytes=1,
+                        split="test")
+        store.conn.execute("DELETE FROM images WHERE id=1")  # a val image
+        truth = dict(store.conn.execute("SELECT split, COUNT(*) FROM images GROUP BY split"))
+        assert store.status_counts()["by_split"] == truth == {"train": 9, "val": 10, "test": 11}
+        assert store.count_images() == 30
+
+
 def test_version_1_database_is_upgraded(tmp_path: Path) -> None:
     db = tmp_path / "old.db"
     conn = sqlite3.connect(db)
     conn.executescript(MIGRATIONS[0])
     conn.execute("INSERT INTO jobs(kind, status, created_at, updated_at) VALUES ('x','running',0,0)")
+    conn.executemany("INSERT INTO images(path, name, sha256, width, height, bytes, split, added_at)"
+                     " VALUES ('p','n',?,1,1,1,?,0)", [("a", "train"), ("b", "train"), ("c", "test")])
     conn.execute("PRAGMA user_version=1")
     conn.commit()
     conn.close()
     with ProjectStore(db) as store:
         assert store.schema_version == len(MIGRATIONS) >= 2
         assert store.jobs()[0]["pid_started"] is None
+        assert store.status_counts()["by_split"] == {"train": 2, "val": 0, "test": 1}
         indexes = {r[0] for r in store.conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
         assert {"round_items_rank", "images_name", "jobs_status"} <= indexes
