@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 SPLITS = ("train", "val", "test")
-MMAP_BYTES = 1 << 30  # address space only; a 1M-image store is about 1.5 GB
+MMAP_BYTES = 1 << 30  # address space only; a 1M-image store is about 0.9 GB
 LABEL_SOURCES = ("cvat", "builtin", "import", "simulated")
 
 MIGRATIONS: list[str] = [
