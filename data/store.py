@@ -484,7 +484,9 @@ class ProjectStore:
 
     def labelled_ids(self) -> set[int]:
         """Images with a current label holding at least one attribute."""
-        return set(self.current_labels())
+        return {int(r[0]) for r in self.conn.execute(
+            "SELECT l.image_id FROM labels l WHERE l.is_current=1 AND "
+            "EXISTS (SELECT 1 FROM label_values v WHERE v.label_id=l.id)")}
 
     # -- ground truth (hidden; for the simulated annotator) --------------------------------
     def set_ground_truth(self, image_id: int, values: Mapping[str, str]) -> None:

@@ -125,6 +125,9 @@ def test_status_counts_match_the_labels(tmp_path: Path) -> None:
         assert counts["labelled_by_source"] == {"builtin": 30, "cvat": 1}
         assert counts["labelled_by_attribute"] == {"color": 30, "type": 1}
         assert [r["size"] for r in counts["rounds"]] == [20, 20, 20]
+        store.add_label(2, {}, source="builtin")  # labelled, then marked all-unsure
+        assert store.labelled_ids() == set(store.current_labels()) == set(range(1, 31)) - {2}
+        assert store.taken_ids([2, 31, 61, 299]) == {2, 31}  # queued in a round
 
 
 def test_image_counts_follow_inserts_moves_and_deletes(tmp_path: Path) -> None:
