@@ -20,6 +20,7 @@ if str(REPO_ROOT) not in sys.path:  # `streamlit run app/Home.py` puts app/ firs
     sys.path.insert(0, str(REPO_ROOT))
 
 from data.errors import UserError  # noqa: E402
+from data.optional import missing_optional  # noqa: E402
 from core.jobs import (ACTIVE, JOB_KINDS, JobConflict, cancel_job, latest_job,  # noqa: E402
                        reap_stale, start_job)
 from data.schema import SchemaError, UnknownValueError  # noqa: E402
@@ -117,11 +118,14 @@ def guard(what: str | None = None) -> Iterator[None]:
     exceptions such as ``st.rerun``/``st.stop`` derive from BaseException and pass through)."""
     try:
         yield
-    except ImportError as exc:  # an optional part of the app is not installed
-        st.warning(f"{what or 'This feature'} is not available in this installation "
-                   f"({exc}).", icon=":material/extension_off:")
     except Exception as exc:  # noqa: BLE001 - the point is to never show a traceback
-        show_error(exc)
+        package = missing_optional(exc)
+        if package is None:  # a typo or a broken install is an error, not a missing feature
+            show_error(exc)
+        else:  # an optional part of the app is not installed
+            st.warning(f"{what or 'This feature'} is not available in this installation "
+                       f"(the {package} package is not installed).",
+                       icon=":material/extension_off:")
 
 
 def run_page(body: Callable[[], None]) -> None:

@@ -12,7 +12,8 @@ import time
 from typing import Any
 
 from data.errors import UserError
-from core.jobs import JobCancelled, JobContext
+from data.optional import missing_optional
+from core.jobs import JobCancelled, JobConflict, JobContext, job_in_this_process
 from data.workspace import Workspace
 
 
@@ -20,9 +21,11 @@ def _threads() -> None:
     """Keep a background job from taking every core away from the dashboard."""
     try:
         import torch
-        torch.set_num_threads(max(1, int(os.environ.get("CARGROUP_JOB_THREADS", os.cpu_count() or 1))))
-    except ImportError:
-        pass
+    except ModuleNotFoundError as exc:
+        if missing_optional(exc, "torch") is None:
+            raise
+        return
+    torch.set_num_threads(max(1, int(os.environ.get("CARGROUP_JOB_THREADS", os.cpu_count() or 1))))
 
 
 def _plain(value: Any) -> Any:
@@ -155,15 +158,35 @@ def run_train(ws: Workspace, params: dict, ctx: JobContext) -> dict[str, Any]:
     out["evaluation"] = _evaluate(ws, model_id)
     out["message"] = f"model #{model_id} trained and evaluated" + _acc_text(out["evaluation"])
     if params.get("then_queue"):
-        # One click, one round: rank the next batch with the new model right away.
-        from core.queue import build_queue
-        ctx.check_cancel()
-        ctx.progress(0.95, "ranking the next batch with the new model", force=True)
-        queue = build_queue(ws, str(params.get("strategy", "entropy")),
-                            int(params["then_queue"]))
-        out["queue"] = {"round": queue.round_number, "size": len(queue.items)}
-        out["message"] += f"; round {queue.round_number}: {len(queue.items)} images queued"
+        out.update(_queue_after_training(ws, params, ctx, out["message"]))
     return out
+
+
+def _queue_after_training(ws: Workspace, params: dict, ctx: JobContext,
+                          message: str) -> dict[str, Any]:
+    """The "then queue N" step: rank the next batch with the new model, as a queue job of its own.
+
+    The training job holds the *model* lock only; the ranking takes the *queue* lock like any
+    queue job (and is refused while another one runs), so two rounds never rank at once.
+    """
+    from core.queue import build_queue
+
+    ctx.check_cancel()
+    ctx.progress(0.95, "ranking the next batch with the new model", force=True)
+    strategy, top_k = str(params.get("strategy", "entropy")), int(params["then_queue"])
+    try:
+        with job_in_this_process(ws, "queue", {"strategy": strategy, "top_k": top_k,
+                                               "after_training": True}) as job:
+            queue = build_queue(ws, strategy, top_k,
+                                progress=job.stage(0.0, 0.95, "scoring the pool"))
+            job.result = {"round": queue.round_number, "size": len(queue.items),
+                          "message": f"round {queue.round_number}: {len(queue.items)} images "
+                                     f"ranked by {queue.strategy}"}
+    except JobConflict as exc:
+        return {"queue": {"refused": str(exc)},
+                "message": f"{message}; no batch queued: {exc}"}
+    return {"queue": {"round": queue.round_number, "size": len(queue.items)},
+            "message": f"{message}; round {queue.round_number}: {len(queue.items)} images queued"}
 
 
 def _model_id(result: Any) -> int | None:

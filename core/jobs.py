@@ -12,7 +12,12 @@ Rules kept here:
 - cancellation is cooperative (the ``cancel_requested`` flag, polled by the job) with SIGTERM
   turned into the same clean path;
 - a job whose worker process died without saying so (killed, machine rebooted) is marked failed
-  the next time anyone looks (:func:`reap_stale`), so the lock never stays taken forever.
+  the next time anyone looks (:func:`reap_stale`), so the lock never stays taken forever. A worker
+  is named by its PID *and* its process start time: a PID the OS has since given to another
+  process does not keep a dead job "running";
+- work that runs in the calling process (CLI ``ingest``/``demo-pool``, the queue step after a
+  training) holds its lock group through :func:`job_in_this_process`, so the app and the CLI
+  refuse each other exactly as two app jobs do.
 """
 from __future__ import annotations
 
@@ -24,11 +29,13 @@ import subprocess
 import sys
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from data.errors import UserError
+from data.optional import missing_optional
 from data.store import ProjectStore
 from data.workspace import Workspace
 
@@ -89,10 +96,26 @@ def _reap_children() -> set[int]:
     return ended
 
 
-def pid_alive(pid: int | None) -> bool:
-    """True while ``pid`` is a running (not zombie) process."""
+def process_start_time(pid: int) -> str | None:
+    """When ``pid`` started, as the kernel counts it (``/proc/<pid>/stat`` field 22, clock ticks
+    since boot); None where there is no such process or no /proc. With the pid it names one
+    process for good: a reused PID comes with a later start time."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def pid_alive(pid: int | None, started: str | None = None) -> bool:
+    """True while ``pid`` is a running (not zombie) process that started at ``started``
+    (when given and the OS can tell)."""
     if not pid:
         return False
+    if started is not None:
+        now = process_start_time(pid)
+        if now is not None and now != started:
+            return False  # the PID now belongs to another process
     if pid in _reap_children():
         return False
     try:
@@ -114,7 +137,7 @@ def reap_stale(store: ProjectStore, *, now: float | None = None) -> list[int]:
     reaped = []
     for job in store.jobs(active_only=True):
         pid = job["pid"]
-        lost = (not pid_alive(pid)) if pid else (now - job["created_at"] > QUEUED_GRACE_S)
+        lost = (not pid_alive(pid, job.get("pid_started"))) if pid else (now - job["created_at"] > QUEUED_GRACE_S)
         if lost:
             store.update_job(job["id"], status="failed",
                              message=f"the worker process stopped unexpectedly (pid {pid}); "
@@ -186,7 +209,7 @@ def start_job(ws: Workspace, kind: str, params: Mapping[str, Any] | None = None,
             store.update_job(job_id, status="failed", message=f"could not start worker: {exc}")
             raise UserError(f"could not start the background worker: {exc}") from exc
         _CHILDREN[job_id] = proc
-        store.update_job(job_id, pid=proc.pid)
+        store.update_job(job_id, pid=proc.pid, pid_started=process_start_time(proc.pid))
     return job_id
 
 
@@ -203,7 +226,7 @@ def cancel_job(ws: Workspace, job_id: int) -> None:
         if job["status"] not in ACTIVE:
             return
         store.request_cancel(job_id)
-        if job["status"] == "queued" and not pid_alive(job["pid"]):
+        if job["status"] == "queued" and not pid_alive(job["pid"], job.get("pid_started")):
             store.update_job(job_id, status="cancelled", message="cancelled before it started")
 
 
@@ -218,6 +241,34 @@ def wait_job(ws: Workspace, job_id: int, *, timeout: float = 600.0,
         if time.monotonic() > deadline:
             raise TimeoutError(f"job {job_id} still {job['status']} after {timeout:.0f} s")
         time.sleep(poll)
+
+
+@contextmanager
+def job_in_this_process(ws: Workspace, kind: str,
+                        params: Mapping[str, Any] | None = None) -> Iterator["JobContext"]:
+    """Run the block as a recorded job of ``kind`` in *this* process, holding its lock group.
+
+    Raises :class:`JobConflict` (before the block runs) while another job of the group is
+    active, the same check :func:`start_job` makes. The job row names this process (pid and
+    start time), so the app shows it and :func:`reap_stale` frees the lock if the process dies.
+    The block may fill ``ctx.result``; it is recorded when the block ends.
+    """
+    job_id = start_job(ws, kind, params, spawn=False)
+    with ws.store() as store:
+        pid = os.getpid()
+        store.update_job(job_id, status="running", pid=pid, pid_started=process_start_time(pid),
+                         message="running")
+        ctx = JobContext(store, job_id)
+        try:
+            yield ctx
+        except (JobCancelled, KeyboardInterrupt):
+            store.update_job(job_id, status="cancelled", message="cancelled")
+            raise
+        except BaseException as exc:
+            store.update_job(job_id, status="failed", message=_readable(exc))
+            raise
+        store.update_job(job_id, status="succeeded", progress=1.0,
+                         message=str(ctx.result.get("message", "done")), result=ctx.result)
 
 
 # -- inside the worker --------------------------------------------------------------------------
@@ -236,6 +287,7 @@ class JobContext:
         self._last_cancel_check = 0.0
         self._cancelled = False
         self.fraction = 0.0
+        self.result: dict[str, Any] = {}   # what job_in_this_process records when the block ends
 
     def progress(self, fraction: float | None = None, message: str | None = None, *,
                  log: Mapping[str, Any] | None = None, force: bool = False) -> None:
@@ -322,7 +374,8 @@ def run_job(ws: Workspace, job_id: int) -> str:
         job = store.job(job_id)
         if job["status"] != "queued":
             return job["status"]
-        store.update_job(job_id, status="running", pid=os.getpid(), message="starting")
+        store.update_job(job_id, status="running", pid=os.getpid(),
+                         pid_started=process_start_time(os.getpid()), message="starting")
         ctx = JobContext(store, job_id)
 
         def on_term(signum: int, frame: object) -> None:
@@ -337,14 +390,11 @@ def run_job(ws: Workspace, job_id: int) -> str:
         except JobCancelled:
             store.update_job(job_id, status="cancelled", message="cancelled")
             return "cancelled"
-        except ModuleNotFoundError as exc:
-            store.update_job(job_id, status="failed",
-                             message=f"this feature is not available in this installation "
-                                     f"(missing module {exc.name})")
-            traceback.print_exc()
-            return "failed"
         except Exception as exc:  # noqa: BLE001 - any failure ends the job with a readable reason
-            store.update_job(job_id, status="failed", message=_readable(exc))
+            package = missing_optional(exc)  # only a missing optional package is "not available"
+            message = (f"this feature is not available in this installation (the {package} "
+                       f"package is not installed)" if package else _readable(exc))
+            store.update_job(job_id, status="failed", message=message)
             traceback.print_exc()
             return "failed"
         finally:

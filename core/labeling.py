@@ -52,25 +52,31 @@ class LabelTask:
         return {a for a in self.suggestion if a not in self.current}
 
 
-def _visited(store: ProjectStore) -> set[int]:
-    return set(store.current_labels(include_empty=True))
+def _info(row: Mapping[str, object]) -> BatchInfo:
+    return BatchInfo(number=int(row["number"]), round_id=int(row["id"]), kind=str(row["kind"]),
+                     strategy=row["strategy"], total=int(row["total"]),  # type: ignore[arg-type]
+                     done=int(row["done"]))  # type: ignore[arg-type]
 
 
 def batches(store: ProjectStore) -> list[BatchInfo]:
-    """Every round with its size and how many of its images have a saved label."""
-    visited = _visited(store)
-    out = []
-    for r in store.rounds():
-        ids = [it["image_id"] for it in store.round_items(r["number"])]
-        out.append(BatchInfo(number=r["number"], round_id=r["id"], kind=r["kind"],
-                             strategy=r["strategy"], total=len(ids),
-                             done=sum(1 for i in ids if i in visited)))
-    return out
+    """Every round with its size and how many of its images have a saved label.
+
+    One indexed query (see ``ProjectStore.round_progress``): the Label page runs it on every
+    load, so its cost must follow the rounds' sizes, not the pool's.
+    """
+    return [_info(r) for r in store.round_progress()]
 
 
-def default_batch(store: ProjectStore) -> BatchInfo | None:
+def batch_info(store: ProjectStore, batch_number: int) -> BatchInfo:
+    rows = store.round_progress(batch_number)
+    if not rows:
+        raise ValueError(f"no batch {batch_number}")
+    return _info(rows[0])
+
+
+def default_batch(store: ProjectStore, infos: list[BatchInfo] | None = None) -> BatchInfo | None:
     """The newest batch that still has unlabelled images (else the newest batch, else None)."""
-    infos = batches(store)
+    infos = batches(store) if infos is None else infos
     for info in reversed(infos):
         if info.pending:
             return info
@@ -80,17 +86,16 @@ def default_batch(store: ProjectStore) -> BatchInfo | None:
 def next_image_id(store: ProjectStore, batch_number: int, *,
                   skip: set[int] | frozenset[int] = frozenset()) -> int | None:
     """The highest-ranked image of the batch with no saved label, not in ``skip``."""
-    visited = _visited(store)
-    for item in store.round_items(batch_number):
-        if item["image_id"] not in visited and item["image_id"] not in skip:
-            return int(item["image_id"])
+    for image_id in store.round_unvisited(batch_number):
+        if image_id not in skip:
+            return image_id
     return None
 
 
 def task_for(store: ProjectStore, image_id: int, batch_number: int) -> LabelTask:
     """The Label page's view of one image: saved label, model predictions, pre-selection."""
-    info = next(b for b in batches(store) if b.number == batch_number)
-    ranks = {it["image_id"]: it["rank"] for it in store.round_items(batch_number)}
+    info = batch_info(store, batch_number)
+    rank = store.round_rank(batch_number, image_id)
     current_version = store.current_label(image_id)
     current = dict(current_version.values) if current_version else {}
     model = store.current_model()
@@ -98,7 +103,8 @@ def task_for(store: ProjectStore, image_id: int, batch_number: int) -> LabelTask
     suggestion = {a: v for a, (v, _p) in predictions.items()}
     if current_version is not None:
         suggestion = dict(current)  # a human label wins; unsure attributes stay empty
-    return LabelTask(image=store.image(image_id), batch=info, position=ranks.get(image_id, 0) + 1,
+    return LabelTask(image=store.image(image_id), batch=info,
+                     position=(rank if rank is not None else 0) + 1,
                      current=current, labelled_before=current_version is not None,
                      predictions=predictions, suggestion=suggestion)
 

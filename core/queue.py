@@ -16,6 +16,12 @@ Strategies by kind (core/acquisition.py): ``uncertainty`` ranks the model's save
 then draws the batch by top-k or stochastic sampling, optionally spread by diversity;
 ``typicality`` (TypiClust, ProbCover) runs on pretrained-backbone embeddings and needs no model;
 ``auto`` picks one of the two per batch (core/selection.py) and records why.
+
+Concurrency: scoring is slow and runs without a lock. The picked batch is then checked and
+recorded in one IMMEDIATE transaction (:func:`_record`): an image that another round or a label
+took since the candidates were read is dropped and the batch re-selected under the same lock,
+so two rounds never share an image. The check is an indexed look-up of the K picks, so
+recording costs the same at 10k or 1M images.
 """
 from __future__ import annotations
 
@@ -301,10 +307,16 @@ def build_queue(ws: Workspace, strategy: str = "entropy", top_k: int = 200,
     rarity_info: dict[str, Any] | None = None
     embed_info: dict[str, Any] | None = None
     if run.kind == "typicality":
-        picked, embed_info, more = _typicality_pick(ws, run.name, candidates, top_k,
-                                                    backbone=backbone, seed=seed, progress=progress)
+        first, embed_info, more = _typicality_pick(ws, run.name, candidates, top_k,
+                                                   backbone=backbone, seed=seed, progress=progress)
         notes += more
         scores = np.full(len(candidates), np.nan)
+
+        def pick(rows: np.ndarray) -> np.ndarray:
+            """Re-pick among candidate rows ``rows`` (only after a race lost some picks)."""
+            sub, _, _ = _typicality_pick(ws, run.name, [candidates[i] for i in rows], top_k,
+                                         backbone=backbone, seed=seed, progress=None)
+            return rows[sub]
     else:
         try:
             scores = rank_scores(run, pool, len(candidates), weights=weights, seed=seed)
@@ -326,29 +338,19 @@ def build_queue(ws: Workspace, strategy: str = "entropy", top_k: int = 200,
                                                 threads=score_kwargs.get("threads"))
                 except ScoringError as exc:
                     raise UserError(str(exc)) from None
-        picked = select(scores, top_k, embeddings=None if pool is None else pool.embeddings,
-                        diversity=diversity, pool_factor=pool_factor, sampling=sampling,
-                        beta=beta, existing=existing, seed=seed)
-    t_select = time.perf_counter()
+        embeddings = None if pool is None else pool.embeddings
 
-    ids = [int(candidates[i]) for i in picked]
-    with ws.store() as store:
-        records = {r.id: r for r in store.images(ids)}
-    items: list[QueueItem] = []
-    for rank, row in enumerate(picked):
-        rec = records[ids[rank]]
-        preds: dict[str, tuple[str, float]] = {}
-        head_scores: dict[str, float] = {}
-        if pool is not None:
-            for a in attrs:
-                p = pool.probs[a][row]
-                k = int(np.argmax(p))
-                preds[a] = (pool.class_names[a][k], float(p[k]))
-                for measure, per in pool.uncertainty.items():
-                    head_scores[acq.score_name(measure, a)] = float(per[a][row])
-        items.append(QueueItem(image_id=ids[rank], rank=rank, score=float(scores[row]),
-                               name=rec.name, path=rec.path, split=rec.split,
-                               predictions=preds, scores=head_scores))
+        def pick(rows: np.ndarray) -> np.ndarray:
+            """Select the batch among candidate rows ``rows``; returns candidate row indices."""
+            sub = select(scores[rows], top_k,
+                         embeddings=None if embeddings is None else embeddings[rows],
+                         diversity=diversity, pool_factor=pool_factor, sampling=sampling,
+                         beta=beta, existing=existing, seed=seed)
+            return rows[sub]
+
+        first = pick(np.arange(len(candidates)))
+    picked = np.asarray(first)
+    t_select = time.perf_counter()
 
     params: dict[str, Any] = {
         "top_k": int(top_k), "weights": dict(weights) if weights else None,
@@ -369,18 +371,65 @@ def build_queue(ws: Workspace, strategy: str = "entropy", top_k: int = 200,
     model = None if current is None else int(current["id"])
     number = None
     if record:
-        typical = run.kind == "typicality"
-        with ws.store() as store:
-            number = store.create_round(ids, kind=ROUND_KIND, strategy=strat.name,
-                                        scores=None if typical else [it.score for it in items],
-                                        params=params, model_id=model)
+        picked, number = _record(ws, candidates, picked, pick, kind=ROUND_KIND,
+                                 strategy=strat.name, scores=scores, params=params,
+                                 model_id=model, store_scores=run.kind != "typicality")
+    t_record = time.perf_counter()
+
+    ids = [int(candidates[i]) for i in picked]
+    with ws.store() as store:
+        records = {r.id: r for r in store.images(ids)}
+    items: list[QueueItem] = []
+    for rank, row in enumerate(picked):
+        rec = records[ids[rank]]
+        preds: dict[str, tuple[str, float]] = {}
+        head_scores: dict[str, float] = {}
+        if pool is not None:
+            for a in attrs:
+                p = pool.probs[a][row]
+                k = int(np.argmax(p))
+                preds[a] = (pool.class_names[a][k], float(p[k]))
+                for measure, per in pool.uncertainty.items():
+                    head_scores[acq.score_name(measure, a)] = float(per[a][row])
+        items.append(QueueItem(image_id=ids[rank], rank=rank, score=float(scores[row]),
+                               name=rec.name, path=rec.path, split=rec.split,
+                               predictions=preds, scores=head_scores))
+
     t_end = time.perf_counter()
     timings = {"scores_s": t_scores - t0, "scored_now": float(scored_now),
-               "select_s": t_select - t_scores, "record_s": t_end - t_select,
+               "select_s": t_select - t_scores, "record_s": t_record - t_select,
                "total_s": t_end - t0}
     return QueueResult(items=items, round_number=number, strategy=strat.name, params=params,
                        model_id=model, candidates=len(candidates), timings=timings,
                        reason=reason, notes=notes)
+
+
+def _record(ws: Workspace, candidates: Sequence[int], picked: np.ndarray,
+            pick: Callable[[np.ndarray], np.ndarray], *, kind: str, strategy: str,
+            scores: np.ndarray, params: Mapping[str, Any],
+            model_id: int | None, store_scores: bool = True) -> tuple[np.ndarray, int]:
+    """Check the picks and record them as the next round, in one IMMEDIATE transaction.
+
+    Picks that another process queued or labelled after ``candidates`` were read are dropped
+    and the batch is picked again (under the same lock) from the remaining candidates.
+    Returns the final picks and the round number.
+    """
+    alive = np.ones(len(candidates), dtype=bool)
+    with ws.store() as store, store.transaction():
+        while True:
+            taken = store.taken_ids(int(candidates[i]) for i in picked)
+            if not taken:
+                break
+            alive &= ~np.isin(np.asarray(candidates), list(taken))
+            rows = np.flatnonzero(alive)
+            if rows.size == 0:
+                raise UserError("no unlabelled images left to queue: another round took them")
+            picked = pick(rows)
+        number = store.create_round([int(candidates[i]) for i in picked], kind=kind,
+                                    strategy=strategy,
+                                    scores=[float(scores[i]) for i in picked] if store_scores else None,
+                                    params=params, model_id=model_id)
+    return picked, number
 
 
 def auto_reason(ws: Workspace) -> str:

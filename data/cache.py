@@ -7,9 +7,15 @@ so scoring and training slice batches without decoding.
 
 Crash safety: rows are appended before the database row that points at them is committed, so a
 crash can leave orphan rows at the end of the file, never a database row pointing past it.
+
+Concurrency: an append holds an exclusive ``flock`` on the cache file from finding the end to
+the last byte written, so two processes appending at once (the app's ingest job next to a CLI
+ingest) each get the row numbers their own pixels landed on. The lock is released by the OS if
+the process dies.
 """
 from __future__ import annotations
 
+import fcntl
 import os
 from pathlib import Path
 from typing import Sequence
@@ -38,7 +44,8 @@ class ImageCache:
         if batch.shape[1:] != (self.size, self.size, 3):
             raise ValueError(f"cache rows must be {self.size}x{self.size}x3, got {batch.shape[1:]}")
         with open(self.path, "ab") as fh:
-            end = fh.tell()
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)  # released when the file is closed
+            end = fh.seek(0, os.SEEK_END)  # the end *now*, under the lock
             if end % self.row_bytes:  # a torn write from a crash: start at the next whole row
                 end += self.row_bytes - end % self.row_bytes
                 fh.truncate(end)

@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 import numpy as np
 
 from data.errors import UserError
+from data.optional import missing_optional
 from data.schema import LabelSchema
 from data.splits import assign_split
 from data.workspace import Workspace
@@ -182,8 +183,9 @@ def _init_worker(known: frozenset[str], size: int, max_pixels: int, min_side: in
     try:  # one process per core already; nested OpenCV threads only add contention
         import cv2
         cv2.setNumThreads(1)
-    except ImportError:  # pragma: no cover
-        pass
+    except ModuleNotFoundError as exc:  # pragma: no cover - OpenCV is optional here
+        if missing_optional(exc, "cv2") is None:
+            raise
 
 
 def _init_pool_worker(*args: Any) -> None:

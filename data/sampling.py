@@ -18,11 +18,12 @@ def sample_first_batch(store: ProjectStore, n: int = 1000, *, seed: int = 0) -> 
     """
     if n <= 0:
         raise SamplingError("the batch size must be positive")
-    candidates = store.unlabelled_ids(exclude_queued=True)
-    if not candidates:
-        raise SamplingError("no unlabelled images left to sample; ingest a pool first")
-    rng = random.Random(seed)
-    chosen = rng.sample(candidates, min(n, len(candidates)))
-    number = store.create_round(chosen, kind="seed", strategy="random",
-                                params={"n": n, "seed": seed})
+    with store.transaction():  # read candidates and record the round under one write lock
+        candidates = store.unlabelled_ids(exclude_queued=True)
+        if not candidates:
+            raise SamplingError("no unlabelled images left to sample; ingest a pool first")
+        rng = random.Random(seed)
+        chosen = rng.sample(candidates, min(n, len(candidates)))
+        number = store.create_round(chosen, kind="seed", strategy="random",
+                                    params={"n": n, "seed": seed})
     return number, chosen

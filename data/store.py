@@ -15,6 +15,9 @@ Tables (see ``MIGRATIONS``):
 - ``predictions`` + ``scores``: per-model, per-image predicted class/probability and
   uncertainty scores.
 - ``jobs``: background-job state (training, scoring, ...).
+- ``image_counts``: images per split, kept by triggers, so status costs the same at any pool size;
+  ``labels.is_current`` (also kept by a trigger) marks each image's current version, so
+  "current labels" is an index scan instead of a MAX() per label.
 - ``cvat_tasks`` + ``cvat_task_items``: which images went to which CVAT task.
 """
 from __future__ import annotations
@@ -28,6 +31,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 SPLITS = ("train", "val", "test")
+MMAP_BYTES = 1 << 30  # address space only; a 1M-image store is about 0.9 GB
 LABEL_SOURCES = ("cvat", "builtin", "import", "simulated")
 
 MIGRATIONS: list[str] = [
@@ -158,7 +162,60 @@ MIGRATIONS: list[str] = [
         UNIQUE (cvat_task, item_name)
     );
     """,
+    # 2: indexes for the interactive queries (Label page, status, queue recording) and the
+    # worker's process start time, so a reused PID is not taken for a live worker.
+    """
+    CREATE INDEX round_items_rank ON round_items(round_id, rank);
+    CREATE INDEX images_name ON images(name);
+    CREATE INDEX jobs_status ON jobs(status);
+    CREATE INDEX models_current ON models(is_current);
+    ALTER TABLE jobs ADD COLUMN pid_started TEXT;
+    ALTER TABLE labels ADD COLUMN is_current INTEGER NOT NULL DEFAULT 0;
+    UPDATE labels SET is_current = 1
+        WHERE version = (SELECT MAX(version) FROM labels x WHERE x.image_id = labels.image_id);
+    CREATE INDEX labels_current ON labels(image_id, source, id) WHERE is_current = 1;
+    CREATE TRIGGER labels_current_insert AFTER INSERT ON labels BEGIN
+        UPDATE labels SET is_current = (version = (SELECT MAX(version) FROM labels x
+                                                   WHERE x.image_id = NEW.image_id))
+            WHERE image_id = NEW.image_id;
+    END;
+    CREATE TABLE image_counts (split TEXT PRIMARY KEY, n INTEGER NOT NULL);
+    INSERT INTO image_counts(split, n) SELECT split, COUNT(*) FROM images GROUP BY split;
+    CREATE TRIGGER image_counts_insert AFTER INSERT ON images BEGIN
+        INSERT INTO image_counts(split, n) VALUES (NEW.split, 1)
+            ON CONFLICT(split) DO UPDATE SET n = n + 1;
+    END;
+    CREATE TRIGGER image_counts_delete AFTER DELETE ON images BEGIN
+        UPDATE image_counts SET n = n - 1 WHERE split = OLD.split;
+    END;
+    CREATE TRIGGER image_counts_move AFTER UPDATE OF split ON images BEGIN
+        UPDATE image_counts SET n = n - 1 WHERE split = OLD.split;
+        INSERT INTO image_counts(split, n) VALUES (NEW.split, 1)
+            ON CONFLICT(split) DO UPDATE SET n = n + 1;
+    END;
+    """,
 ]
+
+# Ids travel to SQLite as one JSON array (``json_each``), never as one bound parameter per id:
+# SQLite caps the number of parameters (32766 by default), and the pool can hold 500k images.
+_IDS = "(SELECT value FROM json_each(?))"
+
+
+def _ids_json(ids: Iterable[int]) -> str:
+    return json.dumps([int(i) for i in ids])
+
+
+def _statements(script: str) -> Iterator[str]:
+    """The statements of a migration script (a trigger body's ``;`` does not end its CREATE)."""
+    buffer = ""
+    for piece in script.split(";"):
+        buffer += piece + ";"
+        if sqlite3.complete_statement(buffer):
+            if buffer.strip(" \n;"):
+                yield buffer
+            buffer = ""
+    if buffer.strip(" \n;"):
+        yield buffer
 
 
 class StoreError(RuntimeError):
@@ -209,6 +266,9 @@ class ProjectStore:
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA foreign_keys=ON")
         self.conn.execute("PRAGMA synchronous=NORMAL")
+        # Pages are read through a memory map: every page load opens a fresh connection with a
+        # cold page cache, and mapped reads of the OS cache cost no system call per page.
+        self.conn.execute(f"PRAGMA mmap_size={MMAP_BYTES}")
         self._migrate()
 
     # -- plumbing -------------------------------------------------------------------------
@@ -225,16 +285,29 @@ class ProjectStore:
     def schema_version(self) -> int:
         return int(self.conn.execute("PRAGMA user_version").fetchone()[0])
 
-    def _migrate(self) -> None:
-        current = self.schema_version
+    def _check_version(self, current: int) -> None:
         if current > len(MIGRATIONS):
             raise StoreError(
                 f"{self.path} was written by a newer version (schema {current}); update the app")
-        for number, script in enumerate(MIGRATIONS[current:], start=current + 1):
-            with self.transaction():
-                for statement in script.split(";"):
-                    if statement.strip():
-                        self.conn.execute(statement)
+
+    def _migrate(self) -> None:
+        """Bring the schema up to date.
+
+        The version is read again *inside* the write transaction: two processes opening a new
+        workspace at once would otherwise both see version 0 and the second would re-run the
+        first migration on top of the first one's tables. The first read only skips the write
+        lock when there is nothing to do (versions never go down).
+        """
+        current = self.schema_version
+        self._check_version(current)
+        if current == len(MIGRATIONS):
+            return
+        with self.transaction():
+            current = self.schema_version
+            self._check_version(current)
+            for number, script in enumerate(MIGRATIONS[current:], start=current + 1):
+                for statement in _statements(script):
+                    self.conn.execute(statement)
                 self.conn.execute(f"PRAGMA user_version={number}")
 
     @contextmanager
@@ -267,14 +340,15 @@ class ProjectStore:
         """Insert an image; returns (id, created). A known content hash is not added twice."""
         if split not in SPLITS:
             raise StoreError(f"unknown split {split!r}")
-        row = self.conn.execute("SELECT id FROM images WHERE sha256=?", (sha256,)).fetchone()
-        if row:
-            return int(row[0]), False
-        cur = self.conn.execute(
-            "INSERT INTO images(path, name, sha256, width, height, bytes, split, group_key, "
-            "source, cache_row, added_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-            (path, name, sha256, width, height, nbytes, split, group_key, source, cache_row,
-             _now()))
+        with self.transaction():  # look-up and insert see the same database
+            row = self.conn.execute("SELECT id FROM images WHERE sha256=?", (sha256,)).fetchone()
+            if row:
+                return int(row[0]), False
+            cur = self.conn.execute(
+                "INSERT INTO images(path, name, sha256, width, height, bytes, split, group_key, "
+                "source, cache_row, added_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (path, name, sha256, width, height, nbytes, split, group_key, source, cache_row,
+                 _now()))
         return int(cur.lastrowid), True
 
     def known_hashes(self) -> dict[str, int]:
@@ -285,12 +359,13 @@ class ProjectStore:
 
     def set_split(self, image_id: int, split: str) -> None:
         """Move an image between train and val. The test split is fixed both ways."""
-        current = self.image(image_id).split
         if split not in SPLITS:
             raise StoreError(f"unknown split {split!r}")
-        if current != split and "test" in (current, split):
-            raise StoreError(f"image {image_id}: the test split is fixed ({current} -> {split})")
-        self.conn.execute("UPDATE images SET split=? WHERE id=?", (split, image_id))
+        with self.transaction():  # the check and the move see the same split
+            current = self.image(image_id).split
+            if current != split and "test" in (current, split):
+                raise StoreError(f"image {image_id}: the test split is fixed ({current} -> {split})")
+            self.conn.execute("UPDATE images SET split=? WHERE id=?", (split, image_id))
 
     def image(self, image_id: int) -> ImageRecord:
         row = self.conn.execute("SELECT * FROM images WHERE id=?", (image_id,)).fetchone()
@@ -308,8 +383,8 @@ class ProjectStore:
             id_list = list(ids)
             if not id_list:
                 return []
-            clauses.append(f"id IN ({','.join('?' * len(id_list))})")
-            args.extend(id_list)
+            clauses.append(f"id IN {_IDS}")
+            args.append(_ids_json(id_list))
         if clauses:
             sql += " WHERE " + " AND ".join(clauses)
         rows = self.conn.execute(sql + " ORDER BY id", args).fetchall()
@@ -327,7 +402,7 @@ class ProjectStore:
                            cache_row=row["cache_row"])
 
     def count_images(self) -> int:
-        return int(self.conn.execute("SELECT COUNT(*) FROM images").fetchone()[0])
+        return int(self.conn.execute("SELECT COALESCE(SUM(n), 0) FROM image_counts").fetchone()[0])
 
     # -- rejects --------------------------------------------------------------------------
     def add_reject(self, path: str, reason: str, source: str | None = None) -> None:
@@ -388,8 +463,7 @@ class ProjectStore:
 
     def current_label(self, image_id: int) -> LabelVersion | None:
         versions = self._label_versions(
-            "l.image_id=? AND l.version=(SELECT MAX(version) FROM labels WHERE image_id=?)",
-            (image_id, image_id))
+            "l.image_id=? AND l.is_current=1", (image_id,))
         return versions[0] if versions else None
 
     def label_history(self, image_id: int) -> list[LabelVersion]:
@@ -398,7 +472,7 @@ class ProjectStore:
     def current_labels(self, *, split: str | None = None,
                        include_empty: bool = False) -> dict[int, dict[str, str]]:
         """{image_id: {attribute: value}} for every labelled image (current versions)."""
-        where = "l.version=(SELECT MAX(version) FROM labels x WHERE x.image_id=l.image_id)"
+        where = "l.is_current=1"
         args: list[Any] = []
         if split is not None:
             where += " AND l.image_id IN (SELECT id FROM images WHERE split=?)"
@@ -410,7 +484,9 @@ class ProjectStore:
 
     def labelled_ids(self) -> set[int]:
         """Images with a current label holding at least one attribute."""
-        return set(self.current_labels())
+        return {int(r[0]) for r in self.conn.execute(
+            "SELECT l.image_id FROM labels l WHERE l.is_current=1 AND "
+            "EXISTS (SELECT 1 FROM label_values v WHERE v.label_id=l.id)")}
 
     # -- ground truth (hidden; for the simulated annotator) --------------------------------
     def set_ground_truth(self, image_id: int, values: Mapping[str, str]) -> None:
@@ -421,12 +497,16 @@ class ProjectStore:
                 [(image_id, a, v) for a, v in values.items()])
 
     def ground_truth(self, ids: Iterable[int] | None = None) -> dict[int, dict[str, str]]:
-        rows = self.conn.execute("SELECT image_id, attribute, value FROM ground_truth")
-        wanted = set(ids) if ids is not None else None
+        """{image_id: {attribute: value}}; with ``ids``, an indexed look-up of those only."""
+        if ids is None:
+            rows = self.conn.execute("SELECT image_id, attribute, value FROM ground_truth")
+        else:
+            rows = self.conn.execute(
+                f"SELECT image_id, attribute, value FROM ground_truth WHERE image_id IN {_IDS}",
+                (_ids_json(ids),))
         out: dict[int, dict[str, str]] = {}
         for image_id, attr, value in rows:
-            if wanted is None or image_id in wanted:
-                out.setdefault(int(image_id), {})[attr] = value
+            out.setdefault(int(image_id), {})[attr] = value
         return out
 
     # -- rounds and queues ----------------------------------------------------------------
@@ -450,27 +530,58 @@ class ProjectStore:
                  for rank, i in enumerate(image_ids)])
         return int(number)
 
+    _ROUND_SQL = ("SELECT r.*, (SELECT COUNT(*) FROM round_items i WHERE i.round_id=r.id) AS size "
+                  "FROM rounds r")
+
+    @staticmethod
+    def _round(row: sqlite3.Row) -> dict[str, Any]:
+        d = dict(row)
+        d["params"] = json.loads(d["params"])
+        d["record"] = json.loads(d["record"])
+        return d
+
     def rounds(self) -> list[dict[str, Any]]:
-        rows = self.conn.execute(
-            "SELECT r.*, (SELECT COUNT(*) FROM round_items i WHERE i.round_id=r.id) AS size "
-            "FROM rounds r ORDER BY number").fetchall()
-        out = []
-        for r in rows:
-            d = dict(r)
-            d["params"] = json.loads(d["params"])
-            d["record"] = json.loads(d["record"])
-            out.append(d)
-        return out
+        return [self._round(r) for r in self.conn.execute(self._ROUND_SQL + " ORDER BY number")]
 
     def round(self, number: int) -> dict[str, Any]:
-        for r in self.rounds():
-            if r["number"] == number:
-                return r
-        raise StoreError(f"no round {number}")
+        row = self.conn.execute(self._ROUND_SQL + " WHERE number=?", (number,)).fetchone()
+        if row is None:
+            raise StoreError(f"no round {number}")
+        return self._round(row)
 
     def latest_round(self) -> dict[str, Any] | None:
-        rounds = self.rounds()
-        return rounds[-1] if rounds else None
+        row = self.conn.execute(self._ROUND_SQL + " ORDER BY number DESC LIMIT 1").fetchone()
+        return None if row is None else self._round(row)
+
+    def round_progress(self, number: int | None = None) -> list[dict[str, Any]]:
+        """Per round: id, number, kind, strategy, ``total`` images and ``done`` (any label saved).
+
+        One indexed query whose cost follows the rounds' sizes, not the pool's (the Label page
+        runs it on every load).
+        """
+        where, args = ("WHERE r.number=?", (number,)) if number is not None else ("", ())
+        rows = self.conn.execute(
+            "SELECT r.id, r.number, r.kind, r.strategy, "
+            "(SELECT COUNT(*) FROM round_items i WHERE i.round_id=r.id) AS total, "
+            "(SELECT COUNT(*) FROM round_items i WHERE i.round_id=r.id AND EXISTS "
+            " (SELECT 1 FROM labels l WHERE l.image_id=i.image_id)) AS done "
+            f"FROM rounds r {where} ORDER BY r.number", args)
+        return [dict(r) for r in rows]
+
+    def round_unvisited(self, number: int) -> Iterator[int]:
+        """A round's images without any saved label version, in rank order (lazily)."""
+        cur = self.conn.execute(
+            "SELECT i.image_id FROM rounds r JOIN round_items i ON i.round_id=r.id "
+            "WHERE r.number=? AND NOT EXISTS (SELECT 1 FROM labels l WHERE l.image_id=i.image_id) "
+            "ORDER BY i.rank", (number,))
+        for row in cur:
+            yield int(row[0])
+
+    def round_rank(self, number: int, image_id: int) -> int | None:
+        row = self.conn.execute(
+            "SELECT i.rank FROM round_items i JOIN rounds r ON r.id=i.round_id "
+            "WHERE r.number=? AND i.image_id=?", (number, image_id)).fetchone()
+        return None if row is None else int(row[0])
 
     def round_items(self, number: int) -> list[dict[str, Any]]:
         rows = self.conn.execute(
@@ -479,15 +590,34 @@ class ProjectStore:
         return [dict(r) for r in rows]
 
     def update_round_record(self, number: int, record: Mapping[str, Any]) -> None:
-        """Merge ``record`` into the round's record (label counts, metrics, timings)."""
-        current = self.round(number)["record"]
-        current.update(record)
-        self.conn.execute("UPDATE rounds SET record=? WHERE number=?",
-                          (json.dumps(current), number))
+        """Merge ``record`` into the round's record (label counts, metrics, timings).
+
+        Read and write in one IMMEDIATE transaction, so two processes merging at once both keep
+        their keys.
+        """
+        with self.transaction():
+            current = self.round(number)["record"]
+            current.update(record)
+            self.conn.execute("UPDATE rounds SET record=? WHERE number=?",
+                              (json.dumps(current), number))
 
     def queued_ids(self) -> set[int]:
         """Images placed in any round (whether labelled yet or not)."""
         return {int(r[0]) for r in self.conn.execute("SELECT DISTINCT image_id FROM round_items")}
+
+    def taken_ids(self, ids: Iterable[int]) -> set[int]:
+        """Those of ``ids`` that are queued in a round or hold a current label with values.
+
+        The queue checks its picks with this inside the transaction that records the round:
+        an indexed look-up per id, so it costs the same at 10k or 1M images.
+        """
+        rows = self.conn.execute(
+            f"SELECT w.value FROM {_IDS} w WHERE "
+            "EXISTS (SELECT 1 FROM round_items i WHERE i.image_id=w.value) OR EXISTS ("
+            " SELECT 1 FROM labels l JOIN label_values v ON v.label_id=l.id "
+            " WHERE l.image_id=w.value AND l.is_current=1)",
+            (_ids_json(ids),))
+        return {int(r[0]) for r in rows}
 
     def unlabelled_ids(self, *, exclude_splits: Iterable[str] = (),
                        exclude_queued: bool = False) -> list[int]:
@@ -533,10 +663,14 @@ class ProjectStore:
         return out
 
     def current_model(self) -> dict[str, Any] | None:
-        for m in self.models():
-            if m["is_current"]:
-                return m
-        return None
+        row = self.conn.execute(
+            "SELECT * FROM models WHERE is_current=1 ORDER BY id DESC LIMIT 1").fetchone()
+        if row is None:
+            return None
+        d = dict(row)
+        d["params"] = json.loads(d["params"])
+        d["metrics"] = json.loads(d["metrics"])
+        return d
 
     # -- predictions and scores -----------------------------------------------------------
     def save_predictions(self, model_id: int, rows: Iterable[tuple[int, str, str, float]]) -> None:
@@ -554,13 +688,15 @@ class ProjectStore:
                 [(model_id, *r) for r in rows])
 
     def predictions(self, model_id: int, ids: Iterable[int] | None = None) -> dict[int, dict[str, tuple[str, float]]]:
+        """{image_id: {attribute: (value, prob)}}; with ``ids``, an indexed look-up of those only."""
+        sql = "SELECT image_id, attribute, value, prob FROM predictions WHERE model_id=?"
+        args: tuple[Any, ...] = (model_id,)
+        if ids is not None:
+            sql += f" AND image_id IN {_IDS}"
+            args += (_ids_json(ids),)
         out: dict[int, dict[str, tuple[str, float]]] = {}
-        wanted = set(ids) if ids is not None else None
-        for image_id, attr, value, prob in self.conn.execute(
-                "SELECT image_id, attribute, value, prob FROM predictions WHERE model_id=?",
-                (model_id,)):
-            if wanted is None or image_id in wanted:
-                out.setdefault(int(image_id), {})[attr] = (value, float(prob))
+        for image_id, attr, value, prob in self.conn.execute(sql, args):
+            out.setdefault(int(image_id), {})[attr] = (value, float(prob))
         return out
 
     def delete_scores(self, model_id: int, names: Iterable[str]) -> None:
@@ -585,10 +721,13 @@ class ProjectStore:
 
     def update_job(self, job_id: int, *, status: str | None = None, progress: float | None = None,
                    message: str | None = None, result: Mapping[str, Any] | None = None,
-                   pid: int | None = None, log_entry: Mapping[str, Any] | None = None) -> None:
+                   pid: int | None = None, pid_started: str | None = None,
+                   log_entry: Mapping[str, Any] | None = None) -> None:
+        """Update a job row. ``pid_started`` is the worker's process start time as the OS
+        reports it (see core.jobs); with the pid it names one process, even after PID reuse."""
         sets, args = ["updated_at=?"], [_now()]
         for col, val in (("status", status), ("progress", progress), ("message", message),
-                         ("pid", pid)):
+                         ("pid", pid), ("pid_started", pid_started)):
             if val is not None:
                 sets.append(f"{col}=?")
                 args.append(val)
@@ -618,7 +757,7 @@ class ProjectStore:
         return d
 
     def jobs(self, kind: str | None = None, *, active_only: bool = False) -> list[dict[str, Any]]:
-        sql, args = "SELECT id FROM jobs", []
+        sql, args = "SELECT * FROM jobs", []
         clauses = []
         if kind:
             clauses.append("kind=?")
@@ -627,34 +766,48 @@ class ProjectStore:
             clauses.append("status IN ('queued','running')")
         if clauses:
             sql += " WHERE " + " AND ".join(clauses)
-        return [self.job(int(r[0])) for r in self.conn.execute(sql + " ORDER BY id", args)]
+        out = []
+        for row in self.conn.execute(sql + " ORDER BY id", args):
+            d = dict(row)
+            for key in ("params", "result", "log"):
+                d[key] = json.loads(d[key])
+            out.append(d)
+        return out
 
     # -- status ---------------------------------------------------------------------------
     def status_counts(self) -> dict[str, Any]:
-        """Counts for ``status``: images by split, labelled by source, rounds, rejects."""
+        """Counts for ``status``: images by split, labelled by source, rounds, rejects.
+
+        Label counts are SQL aggregates over the current label versions (their cost follows
+        the number of labels); pool counts come from ``image_counts``, kept by triggers.
+        """
         q = self.conn.execute
         by_split = {s: 0 for s in SPLITS}
-        by_split.update({r[0]: r[1] for r in q("SELECT split, COUNT(*) FROM images GROUP BY split")})
-        labelled = self.current_labels()
-        label_sources: dict[str, int] = {}
-        for r in q("SELECT l.source, COUNT(*) FROM labels l WHERE l.version=(SELECT MAX(version) "
-                   "FROM labels x WHERE x.image_id=l.image_id) GROUP BY l.source"):
-            label_sources[r[0]] = r[1]
-        per_attr = {}
-        for values in labelled.values():
-            for a in values:
-                per_attr[a] = per_attr.get(a, 0) + 1
+        by_split.update({r[0]: r[1] for r in q("SELECT split, n FROM image_counts")})
+        total = sum(by_split.values())
+        # Current label versions drive every join (CROSS JOIN keeps SQLite from scanning the
+        # pool first); the cost follows the number of labels, not of images.
+        is_current = "l.is_current=1"
         labelled_by_split = {s: 0 for s in SPLITS}
-        for r in q("SELECT split, id FROM images"):
-            if r[1] in labelled:
-                labelled_by_split[r[0]] += 1
+        label_sources: dict[str, int] = {}
+        for source, split, has_values, count in q(
+                "SELECT l.source, i.split, EXISTS (SELECT 1 FROM label_values v WHERE "
+                "v.label_id=l.id) AS has_values, COUNT(*) FROM labels l CROSS JOIN images i "
+                f"ON i.id=l.image_id WHERE {is_current} GROUP BY 1, 2, 3"):
+            label_sources[source] = label_sources.get(source, 0) + count
+            if has_values:
+                labelled_by_split[split] = labelled_by_split.get(split, 0) + count
+        labelled = sum(labelled_by_split.values())
+        per_attr = {r[0]: r[1] for r in q(
+            "SELECT v.attribute, COUNT(*) FROM labels l CROSS JOIN label_values v "
+            f"ON v.label_id=l.id WHERE {is_current} GROUP BY v.attribute ORDER BY MIN(v.rowid)")}
         rounds = [{"number": r["number"], "kind": r["kind"], "strategy": r["strategy"],
                    "size": r["size"]} for r in self.rounds()]
         return {
-            "images": self.count_images(),
+            "images": total,
             "by_split": by_split,
-            "labelled": len(labelled),
-            "unlabelled": self.count_images() - len(labelled),
+            "labelled": labelled,
+            "unlabelled": total - labelled,
             "labelled_by_split": labelled_by_split,
             "labelled_by_source": label_sources,
             "labelled_by_attribute": per_attr,

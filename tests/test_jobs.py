@@ -78,13 +78,41 @@ def test_cancel_before_start_and_unknown_kind(workspace: Workspace) -> None:
         start_job(workspace, "nope", {})
 
 
-def test_missing_feature_module_fails_readably(workspace: Workspace, monkeypatch) -> None:
+def test_typo_in_our_own_module_is_an_error_not_a_missing_feature(workspace: Workspace,
+                                                                   monkeypatch) -> None:
+    """Issue 11, defect 6: a missing first-party module is a bug; it must not read as
+    "not available in this installation"."""
     from core import jobs
     monkeypatch.setitem(jobs.JOB_KINDS, "ghost",
                         jobs.JobKind("core.no_such_module:run", "ghost", "ghost"))
     job_id = start_job(workspace, "ghost", {}, spawn=False)
     assert run_job(workspace, job_id) == "failed"
-    assert "missing module core.no_such_module" in get_job(workspace, job_id)["message"]
+    message = get_job(workspace, job_id)["message"]
+    assert "not available" not in message
+    assert message == "ModuleNotFoundError: No module named 'core.no_such_module'"
+
+
+@pytest.mark.parametrize("exc, expected", [
+    (ModuleNotFoundError("No module named 'cvat_sdk'", name="cvat_sdk"),
+     "this feature is not available in this installation (the cvat_sdk package is not installed)"),
+    (ModuleNotFoundError("No module named 'onnxruntime.quantization'",
+                         name="onnxruntime.quantization"),
+     "this feature is not available in this installation (the onnxruntime package is not installed)"),
+    (ImportError("cannot import name 'Client' from 'cvat_sdk'", name="cvat_sdk"),
+     "ImportError: cannot import name 'Client' from 'cvat_sdk'"),
+    (ModuleNotFoundError("No module named 'cvat_bridge.servce'", name="cvat_bridge.servce"),
+     "ModuleNotFoundError: No module named 'cvat_bridge.servce'"),
+])
+def test_only_a_missing_optional_package_is_a_missing_feature(workspace: Workspace, monkeypatch,
+                                                              exc, expected) -> None:
+    from core import jobs
+
+    def runner(ws, params, ctx):
+        raise exc
+    monkeypatch.setattr(jobs, "_load_runner", lambda kind: runner)
+    job_id = start_job(workspace, "selftest", {}, spawn=False)
+    assert run_job(workspace, job_id) == "failed"
+    assert get_job(workspace, job_id)["message"] == expected
 
 
 def test_context_throttles_progress_but_keeps_log(workspace: Workspace) -> None:

@@ -56,7 +56,7 @@ def body() -> None:
     with ui.store() as s:
         ui.require_images(s)
         infos = labeling.batches(s)
-        default = labeling.default_batch(s)
+        default = labeling.default_batch(s, infos)
     if not infos:
         st.info("Nothing queued yet. Sample a first batch on the Overview page or rank a queue "
                 "on the Queue page.", icon=":material/info:")

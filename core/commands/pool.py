@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Callable
 
 from core.commands.project import require_workspace
+from core.jobs import job_in_this_process
 from data.errors import UserError
 from data.workspace import Workspace
 
@@ -104,8 +105,11 @@ def cmd_ingest(args: argparse.Namespace, ws: Workspace) -> int:
         print(f"created workspace at {ws.root}")
     update, close = _progress_bar("ingest", args.quiet)
     try:
-        report = ingest(ws, source, ground_truth=truth, group_keys=groups, progress=update,
-                        workers=args.workers, exclude=exclude)
+        # The same lock group as the app's ingest/demo jobs: one pool change at a time.
+        with job_in_this_process(ws, "ingest", {"path": str(source), "via": "cli"}) as job:
+            report = ingest(ws, source, ground_truth=truth, group_keys=groups, progress=update,
+                            workers=args.workers, exclude=exclude)
+            job.result = {"message": report.summary()}
     finally:
         close()
     _print_report(report)
@@ -127,7 +131,11 @@ def cmd_demo_pool(args: argparse.Namespace, ws: Workspace) -> int:
         print(f"created workspace at {ws.root}")
     update, close = _progress_bar("demo pool", args.quiet)
     try:
-        report = create_demo_pool(ws, args.n, seed=args.seed, size=args.size, progress=update)
+        with job_in_this_process(ws, "demo", {"n": args.n, "seed": args.seed, "size": args.size,
+                                              "via": "cli"}) as job:
+            report = create_demo_pool(ws, args.n, seed=args.seed, size=args.size,
+                                      progress=update)
+            job.result = {"message": report.summary()}
     finally:
         close()
     _print_report(report)
