@@ -34,6 +34,21 @@ def summary(ws: Workspace) -> CvatSummary:
                        from_environment=s.source == "environment")
 
 
+def known_secrets(ws: Workspace) -> list[str]:
+    """The CVAT password/token in effect (to scrub from job messages and logs); [] if none."""
+    try:
+        s = load_settings(Path(ws.root))
+    except Exception:  # noqa: BLE001 - unconfigured or unreadable: nothing to scrub
+        return []
+    return [v for v in (s.password, s.access_token) if v and len(v) >= 4]
+
+
+def redact(text: str, secrets: list[str]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, "[secret hidden]")
+    return text
+
+
 def save_settings(ws: Workspace, *, host: str, username: str | None = None,
                   password: str | None = None, access_token: str | None = None,
                   organization: str | None = None, project: str | None = None,

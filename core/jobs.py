@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from core.access import JOB_ACTIONS, Principal, audit, authorize, job_requester
+from core.cvat_config import known_secrets, redact
 from data.errors import UserError
 from data.store import ProjectStore
 from data.workspace import Workspace
@@ -354,9 +355,12 @@ def run_job(ws: Workspace, job_id: int) -> str:
             traceback.print_exc()
             return "failed"
         except Exception as exc:  # noqa: BLE001 - any failure ends the job with a readable reason
-            store.update_job(job_id, status="failed", message=_readable(exc))
-            _audit_outcome(store, job, "failed", {"message": _readable(exc)})
-            traceback.print_exc()
+            # A CVAT error could quote a credential; scrub before it reaches the store or log.
+            secrets = known_secrets(ws)
+            message = redact(_readable(exc), secrets)
+            store.update_job(job_id, status="failed", message=message)
+            _audit_outcome(store, job, "failed", {"message": message})
+            print(redact("".join(traceback.format_exception(exc)), secrets), file=sys.stderr)
             return "failed"
         finally:
             signal.signal(signal.SIGTERM, previous)
