@@ -235,3 +235,15 @@ def test_app_serves_non_loopback_with_accounts_and_xsrf_on(team: Workspace, caps
     assert cmd[cmd.index("--server.address") + 1] == "0.0.0.0"
     assert streamlit_command(team, port=1, address="127.0.0.1") == \
         streamlit_command(team, port=1, address="127.0.0.1")
+
+
+def test_cli_commands_that_change_the_project_are_audited(workspace: Workspace, capsys,
+                                                          monkeypatch) -> None:
+    from data.demo import create_demo_pool
+    create_demo_pool(workspace, 6, seed=0, size=32)
+    code, _, _ = cli(capsys, monkeypatch, "-w", str(workspace.root), "sample", "--n", "3")
+    assert code == 0
+    with workspace.store() as store:
+        [entry] = accounts.audit_entries(store, action="sample")
+    assert entry["user"].startswith("cli:") and entry["role"] == "maintainer"
+    assert entry["details"]["n"] == 3
