@@ -189,7 +189,9 @@ def age_text(timestamp: float, now: float | None = None) -> str:
 def start(kind: str, params: dict[str, Any] | None = None) -> int | None:
     """Start a background job; a refusal (another job of its kind running) is a warning."""
     try:
-        job_id = start_job(workspace(), kind, params or {}, principal=principal())
+        who = principal()  # None: the service decides (local maintainer only without accounts)
+        job_id = start_job(workspace(), kind, params or {},
+                           **({"principal": who} if who is not None else {}))
     except JobConflict as exc:
         st.warning(str(exc), icon=":material/hourglass:")
         return None
