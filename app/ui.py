@@ -21,6 +21,7 @@ if str(REPO_ROOT) not in sys.path:  # `streamlit run app/Home.py` puts app/ firs
 
 from data.errors import UserError  # noqa: E402
 from data.optional import missing_optional  # noqa: E402
+from core.access import LOCAL, AccessDenied, Principal  # noqa: E402
 from core.jobs import (ACTIVE, JOB_KINDS, JobConflict, cancel_job, latest_job,  # noqa: E402
                        reap_stale, start_job)
 from data.schema import SchemaError, UnknownValueError  # noqa: E402
@@ -77,6 +78,33 @@ def store() -> Iterator[ProjectStore]:
         yield s
     finally:
         s.close()
+
+
+# -- who is using the app -----------------------------------------------------------------------
+SESSION_KEY = "auth_session"
+
+
+def principal() -> Principal | None:
+    """The signed-in principal of this browser session (``None``: not signed in or expired).
+
+    Services get this and decide themselves: ``None`` is the local maintainer only while the
+    workspace has no accounts (single-user mode), and refused otherwise.
+    """
+    session = st.session_state.get(SESSION_KEY)
+    if session is None or session.expired():
+        return None
+    return session.principal
+
+
+def may(action: str) -> bool:
+    """Whether to offer a control (the service checks again; this only hides what would fail)."""
+    from core.access import allowed
+    from data.accounts import has_accounts
+    who = principal()
+    if who is None:
+        with store() as s:
+            who = None if has_accounts(s) else LOCAL
+    return allowed(who, action)
 
 
 # -- page frame and errors -----------------------------------------------------------------------
@@ -165,9 +193,14 @@ def age_text(timestamp: float, now: float | None = None) -> str:
 def start(kind: str, params: dict[str, Any] | None = None) -> int | None:
     """Start a background job; a refusal (another job of its kind running) is a warning."""
     try:
-        job_id = start_job(workspace(), kind, params or {})
+        who = principal()  # None: the service decides (local maintainer only without accounts)
+        job_id = start_job(workspace(), kind, params or {},
+                           **({"principal": who} if who is not None else {}))
     except JobConflict as exc:
         st.warning(str(exc), icon=":material/hourglass:")
+        return None
+    except AccessDenied as exc:
+        st.error(str(exc), icon=":material/lock:")
         return None
     st.toast(f"Started {JOB_KINDS[kind].title} (job #{job_id})")
     return job_id
@@ -219,7 +252,7 @@ def _draw_job(job: dict[str, Any], *, key: str) -> None:
         cols[0].progress(float(job["progress"]), text=f"{head} — {job['message']}")
         if cols[1].button("Cancel", key=f"cancel_{key}_{job['id']}", icon=":material/stop:",
                           disabled=bool(job["cancel_requested"])):
-            cancel_job(workspace(), job["id"])
+            cancel_job(workspace(), job["id"], principal=principal())
             st.rerun()
     elif status == "succeeded":
         st.success(f"{head} — {job['message']}", icon=":material/check_circle:")

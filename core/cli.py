@@ -27,6 +27,29 @@ def command_modules() -> list[str]:
     return sorted(f"{package.__name__}.{m.name}" for m in pkgutil.iter_modules(package.__path__))
 
 
+# Commands that change the project, and the action each is recorded as in the audit trail.
+AUDITED: dict[str, str] = {
+    "ingest": "ingest", "demo-pool": "ingest", "sample": "sample", "label-sim": "simulate",
+    "train": "train", "score": "rank", "rank": "rank", "export": "export",
+    "import-datumaro": "label", "cvat push": "cvat_push", "cvat pull": "cvat_pull",
+    "cvat prefill": "cvat_push", "cvat forget": "cvat_pull",
+}
+
+
+def audit_command(args: argparse.Namespace, workspace: Workspace) -> None:
+    """Record a finished project-changing command under the shell user's name."""
+    from core.access import audit, cli_principal
+
+    name = " ".join(x for x in (args.command, getattr(args, "cvat_command", None)) if x)
+    if name not in AUDITED or not workspace.exists:
+        return
+    details = {k: v for k, v in vars(args).items()
+               if k not in ("handler", "workspace", "password", "access_token")
+               and isinstance(v, (str, int, float, bool, type(None)))}
+    with workspace.store() as store:
+        audit(store, cli_principal(), AUDITED[name], {"event": "cli", "command": name, **details})
+
+
 USER_ERRORS: tuple[type[BaseException], ...] = (
     UserError, SchemaError, UnknownValueError, StoreError, FileNotFoundError, PermissionError,
     sqlite3.OperationalError,
@@ -50,7 +73,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     workspace = Workspace(args.workspace)
     try:
-        return int(args.handler(args, workspace) or 0)
+        code = int(args.handler(args, workspace) or 0)
+        if code == 0:
+            audit_command(args, workspace)
+        return code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

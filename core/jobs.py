@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
+from core.access import JOB_ACTIONS, Principal, audit, authorize, job_requester
+from core.cvat_config import known_secrets, redact
 from data.errors import UserError
 from data.optional import missing_optional
 from data.store import ProjectStore
@@ -172,12 +174,15 @@ def log_path(ws: Workspace, job_id: int) -> Path:
 
 
 def start_job(ws: Workspace, kind: str, params: Mapping[str, Any] | None = None, *,
-              spawn: bool = True) -> int:
+              spawn: bool = True, principal: Principal | None = None) -> int:
     """Record a job and start its worker process; returns the job id.
 
-    Refuses (``JobConflict``) while another job of the same lock group is active, checked and
+    Refuses (``AccessDenied``) when ``principal`` may not do what the job does (see
+    :mod:`core.access`; ``None`` is the local user only while the workspace has no accounts),
+    and (``JobConflict``) while another job of the same lock group is active, checked and
     recorded in one transaction so two tabs clicking at once cannot both start. ``spawn=False``
-    only records the job (tests run it in-process with :func:`run_job`).
+    only records the job (tests run it in-process with :func:`run_job`). Who started it goes to
+    the audit trail.
     """
     if kind not in JOB_KINDS:
         raise UserError(f"unknown job kind {kind!r}; known: {', '.join(sorted(JOB_KINDS))}")
@@ -186,6 +191,7 @@ def start_job(ws: Workspace, kind: str, params: Mapping[str, Any] | None = None,
     json.dumps(params)  # fail here, not in the worker, on unserialisable params
     ws.jobs_dir.mkdir(parents=True, exist_ok=True)
     with ws.store() as store:
+        who = authorize(store, principal, JOB_ACTIONS.get(kind, "train"))
         reap_stale(store)
         with store.transaction():
             for job in store.jobs(active_only=True):
@@ -195,6 +201,8 @@ def start_job(ws: Workspace, kind: str, params: Mapping[str, Any] | None = None,
                         f"a {other.title} job (#{job['id']}) is already {job['status']}; "
                         f"wait for it to finish or cancel it first")
             job_id = store.create_job(kind, params)
+            audit(store, who, JOB_ACTIONS.get(kind, kind),
+                  {"event": "started", "kind": kind, "params": params}, job_id=job_id)
         if not spawn:
             return job_id
         _reap_children()
@@ -219,13 +227,15 @@ def get_job(ws: Workspace, job_id: int) -> dict[str, Any]:
         return store.job(job_id)
 
 
-def cancel_job(ws: Workspace, job_id: int) -> None:
+def cancel_job(ws: Workspace, job_id: int, *, principal: Principal | None = None) -> None:
     """Ask a job to stop. A queued job that never started is cancelled at once."""
     with ws.store() as store:
         job = store.job(job_id)
         if job["status"] not in ACTIVE:
             return
+        who = authorize(store, principal, "cancel_job")
         store.request_cancel(job_id)
+        audit(store, who, "cancel_job", {"kind": job["kind"]}, job_id=job_id)
         if job["status"] == "queued" and not pid_alive(job["pid"], job.get("pid_started")):
             store.update_job(job_id, status="cancelled", message="cancelled before it started")
 
@@ -389,19 +399,35 @@ def run_job(ws: Workspace, job_id: int) -> str:
             ctx.check_cancel()
         except JobCancelled:
             store.update_job(job_id, status="cancelled", message="cancelled")
+            _audit_outcome(store, job, "cancelled", {})
             return "cancelled"
         except Exception as exc:  # noqa: BLE001 - any failure ends the job with a readable reason
             package = missing_optional(exc)  # only a missing optional package is "not available"
+            # A CVAT error could quote a credential; scrub before it reaches the store or log.
+            secrets = known_secrets(ws)
             message = (f"this feature is not available in this installation (the {package} "
-                       f"package is not installed)" if package else _readable(exc))
+                       f"package is not installed)" if package else redact(_readable(exc), secrets))
             store.update_job(job_id, status="failed", message=message)
-            traceback.print_exc()
+            _audit_outcome(store, job, "failed", {"message": message})
+            print(redact("".join(traceback.format_exception(exc)), secrets), file=sys.stderr)
             return "failed"
         finally:
             signal.signal(signal.SIGTERM, previous)
         store.update_job(job_id, status="succeeded", progress=1.0,
                          message=str(result.get("message", "done")), result=result)
+        _audit_outcome(store, job, "succeeded", {"message": str(result.get("message", "done")),
+                                                 **({"model_id": result["model_id"]}
+                                                    if "model_id" in result else {})})
         return "succeeded"
+
+
+def _audit_outcome(store: ProjectStore, job: Mapping[str, Any], status: str,
+                   details: Mapping[str, Any]) -> None:
+    """Record how a job ended, under the name of whoever started it."""
+    who = job_requester(store, job["id"])
+    if who is not None:
+        audit(store, who, JOB_ACTIONS.get(job["kind"], job["kind"]),
+              {"event": status, "kind": job["kind"], **dict(details)}, job_id=job["id"])
 
 
 # -- a job kind for tests of the machinery ------------------------------------------------------

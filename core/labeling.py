@@ -13,6 +13,7 @@ from typing import Mapping
 
 import numpy as np
 
+from core.access import Principal, audit, authorize
 from data.schema import LabelSchema
 from data.store import ImageRecord, ProjectStore
 from data.workspace import Workspace
@@ -110,14 +111,16 @@ def task_for(store: ProjectStore, image_id: int, batch_number: int) -> LabelTask
 
 
 def save_label(store: ProjectStore, schema: LabelSchema, image_id: int,
-               choices: Mapping[str, str | None], *, annotator: str,
-               round_id: int | None = None) -> int:
+               choices: Mapping[str, str | None], *, annotator: str = "",
+               round_id: int | None = None, principal: Principal | None = None) -> int:
     """Store the annotator's choices as a new label version; ``None`` means unsure (missing).
 
     Values go through the schema, so a stale page cannot store a class that no longer exists.
-    Returns the new version number.
+    Returns the new version number. With a signed-in ``principal`` the annotator is that user
+    (identity comes from the sign-in, not from a typed name); the save goes to the audit trail.
     """
-    annotator = annotator.strip()
+    who = authorize(store, principal, "label")
+    annotator = who.user if principal is not None else annotator.strip()
     if not annotator:
         raise ValueError("enter your name as annotator before saving labels")
     values = schema.normalise_label({a: v for a, v in choices.items() if v},
@@ -125,6 +128,8 @@ def save_label(store: ProjectStore, schema: LabelSchema, image_id: int,
     version = store.add_label(image_id, values, source="builtin", annotator=annotator,
                               round_id=round_id, skip_if_same=False)
     assert version is not None
+    audit(store, Principal(annotator, who.role), "label",
+          {"image_id": image_id, "version": version, "values": values, "round_id": round_id})
     return version
 
 

@@ -122,6 +122,25 @@ def next_steps(counts: dict, model: dict | None) -> None:
                 st.rerun()
 
 
+def audit_trail() -> None:
+    """Who did what, newest first, filtered by person (labels, jobs, promotions, CVAT, users)."""
+    from data.accounts import audit_entries, audit_users
+
+    with ui.store() as s:
+        people = audit_users(s)
+    if not people:
+        return
+    with st.expander("Audit trail: who did what", icon=":material/history:"):
+        person = st.selectbox("Person", ["everyone", *people], key="audit_person")
+        with ui.store() as s:
+            rows = audit_entries(s, user=None if person == "everyone" else person, limit=500)
+        st.dataframe(pd.DataFrame([
+            {"when": pd.to_datetime(r["at"], unit="s"), "who": r["user"], "role": r["role"],
+             "action": r["action"], "job": r["job_id"],
+             "details": ", ".join(f"{k}={v}" for k, v in r["details"].items() if k != "params")}
+            for r in rows]), hide_index=True, width="stretch")
+
+
 def body() -> None:
     ui.page("Overview")
     with ui.store() as s:
@@ -130,6 +149,8 @@ def body() -> None:
         onboarding()
     else:
         pool_summary()
+    with ui.guard("The audit trail"):
+        audit_trail()
 
 
 ui.run_page(body)

@@ -74,8 +74,12 @@ def body() -> None:
         "Batch", numbers, key="label_batch",
         format_func=lambda n: f"round {n} ({by_number[n].strategy or by_number[n].kind}) · "
                               f"{by_number[n].pending} to do")
+    signed_in = ui.principal()
+    if signed_in is not None:  # identity comes from the sign-in, not from a typed name
+        S.annotator = signed_in.user
     name = top[1].text_input("Annotator", value=S.annotator, placeholder="your name",
-                             help="Recorded with every label you save")
+                             help="Recorded with every label you save",
+                             disabled=signed_in is not None)
     S.annotator = name.strip()
     info = by_number[batch]
     top[2].progress(info.done / max(info.total, 1),
@@ -158,7 +162,7 @@ def actions(task: labeling.LabelTask, schema) -> None:
                       disabled=no_name, width="stretch"):
         with ui.store() as s:
             labeling.save_label(s, schema, task.image.id, S.label_choice, annotator=S.annotator,
-                                round_id=task.batch.round_id)
+                                round_id=task.batch.round_id, principal=ui.principal())
         saved = {a: v for a, v in S.label_choice.items() if v}
         S.label_history = [*S.label_history, (task.image.id, task.batch.number)]
         S.label_skip = S.label_skip - {task.image.id}

@@ -10,7 +10,7 @@ import streamlit as st
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ui  # noqa: E402
 
-from core import labeling  # noqa: E402
+from core import cvat_config, labeling  # noqa: E402
 
 S = st.session_state
 
@@ -23,20 +23,43 @@ def connection() -> bool:
     ws = ui.workspace()
     st.subheader("Connection")
     try:
-        settings = service.settings_for(ws)
+        facts = cvat_config.summary(ws)
     except SettingsError as exc:
         st.info(f"{exc}", icon=":material/cloud_off:")
         st.caption("Set the variables in the shell that starts the app, or write `cvat.json` "
                    "(mode 600) in the workspace: `{\"host\": \"https://cvat.example.org\", "
                    "\"access_token\": \"...\"}`. The manual route below works without a server.")
+        settings_form()
         return False
-    st.write(f"Configured: `{settings.host}` ({settings.auth_kind}, from {settings.source})")
+    # Host, user and whether a secret is set: never the secret, nor where it is kept.
+    st.write(f"Configured: `{facts.host}` · user `{facts.username or '(token)'}` · "
+             f"{facts.auth_kind} {'set' if facts.secret_set else 'NOT set'}")
+    settings_form()
     if st.button("Check connection", icon=":material/network_check:"):
         with st.spinner("Contacting CVAT…"):
             S.cvat_check = service.check(ws).lines()
     for line in S.get("cvat_check", []):
         (st.warning if "DIFFERS" in line or line.startswith("warning") else st.write)(line)
     return True
+
+
+def settings_form() -> None:
+    """Maintainers may point the bridge at a server; the form never shows a stored secret."""
+    if not ui.may("configure_cvat"):
+        return
+    with st.expander("Change the CVAT connection", icon=":material/settings:"):
+        with st.form("cvat_settings", clear_on_submit=True):
+            host = st.text_input("Host", placeholder="https://cvat.example.org")
+            user = st.text_input("User name (with a password)")
+            password = st.text_input("Password", type="password")
+            token = st.text_input("Access token (instead of user and password)", type="password")
+            saved = st.form_submit_button("Save to the workspace (mode 600)")
+        if saved:
+            with ui.guard("Saving the CVAT settings"):
+                cvat_config.save_settings(ui.workspace(), host=host, username=user,
+                                          password=password, access_token=token,
+                                          principal=ui.principal())
+                st.success("CVAT settings saved.")
 
 
 def push_and_pull(batches: list[labeling.BatchInfo]) -> None:

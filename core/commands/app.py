@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import subprocess
 import sys
 import time
 
 from data.errors import UserError
+from core.access import cli_principal
 from core.jobs import FINISHED, REPO_ROOT, cancel_job, run_job
+from core.users import has_accounts
 from data.workspace import ENV_WORKSPACE, Workspace
 
 APP_ENTRY = REPO_ROOT / "app" / "Home.py"
@@ -37,12 +40,29 @@ def streamlit_command(ws: Workspace, *, port: int, address: str) -> list[str]:
     return [sys.executable, "-m", "streamlit", "run", str(APP_ENTRY),
             "--server.address", address, "--server.port", str(port),
             "--server.headless", "true", "--browser.gatherUsageStats", "false",
+            # Stated, not assumed: forms that change the project need Streamlit's XSRF token.
+            "--server.enableXsrfProtection", "true", "--server.enableCORS", "true",
             "--client.toolbarMode", "minimal", "--client.showErrorDetails", "type",
             "--", "--workspace", str(ws.root)]
 
 
+def is_loopback(address: str) -> bool:
+    """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    if address.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: assume others can reach it
+
+
 def cmd_app(args: argparse.Namespace, ws: Workspace) -> int:
     ws.init()  # an empty workspace is fine: the Overview page offers a demo pool or ingestion
+    if not is_loopback(args.address) and not has_accounts(ws):
+        raise UserError(
+            f"refusing to serve on {args.address} without sign-in: add accounts first with "
+            f"`python -m core --workspace {ws.root} users add NAME --role maintainer` "
+            "(see 'Serving the app to a team' in README.md), or keep the default 127.0.0.1")
     env = dict(os.environ, **{ENV_WORKSPACE: str(ws.root)})
     print(f"workspace: {ws.root}")
     print(f"open http://{args.address}:{args.port} in a browser (Ctrl+C stops the app)")
@@ -60,7 +80,7 @@ def cmd_jobs(args: argparse.Namespace, ws: Workspace) -> int:
     if not ws.exists:
         raise UserError(f"no workspace at {ws.root}")
     if args.cancel is not None:
-        cancel_job(ws, args.cancel)
+        cancel_job(ws, args.cancel, principal=cli_principal())
         print(f"cancel requested for job {args.cancel}")
         return 0
     from core.jobs import reap_stale
