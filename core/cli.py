@@ -14,6 +14,7 @@ import sqlite3
 import sys
 from typing import Sequence
 
+from core.access import audit, cli_principal
 from data.errors import UserError
 from data.schema import SchemaError, UnknownValueError
 from data.store import StoreError
@@ -38,8 +39,6 @@ AUDITED: dict[str, str] = {
 
 def audit_command(args: argparse.Namespace, workspace: Workspace) -> None:
     """Record a finished project-changing command under the shell user's name."""
-    from core.access import audit, cli_principal
-
     name = " ".join(x for x in (args.command, getattr(args, "cvat_command", None)) if x)
     if name not in AUDITED or not workspace.exists:
         return

@@ -34,7 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
-from core.access import JOB_ACTIONS, Principal, audit, authorize, job_requester
+from core.access import (JOB_ACTIONS, Principal, audit, authorize, cli_principal,
+                         job_requester)
 from core.cvat_config import known_secrets, redact
 from data.errors import UserError
 from data.optional import missing_optional
@@ -254,8 +255,8 @@ def wait_job(ws: Workspace, job_id: int, *, timeout: float = 600.0,
 
 
 @contextmanager
-def job_in_this_process(ws: Workspace, kind: str,
-                        params: Mapping[str, Any] | None = None) -> Iterator["JobContext"]:
+def job_in_this_process(ws: Workspace, kind: str, params: Mapping[str, Any] | None = None,
+                        principal: Principal | None = None) -> Iterator["JobContext"]:
     """Run the block as a recorded job of ``kind`` in *this* process, holding its lock group.
 
     Raises :class:`JobConflict` (before the block runs) while another job of the group is
@@ -263,7 +264,8 @@ def job_in_this_process(ws: Workspace, kind: str,
     start time), so the app shows it and :func:`reap_stale` frees the lock if the process dies.
     The block may fill ``ctx.result``; it is recorded when the block ends.
     """
-    job_id = start_job(ws, kind, params, spawn=False)
+    # Only the command line runs jobs in its own process: it acts as the shell user.
+    job_id = start_job(ws, kind, params, spawn=False, principal=principal or cli_principal())
     with ws.store() as store:
         pid = os.getpid()
         store.update_job(job_id, status="running", pid=pid, pid_started=process_start_time(pid),
