@@ -9,18 +9,34 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from typing import Any
+from typing import Any, Mapping
 
 from data.errors import UserError
 from core.jobs import JobCancelled, JobContext
 from data.workspace import Workspace
 
 
+ENV_JOB_THREADS = "CARGROUP_JOB_THREADS"
+
+
+def job_threads(environ: Mapping[str, str] = os.environ, cpus: int | None = None) -> int:
+    """Torch threads for a background job: ``$CARGROUP_JOB_THREADS``, else every core but one.
+
+    Why one core fewer: the dashboard (Streamlit) keeps answering clicks while a job trains or
+    scores; a job on every core makes each page load wait behind it. On a one-core machine the
+    job still gets that core.
+    """
+    if environ.get(ENV_JOB_THREADS):
+        return max(1, int(environ[ENV_JOB_THREADS]))
+    cpus = os.cpu_count() if cpus is None else cpus
+    return max(1, (cpus or 1) - 1)
+
+
 def _threads() -> None:
-    """Keep a background job from taking every core away from the dashboard."""
+    """Pin torch to :func:`job_threads` so a job leaves a core to the dashboard."""
     try:
         import torch
-        torch.set_num_threads(max(1, int(os.environ.get("CARGROUP_JOB_THREADS", os.cpu_count() or 1))))
+        torch.set_num_threads(job_threads())
     except ImportError:
         pass
 
