@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 from data.errors import UserError
 from core.jobs import JobCancelled, JobContext
+from data.evalset import DEFAULT_PER_CLASS
 from data.workspace import Workspace
 
 
@@ -71,26 +72,40 @@ def run_demo(ws: Workspace, params: dict, ctx: JobContext) -> dict[str, Any]:
                               progress=ctx.stage(0.0, 0.95 if sample_n else 1.0, "generating"))
     out = {"demo": _plain(result), "summary": result.summary()}
     if sample_n:
-        out["sample"] = _sample(ws, sample_n, int(params.get("seed", 0)))
+        out["sample"] = _sample(ws, sample_n, int(params.get("seed", 0)),
+                                int(params.get("eval_per_class", DEFAULT_PER_CLASS)))
     out["message"] = f"demo pool of {n} images ready" + (
-        f"; first batch of {out['sample']['size']} images queued" if sample_n else "")
+        _eval_text(out["sample"]) + f"; first batch of {out['sample']['size']} images queued"
+        if sample_n else "")
     return out
 
 
-def _sample(ws: Workspace, n: int, seed: int) -> dict[str, Any]:
-    from data.sampling import SamplingError, sample_first_batch
+def _sample(ws: Workspace, n: int, seed: int, eval_per_class: int) -> dict[str, Any]:
+    """The evaluation set (when the project has none), then the random first batch."""
+    from core.evalset import start_labelling
+    from data.evalset import EvalSetError
+    from data.sampling import SamplingError
 
     with ws.store() as store:
         try:
-            number, ids = sample_first_batch(store, n, seed=seed)
-        except SamplingError as exc:
+            result = start_labelling(store, ws.schema, n, eval_per_class=eval_per_class, seed=seed)
+        except (SamplingError, EvalSetError) as exc:
             raise UserError(str(exc)) from exc
-    return {"round": number, "size": len(ids)}
+    draw = result.eval_draw
+    return {"round": result.seed_round, "size": len(result.seed_ids),
+            "eval_round": None if draw is None else draw.round_number,
+            "eval_size": 0 if draw is None else len(draw.queued)}
+
+
+def _eval_text(sample: dict[str, Any]) -> str:
+    return (f"; evaluation set of {sample['eval_size']} images queued first (round "
+            f"{sample['eval_round']})" if sample.get("eval_size") else "")
 
 
 def run_sample(ws: Workspace, params: dict, ctx: JobContext) -> dict[str, Any]:
-    out = _sample(ws, int(params.get("n", 100)), int(params.get("seed", 0)))
-    out["message"] = f"round {out['round']}: {out['size']} images to label"
+    out = _sample(ws, int(params.get("n", 100)), int(params.get("seed", 0)),
+                  int(params.get("eval_per_class", DEFAULT_PER_CLASS)))
+    out["message"] = f"round {out['round']}: {out['size']} images to label" + _eval_text(out)
     return out
 
 

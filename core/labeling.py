@@ -13,6 +13,7 @@ from typing import Mapping
 
 import numpy as np
 
+from data.evalset import EVAL_ROUND_KIND
 from data.schema import LabelSchema
 from data.store import ImageRecord, ProjectStore
 from data.workspace import Workspace
@@ -69,8 +70,13 @@ def batches(store: ProjectStore) -> list[BatchInfo]:
 
 
 def default_batch(store: ProjectStore) -> BatchInfo | None:
-    """The newest batch that still has unlabelled images (else the newest batch, else None)."""
+    """The batch to label now: an evaluation batch with unlabelled images first (the evaluation
+    set is labelled before any training batch), else the newest batch that still has unlabelled
+    images, else the newest batch, else None."""
     infos = batches(store)
+    for info in infos:
+        if info.kind == EVAL_ROUND_KIND and info.pending:
+            return info
     for info in reversed(infos):
         if info.pending:
             return info
