@@ -53,6 +53,13 @@ class LabelTask:
         return {a for a in self.suggestion if a not in self.current}
 
 
+def batch_title(info: BatchInfo) -> str:
+    """How the Label page names a batch: "evaluation set", the strategy, or the kind."""
+    if info.kind == EVAL_ROUND_KIND:
+        return "evaluation set"
+    return info.strategy or info.kind
+
+
 def _visited(store: ProjectStore) -> set[int]:
     return set(store.current_labels(include_empty=True))
 
