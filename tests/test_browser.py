@@ -82,6 +82,8 @@ class AppServer:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=15)
         self.log.close()
+        # pytest shows captured output only for a failed test: the app's side of the story
+        print(f"--- app log ({self.log_file}) ---\n" + self.log_file.read_text(errors="replace")[-3000:])
 
 
 STATES = ("round0", "labelled", "trained", "queued")
@@ -204,8 +206,10 @@ def settle(page) -> None:
 
 
 def open_page(page, url: str, path: str, marker: str) -> None:
+    """Open a page and wait for ``marker``. Each test runs a fresh app, so this is usually its
+    first script run (imports torch, plotly, ...): allow it longer than later clicks."""
     page.goto(f"{url}/{path}")
-    page.get_by_text(marker, exact=False).first.wait_for()
+    page.get_by_text(marker, exact=False).first.wait_for(timeout=90_000)
     settle(page)
 
 
