@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from data.evalset import fingerprint
 from data.schema import LabelSchema
 from data.store import SPLITS, ProjectStore
 from data.workspace import Workspace
@@ -82,23 +83,43 @@ def n_train_labels(model: Mapping[str, Any]) -> int | None:
     return None
 
 
-def learning_curve(store: ProjectStore) -> list[dict[str, Any]]:
+def current_eval_fingerprint(store: ProjectStore) -> str | None:
+    """Fingerprint of the evaluation set's labelled members (None: the project has no set)."""
+    members = store.eval_set_ids()
+    if not members:
+        return None
+    labelled = store.labelled_ids()
+    return fingerprint([i for i in members if i in labelled])
+
+
+def learning_curve(store: ProjectStore, *, same_set_only: bool = False) -> list[dict[str, Any]]:
     """One row per (model, head): round, number of training labels, test accuracy.
 
     Models whose metrics carry no test accuracy (not evaluated) are left out; the x axis falls
-    back to the model's order when the label count is not recorded.
+    back to the model's order when the label count is not recorded. ``evaluated_on`` is the
+    fingerprint of the images a model was evaluated on, and ``same_set`` says whether that is
+    the project's evaluation set as it stands (always true for a project without one). With
+    ``same_set_only`` the other rows are left out, so every point is measured on one set.
     """
     rounds = {r["id"]: r["number"] for r in store.rounds()}
+    current_fp = current_eval_fingerprint(store)
     rows = []
     for n, model in enumerate(store.models(), start=1):
         if model["status"] == "failed":
             continue
         acc = head_accuracies(model["metrics"])
         labels = n_train_labels(model)
+        test = model["metrics"].get("test")
+        evaluated_on = ((test.get("eval_set") or {}).get("fingerprint")
+                        if isinstance(test, Mapping) else None)
+        same = current_fp is None or evaluated_on == current_fp
+        if same_set_only and not same:
+            continue
         for attr, value in acc.items():
             rows.append({"model": model["id"], "round": rounds.get(model["round_id"]),
                          "labels": labels if labels is not None else n, "head": attr,
-                         "accuracy": value, "current": bool(model["is_current"])})
+                         "accuracy": value, "current": bool(model["is_current"]),
+                         "evaluated_on": evaluated_on, "same_set": same})
     return rows
 
 

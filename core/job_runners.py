@@ -9,23 +9,40 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from typing import Any
+from typing import Any, Mapping
 
 from data.errors import UserError
 from data.optional import missing_optional
 from core.jobs import JobCancelled, JobConflict, JobContext, job_in_this_process
+from data.evalset import DEFAULT_PER_CLASS
 from data.workspace import Workspace
 
 
+ENV_JOB_THREADS = "CARGROUP_JOB_THREADS"
+
+
+def job_threads(environ: Mapping[str, str] = os.environ, cpus: int | None = None) -> int:
+    """Torch threads for a background job: ``$CARGROUP_JOB_THREADS``, else every core but one.
+
+    Why one core fewer: the dashboard (Streamlit) keeps answering clicks while a job trains or
+    scores; a job on every core makes each page load wait behind it. On a one-core machine the
+    job still gets that core.
+    """
+    if environ.get(ENV_JOB_THREADS):
+        return max(1, int(environ[ENV_JOB_THREADS]))
+    cpus = os.cpu_count() if cpus is None else cpus
+    return max(1, (cpus or 1) - 1)
+
+
 def _threads() -> None:
-    """Keep a background job from taking every core away from the dashboard."""
+    """Pin torch to :func:`job_threads` so a job leaves a core to the dashboard."""
     try:
         import torch
     except ModuleNotFoundError as exc:
         if missing_optional(exc, "torch") is None:
             raise
         return
-    torch.set_num_threads(max(1, int(os.environ.get("CARGROUP_JOB_THREADS", os.cpu_count() or 1))))
+    torch.set_num_threads(job_threads())
 
 
 def _plain(value: Any) -> Any:
@@ -58,26 +75,40 @@ def run_demo(ws: Workspace, params: dict, ctx: JobContext) -> dict[str, Any]:
                               progress=ctx.stage(0.0, 0.95 if sample_n else 1.0, "generating"))
     out = {"demo": _plain(result), "summary": result.summary()}
     if sample_n:
-        out["sample"] = _sample(ws, sample_n, int(params.get("seed", 0)))
+        out["sample"] = _sample(ws, sample_n, int(params.get("seed", 0)),
+                                int(params.get("eval_per_class", DEFAULT_PER_CLASS)))
     out["message"] = f"demo pool of {n} images ready" + (
-        f"; first batch of {out['sample']['size']} images queued" if sample_n else "")
+        _eval_text(out["sample"]) + f"; first batch of {out['sample']['size']} images queued"
+        if sample_n else "")
     return out
 
 
-def _sample(ws: Workspace, n: int, seed: int) -> dict[str, Any]:
-    from data.sampling import SamplingError, sample_first_batch
+def _sample(ws: Workspace, n: int, seed: int, eval_per_class: int) -> dict[str, Any]:
+    """The evaluation set (when the project has none), then the random first batch."""
+    from core.evalset import start_labelling
+    from data.evalset import EvalSetError
+    from data.sampling import SamplingError
 
     with ws.store() as store:
         try:
-            number, ids = sample_first_batch(store, n, seed=seed)
-        except SamplingError as exc:
+            result = start_labelling(store, ws.schema, n, eval_per_class=eval_per_class, seed=seed)
+        except (SamplingError, EvalSetError) as exc:
             raise UserError(str(exc)) from exc
-    return {"round": number, "size": len(ids)}
+    draw = result.eval_draw
+    return {"round": result.seed_round, "size": len(result.seed_ids),
+            "eval_round": None if draw is None else draw.round_number,
+            "eval_size": 0 if draw is None else len(draw.queued)}
+
+
+def _eval_text(sample: dict[str, Any]) -> str:
+    return (f"; evaluation set of {sample['eval_size']} images queued first (round "
+            f"{sample['eval_round']})" if sample.get("eval_size") else "")
 
 
 def run_sample(ws: Workspace, params: dict, ctx: JobContext) -> dict[str, Any]:
-    out = _sample(ws, int(params.get("n", 100)), int(params.get("seed", 0)))
-    out["message"] = f"round {out['round']}: {out['size']} images to label"
+    out = _sample(ws, int(params.get("n", 100)), int(params.get("seed", 0)),
+                  int(params.get("eval_per_class", DEFAULT_PER_CLASS)))
+    out["message"] = f"round {out['round']}: {out['size']} images to label" + _eval_text(out)
     return out
 
 

@@ -14,6 +14,7 @@ from typing import Mapping
 import numpy as np
 
 from core.access import Principal, audit, authorize
+from data.evalset import EVAL_ROUND_KIND
 from data.schema import LabelSchema
 from data.store import ImageRecord, ProjectStore
 from data.workspace import Workspace
@@ -59,6 +60,13 @@ def _info(row: Mapping[str, object]) -> BatchInfo:
                      done=int(row["done"]))  # type: ignore[arg-type]
 
 
+def batch_title(info: BatchInfo) -> str:
+    """How the Label page names a batch: "evaluation set", the strategy, or the kind."""
+    if info.kind == EVAL_ROUND_KIND:
+        return "evaluation set"
+    return info.strategy or info.kind
+
+
 def batches(store: ProjectStore) -> list[BatchInfo]:
     """Every round with its size and how many of its images have a saved label.
 
@@ -76,8 +84,13 @@ def batch_info(store: ProjectStore, batch_number: int) -> BatchInfo:
 
 
 def default_batch(store: ProjectStore, infos: list[BatchInfo] | None = None) -> BatchInfo | None:
-    """The newest batch that still has unlabelled images (else the newest batch, else None)."""
+    """The batch to label now: an evaluation batch with unlabelled images first (the evaluation
+    set is labelled before any training batch), else the newest batch that still has unlabelled
+    images, else the newest batch, else None."""
     infos = batches(store) if infos is None else infos
+    for info in infos:
+        if info.kind == EVAL_ROUND_KIND and info.pending:
+            return info
     for info in reversed(infos):
         if info.pending:
             return info

@@ -84,9 +84,12 @@ class QueueResult:
 
 
 def candidate_ids(ws: Workspace) -> list[int]:
-    """Unlabelled, not yet queued images outside the validation and test splits."""
+    """Unlabelled, not yet queued images outside the validation and test splits and the
+    evaluation set."""
     with ws.store() as store:
-        return store.unlabelled_ids(exclude_splits=EXCLUDED_SPLITS, exclude_queued=True)
+        evaluation = set(store.eval_set_ids())   # test-split already; kept out explicitly too
+        return [i for i in store.unlabelled_ids(exclude_splits=EXCLUDED_SPLITS, exclude_queued=True)
+                if i not in evaluation]
 
 
 def covered_ids(ws: Workspace) -> list[int]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Collection, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -61,13 +61,18 @@ class SplitData:
         return len(self.image_ids)
 
 
-def load_split(store: ProjectStore, cache: ImageCache, split: str) -> SplitData:
+def load_split(store: ProjectStore, cache: ImageCache, split: str, *,
+               only: Collection[int] | None = None) -> SplitData:
     """Labelled images of ``split`` (current label versions) with their cached pixels.
 
-    Images without a cache row (ingestion crashed between the two writes) are skipped with a
-    warning rather than failing the whole training run.
+    ``only`` keeps just those image ids (the evaluation set within the test split). Images
+    without a cache row (ingestion crashed between the two writes) are skipped with a warning
+    rather than failing the whole training run.
     """
     labels = store.current_labels(split=split)
+    if only is not None:
+        keep = set(only)
+        labels = {i: v for i, v in labels.items() if i in keep}
     records = store.images(sorted(labels)) if labels else []
     usable = [r for r in records if r.cache_row is not None]
     if len(usable) < len(records):

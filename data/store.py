@@ -19,6 +19,8 @@ Tables (see ``MIGRATIONS``):
   ``labels.is_current`` (also kept by a trigger) marks each image's current version, so
   "current labels" is an index scan instead of a MAX() per label.
 - ``cvat_tasks`` + ``cvat_task_items``: which images went to which CVAT task.
+- ``eval_set``: the evaluation set, test-split images in draw (= labelling) order. A member is
+  never removed once labelled, so every model is measured on the same images.
 """
 from __future__ import annotations
 
@@ -193,6 +195,14 @@ MIGRATIONS: list[str] = [
         INSERT INTO image_counts(split, n) VALUES (NEW.split, 1)
             ON CONFLICT(split) DO UPDATE SET n = n + 1;
     END;
+    """,
+    # 3: the evaluation set (explicit membership; see data/evalset.py)
+    """
+    CREATE TABLE IF NOT EXISTS eval_set (
+        image_id INTEGER PRIMARY KEY REFERENCES images(id) ON DELETE CASCADE,
+        position INTEGER NOT NULL UNIQUE,
+        added_at REAL NOT NULL
+    );
     """,
 ]
 
@@ -629,6 +639,39 @@ class ProjectStore:
             sql += f" WHERE split NOT IN ({','.join('?' * len(skip))})"
         ids = [int(r[0]) for r in self.conn.execute(sql + " ORDER BY id", skip)]
         return [i for i in ids if i not in labelled and i not in queued]
+
+    # -- evaluation set -------------------------------------------------------------------
+    def eval_set_ids(self) -> list[int]:
+        """Members of the evaluation set in draw order (empty: the project has none yet)."""
+        return [int(r[0]) for r in self.conn.execute(
+            "SELECT image_id FROM eval_set ORDER BY position")]
+
+    def add_to_eval_set(self, image_ids: Sequence[int]) -> list[int]:
+        """Append test-split images to the evaluation set; returns the ones newly added.
+
+        Only test-split images qualify: the split is fixed per group (video block), so an
+        evaluation image never shares a group with a training image, and training, the queue
+        and pool scoring already leave the test split alone.
+        """
+        added: list[int] = []
+        with self.transaction():
+            members = set(self.eval_set_ids())
+            position = int(self.conn.execute(
+                "SELECT COALESCE(MAX(position), -1) + 1 FROM eval_set").fetchone()[0])
+            for image_id in image_ids:
+                image_id = int(image_id)
+                if image_id in members:
+                    continue
+                split = self.image(image_id).split
+                if split != "test":
+                    raise StoreError(f"image {image_id} is in the {split} split; only test-split "
+                                     "images can join the evaluation set")
+                self.conn.execute("INSERT INTO eval_set(image_id, position, added_at) "
+                                  "VALUES (?,?,?)", (image_id, position, _now()))
+                members.add(image_id)
+                added.append(image_id)
+                position += 1
+        return added
 
     # -- models ---------------------------------------------------------------------------
     def add_model(self, path: str, *, round_id: int | None = None, parent_id: int | None = None,

@@ -23,6 +23,7 @@ from data.errors import UserError
 from data.workspace import Workspace
 from data.cache import ImageCache
 from data.dataset import encode_targets, load_split
+from data.evalset import fingerprint
 from data.preprocess import normalise_batch
 from models.checkpoint import load_model, schema_from_meta
 from models.network import MultiHeadResNet
@@ -130,6 +131,7 @@ def metrics_summary(report: Mapping[str, Any]) -> dict[str, Any]:
         "n": {a: h["n"] for a, h in heads.items()},
         "n_images": report["n_images"],
         "evaluated_at": report["evaluated_at"],
+        "eval_set": report.get("eval_set"),
     }
 
 
@@ -146,9 +148,13 @@ def evaluate(ws: Workspace, model_id: int | None = None, split: str = "test", *,
     schema = schema_from_meta(meta)
     cache = ImageCache(ws.cache_dir, ws.config.cache_size)
     with ws.store() as store:
-        data = load_split(store, cache, split)
+        # On the test split, a project with an evaluation set is measured on its members only,
+        # so every model (every learning-curve point) sees the same images.
+        members = store.eval_set_ids() if split == "test" else []
+        data = load_split(store, cache, split, only=members or None)
     if len(data) == 0:
-        raise UserError(f"no labelled {split} images to evaluate on")
+        where = "evaluation-set" if members else split
+        raise UserError(f"no labelled {where} images to evaluate on")
     started = time.perf_counter()
     preds = predict_arrays(model, data.images, int(meta["image_size"]), batch_size)
     targets = encode_targets(data.labels, schema)
@@ -166,6 +172,8 @@ def evaluate(ws: Workspace, model_id: int | None = None, split: str = "test", *,
         "evaluated_at": time.time(),
         "seconds": round(time.perf_counter() - started, 3),
         "heads": heads,
+        "eval_set": {"members": len(members), "images": len(data),
+                     "fingerprint": fingerprint(data.image_ids)} if members else None,
     }
     if save:
         _write_json(Path(meta["model_dir"]) / f"metrics_{split}.json", report)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -352,3 +353,27 @@ def find_export(ws: Workspace, model_id: int, prefer_int8: bool = True) -> Path 
         if (folder / name).is_file():
             return folder / name
     return None
+
+
+def copy_artifacts(paths: Sequence[str | Path], out_dir: str | Path) -> list[Path]:
+    """Copy exported files into ``out_dir`` (created if needed); returns the copies' paths.
+
+    Why copies: the published files stay in ``exports/model_<id>/`` where pool scoring and the
+    app find them, while ``--out`` hands the user one folder holding everything a run made. Each
+    copy lands under a temporary name first and is renamed, so a reader never sees half a file.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out} is a file; give a folder (or a .zip path for the bundle)")
+    out.mkdir(parents=True, exist_ok=True)
+    copies = []
+    for src in map(Path, paths):
+        dst = out / src.name
+        if dst.resolve() == src.resolve():
+            copies.append(dst)
+            continue
+        tmp = out / f".{src.name}.partial"
+        shutil.copy2(src, tmp)
+        os.replace(tmp, dst)
+        copies.append(dst)
+    return copies

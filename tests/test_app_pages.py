@@ -83,6 +83,7 @@ def test_overview_create_demo_pool_starts_a_background_job(empty: Workspace, mon
     next(b for b in at.button if b.label == "Create demo pool").click().run()
     assert started and started[0][0] == "demo"
     assert started[0][1]["n"] == 600 and started[0][1]["sample"] == 100
+    assert started[0][1]["eval_per_class"] == 30     # the evaluation set comes with the demo
 
 
 def test_label_page_saves_choices_unsure_and_annotator(trained: Workspace, monkeypatch, tmp_path) -> None:
@@ -317,3 +318,40 @@ def test_uploads_stay_inside_the_workspace(empty: Workspace, monkeypatch) -> Non
     monkeypatch.setenv(ENV_WORKSPACE, str(empty.root))
     path = ui.save_upload(Upload())
     assert path == empty.pools_dir / "uploads" / "evil.zip" and path.read_bytes() == b"PK"
+
+
+def test_overview_draws_the_evaluation_set_and_warns_when_small(tmp_path: Path, monkeypatch) -> None:
+    """Issue 11, defect 8: the size control, labelled/total per head and the small-set warning."""
+    from app_fixtures import build_pool
+
+    ws = build_pool(tmp_path / "ws")                       # no evaluation set yet
+    at = run_page(ws, monkeypatch, "0_Overview.py")
+    assert_clean(at)
+    assert any("no evaluation set yet" in w.value for w in at.warning)
+    at.number_input(key="eval_per_class_overview").set_value(1).run()
+    next(b for b in at.button if b.label == "Draw evaluation set").click().run()
+    assert_clean(at)
+    with ws.store() as s:
+        members = s.eval_set_ids()
+        splits = {r.split for r in s.images(members)}
+        labelled = sum(1 for i in members if i in s.labelled_ids())
+    assert members and splits == {"test"}
+    at = run_page(ws, monkeypatch, "0_Overview.py")
+    assert_clean(at)
+    assert any(f"**{labelled} of {len(members)}**" in m.value for m in at.markdown)
+    assert any("too few to decide anything" in w.value for w in at.warning)
+    assert any(b.label == "Grow evaluation set" for b in at.button)
+
+
+def test_label_page_serves_the_evaluation_set_first(tmp_path: Path, monkeypatch) -> None:
+    from app_fixtures import build_pool
+    from data.evalset import draw_eval_set
+
+    ws = build_pool(tmp_path / "ws")
+    with ws.store() as s:
+        draw = draw_eval_set(s, ws.schema, 1)
+        s.create_round(s.unlabelled_ids(exclude_queued=True)[:3], kind="al", strategy="entropy")
+    at = run_page(ws, monkeypatch, "1_Label.py")
+    assert_clean(at)
+    assert at.selectbox[0].value == draw.round_number      # not the newer training batch
+    assert at.session_state["label_image"] in draw.queued

@@ -6,10 +6,16 @@ package, and saves a screenshot of every page as a test artifact in ``test-artif
 (or ``$CARGROUP_SCREENSHOTS``; run with ``CARGROUP_SCREENSHOTS=docs/screenshots`` to refresh the
 pictures the README shows, so an ordinary test run never rewrites tracked files).
 Skips with a reason where Chromium or playwright is missing.
+
+Every test stands alone: it starts its own app on its own copy of a workspace in the state it
+needs (empty, evaluation set + first batch queued, labelled, trained, queue ranked). The states are
+built once through the core API, not through the browser, so any single test, or any order of
+tests, runs the same.
 """
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,7 +23,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 
@@ -41,57 +47,143 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class AppServer:
+    """The app on one workspace, started exactly as a user does, on a free local port."""
+
+    def __init__(self, ws: Workspace) -> None:
+        self.ws = ws
+        self.url = f"http://127.0.0.1:{free_port()}"
+        env = dict(os.environ, OMP_NUM_THREADS="1", CARGROUP_JOB_THREADS="1")
+        self.log_file = ws.root.parent / "app.log"
+        self.log = open(self.log_file, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "core", "--workspace", str(ws.root), "app", "--port",
+             self.url.rsplit(":", 1)[1]], cwd=REPO, env=env, stdout=self.log,
+            stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait_ready(self, timeout_s: float = 90) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail("the app did not start:\n" + self.log_file.read_text()[-3000:])
+            time.sleep(0.3)
+
+    def stop(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=15)
+        self.log.close()
+        # pytest shows captured output only for a failed test: the app's side of the story
+        print(f"--- app log ({self.log_file}) ---\n" + self.log_file.read_text(errors="replace")[-3000:])
+
+
+STATES = ("round0", "labelled", "trained", "queued")
+
+
+class Templates:
+    """Workspaces in each state a test starts from, built once through the core API (not the
+    browser) and copied for every test, so each test stands alone and runs in any order."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def get(self, state: str) -> Path:
+        root = self.folder / state
+        if root.exists():
+            return root
+        if state == "round0":          # demo pool; evaluation set (round 0) + seed batch (round 1)
+            from core.evalset import start_labelling
+            from data.demo import create_demo_pool
+            from data.workspace import WorkspaceConfig
+
+            ws = Workspace(root).init(WorkspaceConfig(cache_size=32))
+            create_demo_pool(ws, 60, seed=0, size=32)
+            with ws.store() as store:
+                start_labelling(store, ws.schema, 30, seed=0)
+            return root
+        previous = self.get(STATES[STATES.index(state) - 1])
+        shutil.copytree(previous, root)
+        ws = Workspace(root)
+        if state == "labelled":
+            from core.loop import simulate_pending
+            simulate_pending(ws)
+        elif state == "trained":
+            import torch
+
+            from models.evaluate import evaluate
+            from models.train import TrainConfig, train
+            old = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                result = train(ws, TrainConfig(epochs=2, batch_size=16, image_size=32,
+                                               pretrained=False, num_threads=1))
+                evaluate(ws, result.model_id)
+            finally:
+                torch.set_num_threads(old)
+        elif state == "queued":
+            from core.queue import build_queue
+            build_queue(ws, "entropy", 12)
+        return root
+
+
 @pytest.fixture(scope="module")
-def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Workspace]]:
+def templates(tmp_path_factory: pytest.TempPathFactory) -> Templates:
+    return Templates(tmp_path_factory.mktemp("templates"))
+
+
+@pytest.fixture
+def launch(templates: Templates, tmp_path: Path, browser) -> Iterator[Callable[[str], tuple[str, Workspace]]]:
+    """``launch(state)`` copies that state's workspace for this test alone and serves it."""
+    servers: list[AppServer] = []
+
+    def start(state: str) -> tuple[str, Workspace]:
+        root = tmp_path / "ws"
+        if state != "empty":           # "empty": no workspace at all; the app creates it
+            shutil.copytree(templates.get(state), root)
+        server = AppServer(Workspace(root))
+        servers.append(server)
+        server.wait_ready()
+        return server.url, server.ws
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
     if not Path(CHROMIUM).exists():
         pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
     pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
-    ws = Workspace(tmp_path_factory.mktemp("browser") / "ws")  # empty: the app creates it
-    port = free_port()
-    env = dict(os.environ, OMP_NUM_THREADS="1", CARGROUP_JOB_THREADS="1")
-    log_file = ws.root.parent / "app.log"
-    log = open(log_file, "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "core", "--workspace", str(ws.root), "app",
-                             "--port", str(port)], cwd=REPO, env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("the app did not start:\n" + log_file.read_text()[-3000:])
-            time.sleep(0.3)
-        yield url, ws
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
-
-
-@pytest.fixture(scope="module")
-def page(app):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        context = browser.new_context(viewport={"width": 1280, "height": 900})
-        pg = context.new_page()
-        pg.set_default_timeout(30_000)
-        yield pg
-        browser.close()
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh browser context (no cookies, no session state) for every test."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    pg = context.new_page()
+    pg.set_default_timeout(30_000)
+    yield pg
+    context.close()
 
 
 def shoot(page, name: str) -> Path:
-    """Save a small PNG (256-colour palette) of the visible page."""
+    """Save a small PNG (128-colour palette) of the visible page, and check it is one."""
     from io import BytesIO
 
     from PIL import Image
@@ -101,6 +193,8 @@ def shoot(page, name: str) -> Path:
     image = Image.open(BytesIO(page.screenshot()))
     out = SHOTS / f"{name}.png"
     image.convert("RGB").quantize(colors=128).save(out, optimize=True)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert out.stat().st_size < 400_000, out
     return out
 
 
@@ -112,8 +206,10 @@ def settle(page) -> None:
 
 
 def open_page(page, url: str, path: str, marker: str) -> None:
+    """Open a page and wait for ``marker``. Each test runs a fresh app, so this is usually its
+    first script run (imports torch, plotly, ...): allow it longer than later clicks."""
     page.goto(f"{url}/{path}")
-    page.get_by_text(marker, exact=False).first.wait_for()
+    page.get_by_text(marker, exact=False).first.wait_for(timeout=90_000)
     settle(page)
 
 
@@ -130,8 +226,13 @@ def set_number(page, label: str, value: int) -> None:
     settle(page)
 
 
-def test_empty_workspace_offers_demo_pool_and_creates_it(app, page) -> None:
-    url, ws = app
+def _round_sizes(ws: Workspace) -> dict[int, int]:
+    with ws.store() as store:
+        return {r["number"]: r["size"] for r in store.rounds()}
+
+
+def test_empty_workspace_offers_demo_pool_and_creates_it(launch, page) -> None:
+    url, ws = launch("empty")
     open_page(page, url, "", "Create demo pool")
     assert page.get_by_text("Ingest a folder or upload an archive").first.is_visible()
     shoot(page, "onboarding")
@@ -139,11 +240,14 @@ def test_empty_workspace_offers_demo_pool_and_creates_it(app, page) -> None:
     set_number(page, "First batch to label", 30)
     click_and_wait(page, "Create demo pool", "first batch of 30 images queued")
     with ws.store() as store:
-        assert store.count_images() == 60 and len(store.round_items(0)) == 30
+        members = store.eval_set_ids()
+        assert store.count_images() == 60 and len(store.round_items(1)) == 30
+        assert store.round(0)["kind"] == "eval" and len(store.round_items(0)) == len(members) > 0
 
 
-def test_label_with_the_keyboard(app, page) -> None:
-    url, ws = app
+def test_label_with_the_keyboard(launch, page) -> None:
+    url, ws = launch("round0")
+    n_eval = _round_sizes(ws)[0]
     open_page(page, url, "Label", "Save & next")
     page.get_by_label("Annotator", exact=True).fill("kim")
     page.get_by_label("Annotator", exact=True).press("Tab")
@@ -159,31 +263,44 @@ def test_label_with_the_keyboard(app, page) -> None:
         with ws.store() as store:
             labels = store.current_labels()
             if labels:
-                label = store.current_label(next(iter(labels)))
+                [image_id] = labels
+                label = store.current_label(image_id)
+                members = set(store.eval_set_ids())
                 break
         assert time.monotonic() < deadline, "no label saved from the keyboard"
         time.sleep(0.3)
     assert label.values == {"color": "yellow", "type": "sedan", "orientation": "front-right"}
     assert label.source == "builtin" and label.annotator == "kim"
-    page.get_by_text("1 of 30 images in round 0 labelled").first.wait_for()
+    assert image_id in members           # the evaluation set is served first
+    page.get_by_text(f"1 of {n_eval} images in round 0 labelled").first.wait_for()
 
 
-def test_simulated_annotator_labels_the_rest(app, page) -> None:
-    url, ws = app
+def test_simulated_annotator_labels_the_open_batches(launch, page) -> None:
+    url, ws = launch("round0")
+    sizes = _round_sizes(ws)
     open_page(page, url, "", "Simulated annotator")
-    click_and_wait(page, "Simulated annotator", "simulated annotator labelled 29")
+    click_and_wait(page, "Simulated annotator", f"simulated annotator labelled {sizes[0] + sizes[1]}")
     with ws.store() as store:
-        assert len(store.current_labels()) == 30
+        assert len(store.current_labels()) == sizes[0] + sizes[1]
 
 
-def test_balance(app, page) -> None:
-    url, _ = app
+def test_overview_shows_the_evaluation_set(launch, page) -> None:
+    url, ws = launch("labelled")
+    with ws.store() as store:
+        n_eval = len(store.eval_set_ids())
+    open_page(page, url, "", "Evaluation set")
+    page.get_by_text(f"{n_eval} of {n_eval}", exact=False).first.wait_for()
+    page.get_by_text("too few to decide anything", exact=False).first.wait_for()
+
+
+def test_balance(launch, page) -> None:
+    url, _ = launch("labelled")
     open_page(page, url, "Balance", "before / after flip balancing")
     shoot(page, "balance")
 
 
-def test_retrain_and_see_the_new_accuracy(app, page) -> None:
-    url, ws = app
+def test_retrain_and_see_the_new_accuracy(launch, page) -> None:
+    url, ws = launch("labelled")
     open_page(page, url, "Train", "Retrain")
     set_number(page, "Epochs", 2)
     page.get_by_text("ImageNet weights").click()  # offline machines: skip the download attempt
@@ -211,14 +328,14 @@ def test_retrain_and_see_the_new_accuracy(app, page) -> None:
         assert f"{head}: {acc:.1%}" in shown
 
 
-def test_evaluate(app, page) -> None:
-    url, _ = app
+def test_evaluate(launch, page) -> None:
+    url, _ = launch("trained")
     open_page(page, url, "Evaluate", "Macro F1")
     shoot(page, "evaluate")
 
 
-def test_queue_rank_and_grid(app, page) -> None:
-    url, ws = app
+def test_queue_rank_and_grid(launch, page) -> None:
+    url, ws = launch("trained")
     open_page(page, url, "Queue", "Rank next batch")
     set_number(page, "Batch size", 12)
     click_and_wait(page, "Rank next batch", "images ranked by entropy")
@@ -226,18 +343,21 @@ def test_queue_rank_and_grid(app, page) -> None:
     shoot(page, "queue")
     with ws.store() as store:
         assert store.latest_round()["strategy"] == "entropy"
+        assert not {it["image_id"] for it in store.round_items(store.latest_round()["number"])} & set(
+            store.eval_set_ids())
 
 
-def test_label_page_preselects_the_models_guess(app, page) -> None:
-    url, ws = app
+def test_label_page_preselects_the_models_guess(launch, page) -> None:
+    url, ws = launch("queued")
+    number = max(_round_sizes(ws))
     open_page(page, url, "Label", "Save & next")
     page.get_by_text("pre-selected by the model", exact=False).first.wait_for()
-    page.get_by_text("0 of 12 images in round 1 labelled").first.wait_for()
+    page.get_by_text(f"0 of 12 images in round {number} labelled").first.wait_for()
     shoot(page, "label")
 
 
-def test_cvat_and_export_pages(app, page) -> None:
-    url, _ = app
+def test_cvat_and_export_pages(launch, page) -> None:
+    url, _ = launch("trained")
     open_page(page, url, "CVAT", "Manual route")
     page.get_by_text("Import a Datumaro export", exact=False).first.wait_for()
     shoot(page, "cvat")
@@ -246,19 +366,9 @@ def test_cvat_and_export_pages(app, page) -> None:
     shoot(page, "export")
 
 
-def test_overview_after_training_shows_the_learning_curve(app, page) -> None:
-    url, ws = app
+def test_overview_after_training_shows_the_learning_curve(launch, page) -> None:
+    url, _ = launch("trained")
     open_page(page, url, "", "Learning curve")
     page.locator(".js-plotly-plot").first.wait_for()
     assert page.get_by_text("Model #1", exact=False).first.is_visible()
     shoot(page, "overview")
-
-
-def test_screenshots_are_small_pngs() -> None:
-    shots = sorted(SHOTS.glob("*.png"))
-    if not shots:
-        pytest.skip("no screenshots taken in this run")
-    for shot in shots:
-        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        assert shot.stat().st_size < 400_000, shot
-

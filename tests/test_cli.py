@@ -29,17 +29,26 @@ def test_demo_sample_label_status_flow(tmp_path: Path, capsys: pytest.CaptureFix
                           "--quiet")
     assert code == 0 and "300 added" in out
     code, out, _ = run(capsys, "--workspace", ws, "sample", "--n", "100")
-    assert code == 0 and "sampled 100" in out
-    code, out, _ = run(capsys, "--workspace", ws, "label-sim")
-    assert code == 0 and "labelled 100 of 100" in out
+    # the evaluation set comes first (all 300 x 20 % test images: short of 30 x 10), then round 1
+    with Workspace(ws).store() as store:
+        n_test = store.status_counts()["by_split"]["test"]
+    assert code == 0 and f"round 0: evaluation set of {n_test} images to label first" in out
+    assert "round 1: sampled 100" in out and "too few to decide anything" in out
+    code, out, _ = run(capsys, "--workspace", ws, "label-sim")   # every open round, eval first
+    assert code == 0
+    assert out.index(f"round 0 (evaluation set): labelled {n_test} of {n_test}") < out.index(
+        "round 1: labelled 100 of 100")
+    total = 100 + n_test
     code, out, _ = run(capsys, "--workspace", ws, "status")
     assert code == 0
-    assert "images: 300" in out and "labelled: 100" in out and "simulated=100" in out
+    assert "images: 300" in out and f"labelled: {total}" in out and f"simulated={total}" in out
+    assert f"eval set: {n_test} of {n_test} labelled" in out
     code, out, _ = run(capsys, "--workspace", ws, "status", "--json")
     counts = json.loads(out)
-    assert counts["images"] == 300 and counts["labelled_by_source"] == {"simulated": 100}
+    assert counts["images"] == 300 and counts["labelled_by_source"] == {"simulated": total}
+    assert counts["eval_set"]["members"] == n_test
     # a second label-sim has nothing left to do in that round
-    code, out, _ = run(capsys, "--workspace", ws, "label-sim", "--round", "0")
+    code, out, _ = run(capsys, "--workspace", ws, "label-sim", "--round", "1")
     assert code == 0 and "labelled 0 of 100" in out
 
 

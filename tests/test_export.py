@@ -179,6 +179,32 @@ def test_cli_export_with_jetson_bundle(trained, exported, capsys) -> None:
     assert (ws.exports_dir / f"model_{model_id}" / f"cargroup_jetson_model_{model_id}.zip").is_file()
 
 
+def test_cli_export_out_holds_every_artifact(trained, exported, tmp_path, capsys) -> None:
+    """``--out DIR`` gets everything the run made, not only the Jetson zip (issue 11, defect 10)."""
+    ws, model_id = trained
+    out_dir = tmp_path / "delivery"
+    code = main(["--workspace", str(ws.root), "export", "--jetson", "--parity-images", "16",
+                 "--int8", "--calibration", "16", "--min-agreement", "0.5",
+                 "--out", str(out_dir)])
+    text = capsys.readouterr().out
+    assert code == 0, text
+    names = sorted(p.name for p in out_dir.iterdir())
+    assert names == sorted(["model.onnx", "parity.json", "model.int8.onnx", "int8_report.json",
+                            f"cargroup_jetson_model_{model_id}.zip"])
+    published = ws.exports_dir / f"model_{model_id}"
+    for name in ("model.onnx", "model.int8.onnx"):   # copies, byte for byte
+        assert (out_dir / name).read_bytes() == (published / name).read_bytes()
+    assert f"written to {out_dir}" in text
+
+
+def test_cli_export_out_without_options_holds_the_onnx(trained, exported, tmp_path, capsys) -> None:
+    ws, _ = trained
+    out_dir = tmp_path / "plain"
+    assert main(["--workspace", str(ws.root), "export", "--parity-images", "16",
+                 "--out", str(out_dir)]) == 0
+    assert sorted(p.name for p in out_dir.iterdir()) == ["model.onnx", "parity.json"]
+
+
 def test_cli_unknown_model_is_one_line_error(trained, capsys) -> None:
     ws, _ = trained
     assert main(["--workspace", str(ws.root), "export", "--model", "424242"]) == 2

@@ -163,7 +163,10 @@ def test_job_runners_take_a_new_user_from_demo_pool_to_a_ranked_queue(workspace:
 
     demo = run("demo", {"n": 40, "size": 32, "sample": 24})
     assert "first batch of 24 images queued" in demo["message"]
-    assert run("label_sim", {})["result"]["labelled"] == 24
+    n_eval = demo["result"]["sample"]["eval_size"]        # the evaluation set: round 0
+    assert n_eval > 0 and f"evaluation set of {n_eval} images queued first (round 0)" in demo["message"]
+    assert demo["result"]["sample"]["round"] == 1
+    assert run("label_sim", {})["result"]["labelled"] == 24 + n_eval
     train = run("train", {"epochs": 2, "image_size": 32, "batch_size": 16, "pretrained": False})
     epochs = [e for e in train["log"] if e.get("phase") == "epoch"]
     assert [e["epoch"] for e in epochs] == [1, 2] and all("val_loss" in e for e in epochs)
@@ -171,16 +174,17 @@ def test_job_runners_take_a_new_user_from_demo_pool_to_a_ranked_queue(workspace:
     assert "test accuracy color" in train["message"]
     warm = run("train", {"epochs": 1, "warm_start": True, "warm_epochs": 1, "image_size": 32,
                          "batch_size": 16, "then_queue": 3})
-    assert warm["result"]["queue"] == {"round": 1, "size": 3}
-    assert warm["message"].endswith("round 1: 3 images queued")
+    assert warm["result"]["queue"] == {"round": 2, "size": 3}
+    assert warm["message"].endswith("round 2: 3 images queued")
     train = warm
     queue = run("queue", {"strategy": "margin", "top_k": 5, "weights": {"orientation": 2.0}})
-    assert queue["result"]["size"] == 5 and queue["result"]["round"] == 2
+    assert queue["result"]["size"] == 5 and queue["result"]["round"] == 3
     with workspace.store() as store:
         assert store.current_model()["id"] == train["result"]["model_id"]
         assert store.current_model()["parent_id"] is not None  # the warm start
-        assert store.round(2)["strategy"] == "margin"
-        assert store.round(2)["params"]["weights"] == {"orientation": 2.0}
+        assert store.round(3)["strategy"] == "margin"
+        assert store.round(3)["params"]["weights"] == {"orientation": 2.0}
+        assert train["result"]["evaluation"]["eval_set"]["members"] == n_eval
 
 
 def test_cancelled_training_leaves_no_new_model(tmp_path, monkeypatch) -> None:

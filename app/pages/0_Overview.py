@@ -12,6 +12,43 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ui  # noqa: E402
 
 from core.dashboard import learning_curve  # noqa: E402
+from core.evalset import EvalSetStatus, eval_set_status  # noqa: E402
+from data.evalset import DEFAULT_PER_CLASS, draw_eval_set, eval_target  # noqa: E402
+
+
+def eval_per_class_input(key: str, value: int = DEFAULT_PER_CLASS) -> int:
+    ws = ui.workspace()
+    return int(st.number_input(
+        "Evaluation images per class", min_value=0, max_value=1000, value=value, step=5,
+        key=f"eval_per_class_{key}",
+        help=f"The evaluation set: this many x the largest head's class count "
+             f"({eval_target(ws.schema, 1)}) test-split images, labelled before any training "
+             "batch and never trained on. Every model is measured on it. 0: none."))
+
+
+def evaluation_set(status: EvalSetStatus) -> None:
+    """Size of the evaluation set (labelled / total, per head), its warnings, and the control."""
+    st.markdown("##### Evaluation set")
+    if status.exists:
+        st.write(f"**{status.labelled} of {status.members}** images labelled "
+                 f"(target {status.target}; test split {status.test_images} images)")
+        st.dataframe(pd.DataFrame([{"head": h.attribute, "labelled": h.labelled,
+                                    "classes seen": f"{sum(1 for n in h.class_counts.values() if n)}"
+                                                    f" of {len(h.class_counts)}",
+                                    "95% interval": f"±{h.width * 50:.0f} pts"}
+                                   for h in status.heads]), hide_index=True, width="stretch")
+    for warning in status.warnings:
+        st.warning(warning, icon=":material/warning:")
+    per_class = eval_per_class_input("overview", status.per_class or DEFAULT_PER_CLASS)
+    label = "Grow evaluation set" if status.exists else "Draw evaluation set"
+    if st.button(label, icon=":material/fact_check:", disabled=per_class < 1):
+        ws = ui.workspace()
+        with ui.store() as s:
+            draw = draw_eval_set(s, ws.schema, per_class)
+        st.toast(f"evaluation set: {draw.size} images ({len(draw.queued)} queued to label)"
+                 if draw.added else f"the evaluation set already has {draw.size} images; it "
+                                    "never shrinks")
+        st.rerun()
 
 
 def onboarding() -> None:
@@ -27,9 +64,11 @@ def onboarding() -> None:
         n = st.number_input("Images", min_value=50, max_value=20000, value=600, step=50)
         size = st.select_slider("Image size (px)", options=[32, 48, 64, 96, 128], value=64)
         first = st.number_input("First batch to label", min_value=0, max_value=5000, value=100,
-                                step=10, help="Random sample recorded as round 0 (0: none yet)")
+                                step=10, help="Random training batch to label (0: none yet)")
+        per_class = eval_per_class_input("demo")
         if st.button("Create demo pool", type="primary", icon=":material/auto_awesome:"):
-            if ui.start("demo", {"n": int(n), "size": int(size), "sample": int(first)}):
+            if ui.start("demo", {"n": int(n), "size": int(size), "sample": int(first),
+                                 "eval_per_class": int(per_class)}):
                 st.rerun()
     with right.container(border=True):
         st.markdown("#### :material/folder_open: Ingest a folder or upload an archive")
@@ -48,7 +87,9 @@ def pool_summary() -> None:
     with ui.store() as s:
         counts = s.status_counts()
         model = s.current_model()
-        curve = learning_curve(s)
+        evaluation = eval_set_status(s, ui.workspace().schema)
+        curve = learning_curve(s, same_set_only=evaluation.exists)
+        others = len({r["model"] for r in learning_curve(s)}) - len({r["model"] for r in curve})
     c = st.columns(5)
     c[0].metric("Pool", counts["images"])
     c[1].metric("Labelled", counts["labelled"])
@@ -66,6 +107,7 @@ def pool_summary() -> None:
         if counts["labelled_by_source"]:
             st.caption("Labels by source: " + ", ".join(
                 f"{k} {v}" for k, v in counts["labelled_by_source"].items()))
+        evaluation_set(evaluation)
         st.markdown("##### Current model")
         if model is None:
             st.info("No model yet. Label the first batch, then train on the **Train** page.")
@@ -76,7 +118,11 @@ def pool_summary() -> None:
             if acc:
                 st.write(" · ".join(f"{a}: **{v:.1%}**" for a, v in acc.items() if v is not None))
     with right:
-        st.markdown("##### Learning curve (test accuracy per head)")
+        st.markdown("##### Learning curve (accuracy on the evaluation set, per head)"
+                    if evaluation.exists else "##### Learning curve (test accuracy per head)")
+        if others > 0:
+            st.caption(f"{others} model(s) left out: evaluated on an earlier state of the "
+                       "evaluation set; `python -m core evaluate --model ID` re-measures one.")
         if curve:
             df = pd.DataFrame(curve)
             fig = px.line(df, x="labels", y="accuracy", color="head", markers=True,
@@ -97,10 +143,11 @@ def pool_summary() -> None:
         st.dataframe(pd.DataFrame([{**r, "done": info[r["number"]].done if r["number"] in info else None}
                                    for r in rounds]), hide_index=True, width="stretch")
     else:
-        st.write("No labeling round yet: sample a random first batch (round 0).")
+        st.write("No labeling round yet: draw the evaluation set and a random first batch.")
         n = st.number_input("First batch size", min_value=1, value=min(100, counts["images"]))
+        per_class = eval_per_class_input("sample")
         if st.button("Sample first batch", icon=":material/casino:"):
-            if ui.start("sample", {"n": int(n)}):
+            if ui.start("sample", {"n": int(n), "eval_per_class": int(per_class)}):
                 st.rerun()
     next_steps(counts, model)
 

@@ -72,7 +72,7 @@ def body() -> None:
     by_number = {b.number: b for b in infos}
     batch = top[0].selectbox(
         "Batch", numbers, key="label_batch",
-        format_func=lambda n: f"round {n} ({by_number[n].strategy or by_number[n].kind}) · "
+        format_func=lambda n: f"round {n} ({labeling.batch_title(by_number[n])}) · "
                               f"{by_number[n].pending} to do")
     signed_in = ui.principal()
     if signed_in is not None:  # identity comes from the sign-in, not from a typed name

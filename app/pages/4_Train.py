@@ -68,7 +68,15 @@ def body() -> None:
     c = st.columns(4)
     c[0].metric("Labelled train images", counts["labelled_by_split"]["train"])
     c[1].metric("Labelled val images", counts["labelled_by_split"]["val"])
-    c[2].metric("Labelled test images", counts["labelled_by_split"]["test"])
+    with ui.store() as s:
+        members = s.eval_set_ids()
+        labelled = s.labelled_ids()
+    if members:
+        done = sum(1 for i in members if i in labelled)
+        c[2].metric("Evaluation set", f"{done} / {len(members)}",
+                    help="labelled / total images of the evaluation set (Overview page)")
+    else:
+        c[2].metric("Labelled test images", counts["labelled_by_split"]["test"])
     c[3].metric("Current model", f"#{model['id']}" if model else "none",
                 ui.age_text(model["created_at"]) if model else None, delta_color="off")
 

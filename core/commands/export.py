@@ -25,13 +25,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "accuracy than this fraction (default: 0.02)")
     p.add_argument("--parity-images", type=int, default=64,
                    help="pool images on which ONNX Runtime must match PyTorch (default: 64)")
-    p.add_argument("--out", default=None, help="where to write the Jetson zip (file or folder)")
+    p.add_argument("--out", default=None,
+                   help="folder that receives every artifact this run made (ONNX, parity report, "
+                        "int8 ONNX and report, Jetson zip); a .zip path names the Jetson zip and "
+                        "the other files go beside it. The published copies stay in "
+                        "exports/model_<id>/")
     p.set_defaults(handler=cmd_export)
 
 
 def cmd_export(args: argparse.Namespace, ws: Workspace) -> int:
     from core.commands.project import require_workspace
-    from models.export import export_onnx, load_parity, resolve_model_id
+    from pathlib import Path
+
+    from models.export import (PARITY_NAME, copy_artifacts, export_dir, export_onnx, load_parity,
+                               resolve_model_id)
 
     require_workspace(ws)
     model_id = resolve_model_id(ws, args.model)
@@ -39,6 +46,7 @@ def cmd_export(args: argparse.Namespace, ws: Workspace) -> int:
         from data.errors import UserError
         raise UserError("--calibration and --parity-images must be at least 1")
     path = export_onnx(ws, model_id, parity_images=args.parity_images)
+    made: list[Path] = [path, export_dir(ws, model_id) / PARITY_NAME]
     parity = load_parity(ws, model_id) or {}
     print(f"model {model_id}: ONNX published at {path}")
     print(f"parity (PyTorch vs ONNX Runtime, {parity.get('n_images', '?')} pool images):")
@@ -46,7 +54,7 @@ def cmd_export(args: argparse.Namespace, ws: Workspace) -> int:
         print(f"  {head}: max |logit diff| {diff:.2e}, argmax agreement "
               f"{parity['argmax_agreement'][head]:.1%}")
     if args.int8:
-        from models.quantize import quantize_export
+        from models.quantize import REPORT_NAME, quantize_export
 
         int8_path, report = quantize_export(ws, model_id, calibration=args.calibration,
                                             calibrate_method=args.calibration_method,
@@ -54,9 +62,17 @@ def cmd_export(args: argparse.Namespace, ws: Workspace) -> int:
         print(f"int8 ONNX published at {int8_path} (calibrated on {report.calibration_images} "
               f"pool images; evaluated on {report.n_eval_images} test images)")
         print(report.table())
+        made += [int8_path, export_dir(ws, model_id) / REPORT_NAME]
     if args.jetson:
         from models.jetson.bundle import build_jetson_bundle
 
         zip_path = build_jetson_bundle(ws, model_id, args.out)
         print(f"Jetson bundle: {zip_path} (unzip on the device, then build_engine.py; see its README)")
+    if args.out is not None:
+        out = Path(args.out)
+        folder = out.parent if out.suffix == ".zip" else out
+        copies = copy_artifacts(made, folder)
+        print(f"{len(copies) + int(bool(args.jetson))} files written to {folder}: "
+              + ", ".join(sorted([c.name for c in copies]
+                                 + ([zip_path.name] if args.jetson else []))))
     return 0

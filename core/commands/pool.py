@@ -35,7 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "label-sim", help="label images from hidden ground truth (simulated annotator)")
     p.add_argument("--round", type=int, default=None,
-                   help="round number to label (default: the latest round)")
+                   help="round number to label (default: every round with unlabelled images, "
+                        "the evaluation round first)")
     p.add_argument("--error-rate", type=float, default=0.0,
                    help="probability that an attribute gets a wrong class (default 0)")
     p.add_argument("--seed", type=int, default=0)
@@ -144,6 +145,8 @@ def cmd_demo_pool(args: argparse.Namespace, ws: Workspace) -> int:
 
 def cmd_label_sim(args: argparse.Namespace, ws: Workspace) -> int:
     from core.annotator import simulate_labels
+    from core.labeling import batches
+    from data.evalset import EVAL_ROUND_KIND
     from data.store import StoreError
 
     require_workspace(ws)
@@ -151,22 +154,28 @@ def cmd_label_sim(args: argparse.Namespace, ws: Workspace) -> int:
         raise UserError("--error-rate must be between 0 and 1")
     with ws.store() as store:
         if args.round is None:
-            rnd = store.latest_round()
-            if rnd is None:
+            if store.latest_round() is None:
                 raise UserError("no labeling round yet; run `sample --n N` first")
+            infos = [b for b in batches(store) if b.pending]
+            if not infos:   # nothing open: report on the latest round, as before
+                infos = [batches(store)[-1]]
+            infos.sort(key=lambda b: (b.kind != EVAL_ROUND_KIND, b.number))
+            chosen = [store.round(b.number) for b in infos]
         else:
             try:
-                rnd = store.round(args.round)
+                chosen = [store.round(args.round)]
             except StoreError:
                 raise UserError(f"no round {args.round}") from None
-        items = [r["image_id"] for r in store.round_items(rnd["number"])]
-        labelled = store.labelled_ids()
-        todo = [i for i in items if i not in labelled]
-        truth = store.ground_truth(todo)
-        added = simulate_labels(store, ws.schema, todo, error_rate=args.error_rate,
-                                seed=args.seed, round_id=rnd["id"])
-    missing = sum(1 for i in todo if i not in truth)
-    print(f"round {rnd['number']}: labelled {added} of {len(items)} images with source "
-          f"simulated ({len(items) - len(todo)} were already labelled"
-          + (f", {missing} have no ground truth" if missing else "") + ")")
+        for rnd in chosen:
+            items = [r["image_id"] for r in store.round_items(rnd["number"])]
+            labelled = store.labelled_ids()
+            todo = [i for i in items if i not in labelled]
+            truth = store.ground_truth(todo)
+            added = simulate_labels(store, ws.schema, todo, error_rate=args.error_rate,
+                                    seed=args.seed, round_id=rnd["id"])
+            missing = sum(1 for i in todo if i not in truth)
+            print(f"round {rnd['number']}{' (evaluation set)' if rnd['kind'] == EVAL_ROUND_KIND else ''}"
+                  f": labelled {added} of {len(items)} images with source "
+                  f"simulated ({len(items) - len(todo)} were already labelled"
+                  + (f", {missing} have no ground truth" if missing else "") + ")")
     return 0

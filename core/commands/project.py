@@ -1,13 +1,16 @@
-"""Project commands: init, status, sample."""
+"""Project commands: init, status, sample, eval-set."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 from pathlib import Path
 
+from core.evalset import eval_set_status, start_labelling, status_line
 from data.errors import UserError
-from data.sampling import SamplingError, sample_first_batch
+from data.evalset import DEFAULT_PER_CLASS, EvalSetError, draw_eval_set
+from data.sampling import SamplingError
 from data.schema import load_schema
 from data.workspace import Workspace, WorkspaceConfig
 
@@ -26,10 +29,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--rejects", action="store_true", help="list every rejected file")
     p.set_defaults(handler=cmd_status)
 
-    p = subparsers.add_parser("sample", help="random first batch (round 0) of unlabelled images")
-    p.add_argument("--n", type=int, default=1000)
+    p = subparsers.add_parser(
+        "sample", help="the evaluation set (first time), then a random first batch to label")
+    p.add_argument("--n", type=int, default=1000, help="images in the random first batch")
+    p.add_argument("--eval-per-class", type=int, default=DEFAULT_PER_CLASS,
+                   help="evaluation-set size per class, drawn from the test split and labelled "
+                        f"first, when the project has none yet (default {DEFAULT_PER_CLASS}; "
+                        "0: no evaluation set)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(handler=cmd_sample)
+
+    p = subparsers.add_parser(
+        "eval-set", help="show the evaluation set (labelled/total per head, size warnings); "
+                         "--per-class N draws or grows it")
+    p.add_argument("--per-class", type=int, default=None,
+                   help="size: N x the largest number of classes of any head (30 x 10 colours = "
+                        "300 on the default schema); the set only grows, never shrinks")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.set_defaults(handler=cmd_eval_set)
 
 
 def require_workspace(ws: Workspace) -> None:
@@ -64,8 +82,11 @@ def cmd_status(args: argparse.Namespace, ws: Workspace) -> int:
     with ws.store() as store:
         counts = store.status_counts()
         rejects = store.rejects()
+        evaluation = eval_set_status(store, ws.schema)
     if args.json:
         counts["reject_list"] = rejects
+        counts["eval_set"] = {"members": evaluation.members, "labelled": evaluation.labelled,
+                              "warnings": evaluation.warnings}
         print(json.dumps(counts, indent=2))
         return 0
     print(f"workspace: {ws.root}")
@@ -80,6 +101,8 @@ def cmd_status(args: argparse.Namespace, ws: Workspace) -> int:
     for r in counts["rounds"]:
         print(f"round {r['number']}: {r['kind']} ({r['strategy']}), {r['size']} images")
     print(f"models: {counts['models']}")
+    if evaluation.exists:
+        print(status_line(evaluation))
     if rejects:
         shown = rejects if args.rejects else rejects[:10]
         print("rejects:")
@@ -92,10 +115,47 @@ def cmd_status(args: argparse.Namespace, ws: Workspace) -> int:
 
 def cmd_sample(args: argparse.Namespace, ws: Workspace) -> int:
     require_workspace(ws)
+    if args.eval_per_class < 0:
+        raise UserError("--eval-per-class must be 0 or more")
     with ws.store() as store:
         try:
-            number, ids = sample_first_batch(store, args.n, seed=args.seed)
-        except SamplingError as exc:
+            result = start_labelling(store, ws.schema, args.n, eval_per_class=args.eval_per_class,
+                                     seed=args.seed)
+        except (SamplingError, EvalSetError) as exc:
             raise UserError(str(exc)) from exc
-    print(f"round {number}: sampled {len(ids)} images (seed {args.seed})")
+        status = eval_set_status(store, ws.schema)
+    if result.eval_draw is not None:
+        _print_draw(result.eval_draw)
+    print(f"round {result.seed_round}: sampled {len(result.seed_ids)} images (seed {args.seed})")
+    for warning in status.warnings:
+        print(f"warning: {warning}")
+    return 0
+
+
+def _print_draw(draw) -> None:
+    where = (f"round {draw.round_number}: evaluation set of {len(draw.queued)} images to label "
+             "first" if draw.round_number is not None else "evaluation set")
+    print(f"{where} ({draw.size} members; target {draw.target} = {draw.per_class} per class x "
+          f"the largest head; {draw.available} test-split images in the pool)")
+
+
+def cmd_eval_set(args: argparse.Namespace, ws: Workspace) -> int:
+    require_workspace(ws)
+    with ws.store() as store:
+        if args.per_class is not None:
+            try:
+                draw = draw_eval_set(store, ws.schema, args.per_class, seed=args.seed)
+            except EvalSetError as exc:
+                raise UserError(str(exc)) from exc
+            if not args.json:
+                if draw.added:
+                    _print_draw(draw)
+                else:
+                    print(f"the evaluation set already has {draw.size} images (target "
+                          f"{draw.target}); it never shrinks")
+        status = eval_set_status(store, ws.schema)
+    if args.json:
+        print(json.dumps(dataclasses.asdict(status), indent=2))
+        return 0
+    print("\n".join(status.lines()))
     return 0
