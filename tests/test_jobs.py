@@ -161,7 +161,7 @@ def test_job_runners_take_a_new_user_from_demo_pool_to_a_ranked_queue(workspace:
         assert status == "succeeded", job["message"]
         return job
 
-    demo = run("demo", {"n": 40, "size": 32, "sample": 24})
+    demo = run("demo", {"n": 50, "size": 32, "sample": 24})
     assert "first batch of 24 images queued" in demo["message"]
     n_eval = demo["result"]["sample"]["eval_size"]        # the evaluation set: round 0
     assert n_eval > 0 and f"evaluation set of {n_eval} images queued first (round 0)" in demo["message"]
