@@ -281,6 +281,31 @@ def run_queue(ws: Workspace, params: dict, ctx: JobContext) -> dict[str, Any]:
                        f"{result.candidates}" + "".join(f"; {n}" for n in result.notes)}
 
 
+def run_refit(ws: Workspace, params: dict, ctx: JobContext) -> dict[str, Any]:
+    """Refit the heads on cached embeddings and re-rank the open batches (the fast loop).
+
+    Labels saved while it runs are caught up at once (at most ``catch_up`` extra refits), so
+    the order the annotators see is never more than one refit behind.
+    """
+    _threads()
+    from core.refit import DEFAULT_EVERY, due, refit_and_rerank
+
+    every = int(params.get("every", DEFAULT_EVERY))
+    options = {k: params[k] for k in ("backbone", "class_weight", "strategy") if params.get(k)}
+    runs = 0
+    while True:
+        record = refit_and_rerank(ws, progress=ctx.stage(0.0, 0.9, "embedding the pool"),
+                                  should_cancel=ctx.cancelled, **options)
+        runs += 1
+        if runs > int(params.get("catch_up", 2)) or not due(ws, every):
+            break
+        ctx.check_cancel()
+    ranked = ", ".join(f"round {n}: {k}" for n, k in record.reranked.items()) or "no open batch"
+    return {"refit": record.to_dict(), "runs": runs,
+            "message": f"heads refitted on {record.train_labels} labels in "
+                       f"{record.timings['refit_to_rerank_s']:.1f} s; re-ranked {ranked}"}
+
+
 # -- export -------------------------------------------------------------------------------------
 def run_export(ws: Workspace, params: dict, ctx: JobContext) -> dict[str, Any]:
     """Parity-checked ONNX, then optionally int8 ONNX, the Jetson bundle and a latency table."""

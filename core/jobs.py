@@ -68,6 +68,7 @@ JOB_KINDS: dict[str, JobKind] = {
     "train": JobKind("core.job_runners:run_train", "model", "training"),
     "evaluate": JobKind("core.job_runners:run_evaluate", "model", "evaluation"),
     "queue": JobKind("core.job_runners:run_queue", "queue", "score pool and rank queue"),
+    "refit": JobKind("core.job_runners:run_refit", "refit", "head refit and re-rank"),
     "export": JobKind("core.job_runners:run_export", "export", "export"),
     "cvat_push": JobKind("core.job_runners:run_cvat_push", "cvat", "push to CVAT"),
     "cvat_pull": JobKind("core.job_runners:run_cvat_pull", "cvat", "pull from CVAT"),

@@ -611,6 +611,24 @@ class ProjectStore:
             self.conn.execute("UPDATE rounds SET record=? WHERE number=?",
                               (json.dumps(current), number))
 
+    def reorder_round(self, number: int, order: Mapping[int, tuple[int, float | None]]) -> None:
+        """Give some of a round's images new ranks and scores: ``{image_id: (rank, score)}``.
+
+        Used by the head refit to re-rank a batch's unlabelled remainder in place (same images,
+        new order), so the Label page serves the fresh ranking without a new round.
+        """
+        rnd = self.round(number)
+        with self.transaction():
+            present = {int(r[0]) for r in self.conn.execute(
+                "SELECT image_id FROM round_items WHERE round_id=?", (rnd["id"],))}
+            unknown = set(order) - present
+            if unknown:
+                raise StoreError(f"images {sorted(unknown)[:5]} are not in round {number}")
+            self.conn.executemany(
+                "UPDATE round_items SET rank=?, score=? WHERE round_id=? AND image_id=?",
+                [(int(rank), None if score is None else float(score), rnd["id"], int(i))
+                 for i, (rank, score) in order.items()])
+
     def queued_ids(self) -> set[int]:
         """Images placed in any round (whether labelled yet or not)."""
         return {int(r[0]) for r in self.conn.execute("SELECT DISTINCT image_id FROM round_items")}

@@ -1,0 +1,306 @@
+"""The fast half of the two-speed loop: refit the heads on cached embeddings, re-rank the queue.
+
+Full fine-tuning (the Retrain button) takes minutes; annotators save a label every few
+seconds. So after every few saved labels (:data:`DEFAULT_EVERY`, or when a batch is finished)
+a background job (kind ``refit``):
+
+1. takes the pool's embeddings from the pretrained backbone (:func:`core.embeddings.pool_embeddings`,
+   computed once and cached);
+2. fits one linear head per attribute on the labelled **train-split** images only
+   (:func:`models.heads.fit_heads`, missing attributes masked). Validation images are only
+   used to report the heads' accuracy; test images are never fitted, predicted or re-ranked;
+3. predicts every unlabelled image outside the test split and saves the result the way pool
+   scoring does (:class:`core.scoring.PoolScores` in ``<workspace>/refit/pool_scores.npz``),
+   so ranking goes through the same acquisition functions as a model's scores
+   (:func:`core.queue.rank_scores`);
+4. re-ranks the unlabelled remainder of every open batch in place: the same images, in the
+   order the round's own strategy gives on the fresh probabilities. Labelled images and test
+   images keep their positions (the test images of the seed round must stay an unbiased
+   random sample, so their order is never driven by a model).
+
+What is not written: the per-image predictions/scores rows of the store. Those tables are keyed
+by a trained model, and rewriting ~200k rows every ten labels would hold the database's write
+lock while annotators save; the arrays file serves the queue and the Queue page instead.
+The refit's record (when, on how many labels, which backbone) is the ``head_refit`` entry of the
+store's meta table and each re-ranked round's ``record["reranked"]``.
+
+BALD needs MC-dropout samples, which a refitted linear head does not have: its ``bald`` arrays
+are zero, and a round ranked by BALD is re-ranked by entropy with the same head combination.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from core import acquisition as acq
+from core.embeddings import PoolEmbeddings, pool_embeddings
+from core.queue import EXCLUDED_SPLITS, rank_scores
+from core.scoring import PoolScores, load_pool_scores
+from data.errors import UserError
+from data.workspace import Workspace
+from models.heads import DEFAULT_C, fit_heads
+
+Progress = Callable[[float, str], None]
+
+META_KEY = "head_refit"
+REFIT_DIR = "refit"
+HEAD_REFIT_ID = 0            # PoolScores.model_id of a head refit (store model ids start at 1)
+BACKEND = "head-refit"
+DEFAULT_EVERY = 10           # refit after this many newly labelled images
+DEFAULT_STRATEGY = "entropy"  # for rounds whose own strategy has no uncertainty measure
+
+
+@dataclass
+class RefitRecord:
+    """One head refit: what it learnt from, what it re-ranked, how long each step took."""
+
+    created_at: float
+    labelled: int                        # images with any saved label (incl. all-unsure) at start
+    n_train: dict[str, int]              # train-split labels per head
+    backbone: str
+    origin: str
+    pool: int                            # unlabelled non-test images predicted
+    complete: list[int] = field(default_factory=list)        # rounds fully labelled at start
+    reranked: dict[str, int] = field(default_factory=dict)   # round number -> items re-ordered
+    strategies: dict[str, str] = field(default_factory=dict)  # round number -> strategy used
+    val_accuracy: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def train_labels(self) -> int:
+        """Train images that taught at least one head (the M of "head refit on M labels")."""
+        return max(self.n_train.values(), default=0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "RefitRecord":
+        known = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def refit_dir(ws: Workspace) -> Path:
+    return ws.root / REFIT_DIR
+
+
+def last_refit(ws: Workspace) -> RefitRecord | None:
+    """The latest refit's record, or None before the first one."""
+    with ws.store() as store:
+        raw = store.get_meta(META_KEY)
+    return RefitRecord.from_dict(json.loads(raw)) if raw else None
+
+
+def refit_scores(ws: Workspace) -> PoolScores | None:
+    """The latest refit's pool scores (probabilities per head), or None."""
+    return load_pool_scores(refit_dir(ws))
+
+
+def labelled_count(ws: Workspace) -> int:
+    with ws.store() as store:
+        return len(store.current_labels(include_empty=True))
+
+
+def due(ws: Workspace, every: int = DEFAULT_EVERY) -> bool:
+    """True when ``every`` images were labelled since the last refit, or a batch was finished.
+
+    The debounce: refitting after each single label would keep a core busy for little change.
+    """
+    with ws.store() as store:
+        visited = set(store.current_labels(include_empty=True))
+        raw = store.get_meta(META_KEY)
+        rounds = [(r["number"], [it["image_id"] for it in store.round_items(r["number"])])
+                  for r in store.rounds()]
+    last = RefitRecord.from_dict(json.loads(raw)) if raw else None
+    before = last.labelled if last else 0
+    new = len(visited) - before
+    if new <= 0:
+        return False
+    if new >= max(1, int(every)):
+        return True
+    # batch end: a round finished since the last refit
+    return bool(set(_complete(rounds, visited)) - set(last.complete if last else ()))
+
+
+def _complete(rounds: list[tuple[int, list[int]]], visited: Mapping[int, Any] | set[int]) -> list[int]:
+    return [number for number, ids in rounds if ids and all(i in visited for i in ids)]
+
+
+def _strategy_for(name: str | None, default: str) -> acq.Strategy:
+    """The round's own strategy when it ranks by uncertainty, else ``default`` (see module doc)."""
+    try:
+        strat = acq.get_strategy(name) if name else None
+    except ValueError:  # a selection strategy with no uncertainty measure (typicality, ...)
+        strat = None
+    if strat is None or strat.measure is None:
+        return acq.get_strategy(default)
+    if strat.measure == "bald":
+        return acq.get_strategy("entropy-max" if strat.combine == "max" else "entropy")
+    return strat
+
+
+def _accuracy(probs: Mapping[str, np.ndarray], classes: Mapping[str, list[str]],
+              labels: list[Mapping[str, str]]) -> dict[str, float]:
+    from sklearn.metrics import accuracy_score
+
+    out = {}
+    for attr, p in probs.items():
+        rows = [i for i, lab in enumerate(labels) if lab.get(attr)]
+        if rows:
+            pred = [classes[attr][k] for k in p[rows].argmax(axis=1)]
+            out[attr] = float(accuracy_score([labels[i][attr] for i in rows], pred))
+    return out
+
+
+def refit_and_rerank(ws: Workspace, *, embeddings: PoolEmbeddings | None = None,
+                     backbone: str | None = None, class_weight: str | None = None,
+                     C: float = DEFAULT_C, strategy: str = DEFAULT_STRATEGY,
+                     rerank: bool = True, progress: Progress | None = None,
+                     should_cancel: Callable[[], bool] | None = None) -> RefitRecord:
+    """Refit the heads on the train split's labels and re-rank every open batch's remainder.
+
+    ``embeddings`` may be given (tests, benchmarks); otherwise the cached pool embeddings of
+    ``backbone`` are used (computed first when missing, the only slow step).
+    """
+    t0 = time.perf_counter()
+    created = time.time()
+    schema = ws.schema
+    with ws.store() as store:
+        visited = store.current_labels(include_empty=True)
+        split_of = {r.id: r.split for r in store.images()}
+        pool_ids = store.unlabelled_ids(exclude_splits=EXCLUDED_SPLITS)
+        open_rounds = [r for r in store.rounds()]
+        items = {r["number"]: store.round_items(r["number"]) for r in open_rounds}
+    complete = _complete([(n, [it["image_id"] for it in its]) for n, its in items.items()], visited)
+    if embeddings is None:
+        embeddings = pool_embeddings(ws, backbone, progress=progress)
+    t_emb = time.perf_counter()
+    if should_cancel is not None and should_cancel():
+        raise UserError("head refit cancelled")
+    row_of = {int(i): r for r, i in enumerate(embeddings.ids)}
+    vectors = embeddings.vectors
+
+    train_ids = [i for i, v in visited.items() if v and split_of.get(i) == "train" and i in row_of]
+    if not train_ids:
+        raise UserError("no labelled train-split images yet; label a few before refitting")
+    reference = [row_of[i] for i, s in split_of.items() if s == "train" and i in row_of]
+    classes = {a: list(schema.classes[a]) for a in schema.attributes}
+    fit = fit_heads(vectors[[row_of[i] for i in train_ids]], [visited[i] for i in train_ids],
+                    classes, reference=vectors[reference], class_weight=class_weight, C=C)
+    t_fit = time.perf_counter()
+
+    pool_ids = [i for i in pool_ids if i in row_of]
+    pool_rows = np.array([row_of[i] for i in pool_ids], dtype=np.int64)
+    probs = fit.predict_proba(vectors[pool_rows])
+    scores = PoolScores(HEAD_REFIT_ID, np.array(pool_ids, dtype=np.int64), probs,
+                        np.zeros((len(pool_ids), 0), np.float32),
+                        {a: np.zeros(len(pool_ids), np.float32) for a in probs}, classes, BACKEND)
+    val_ids = [i for i, v in visited.items() if v and split_of.get(i) == "val" and i in row_of]
+    val_acc = _accuracy(fit.predict_proba(vectors[[row_of[i] for i in val_ids]]), classes,
+                        [visited[i] for i in val_ids]) if val_ids else {}
+    t_pred = time.perf_counter()
+
+    record = RefitRecord(created_at=created, labelled=len(visited), n_train=fit.n_train(),
+                         backbone=embeddings.backbone, origin=embeddings.origin.sentence(),
+                         pool=len(pool_ids), complete=complete, val_accuracy=val_acc, warnings=list(fit.warnings))
+    if rerank:
+        index = {int(i): r for r, i in enumerate(scores.image_ids)}
+        for rnd in open_rounds:
+            ordered = _rerank_round(rnd, items[rnd["number"]], visited, split_of, index, scores,
+                                    strategy)
+            if ordered is None:
+                continue
+            order, strat = ordered
+            with ws.store() as store:
+                store.reorder_round(rnd["number"], order)
+                store.update_round_record(rnd["number"], {"reranked": {
+                    "at": created, "source": BACKEND, "strategy": strat,
+                    "labels": record.train_labels, "items": len(order)}})
+            record.reranked[str(rnd["number"])] = len(order)
+            record.strategies[str(rnd["number"])] = strat
+    t_rank = time.perf_counter()
+
+    scores.save_arrays(refit_dir(ws))
+    record.timings = {"embeddings_s": t_emb - t0, "fit_s": t_fit - t_emb,
+                      "predict_s": t_pred - t_fit, "rerank_s": t_rank - t_pred,
+                      "refit_to_rerank_s": t_rank - t_emb, "save_s": time.perf_counter() - t_rank,
+                      "total_s": time.perf_counter() - t0}
+    with ws.store() as store:
+        store.set_meta(META_KEY, json.dumps(record.to_dict()))
+    return record
+
+
+def _rerank_round(rnd: Mapping[str, Any], items: list[dict[str, Any]], visited: Mapping[int, Any],
+                  split_of: Mapping[int, str], index: Mapping[int, int], scores: PoolScores,
+                  default: str) -> tuple[dict[int, tuple[int, float]], str] | None:
+    """New (rank, score) for a round's pending non-test images, or None if it has none."""
+    movable = [it for it in items if it["image_id"] not in visited
+               and split_of.get(it["image_id"]) not in EXCLUDED_SPLITS
+               and it["image_id"] in index]
+    if len(movable) < 1:
+        return None
+    strat = _strategy_for(rnd.get("strategy"), default)
+    weights = (rnd.get("params") or {}).get("weights") or None
+    if weights and (set(weights) - set(scores.attributes)):
+        weights = None
+    sub = scores.subset([index[it["image_id"]] for it in movable])
+    try:
+        values = rank_scores(strat, sub, len(movable), weights=weights)
+    except ValueError:  # weights that no longer fit (all zero, ...): rank with equal weights
+        values = rank_scores(strat, sub, len(movable))
+    slots = sorted(it["rank"] for it in movable)   # the positions these images held
+    new_order = np.argsort(-values, kind="stable")
+    order = {int(movable[k]["image_id"]): (int(slot), float(values[k]))
+             for slot, k in zip(slots, new_order)}
+    return order, strat.name
+
+
+def ranking_source(ws: Workspace, round_number: int, *, now: float | None = None) -> str:
+    """One line for the Queue and Label pages: where the batch's current order comes from.
+
+    "ranked 12 s ago from head refit on 40 labels" after a refit re-ranked it, else
+    "ranked 3 min ago from model #2", or "random order (seed batch)".
+    """
+    now = time.time() if now is None else now
+    with ws.store() as store:
+        rnd = store.round(round_number)
+    rer = rnd["record"].get("reranked")
+    if rer:
+        return (f"ranked {_age(now - float(rer['at']))} ago from head refit on "
+                f"{int(rer['labels'])} labels ({rer['strategy']})")
+    if rnd.get("model_id"):
+        return f"ranked {_age(now - float(rnd['created_at']))} ago from model #{rnd['model_id']}"
+    return f"{rnd['strategy'] or rnd['kind']} order, made {_age(now - float(rnd['created_at']))} ago"
+
+
+def _age(seconds: float) -> str:
+    s = max(0, int(round(seconds)))
+    if s < 90:
+        return f"{s} s"
+    if s < 90 * 60:
+        return f"{s // 60} min"
+    return f"{s // 3600} h"
+
+
+def request_refit(ws: Workspace, *, every: int = DEFAULT_EVERY, spawn: bool = True) -> int | None:
+    """Start a background refit when one is :func:`due` and none is running; returns its job id.
+
+    Called by the Label page after every save, so it must never block or raise on a busy job.
+    """
+    from core.jobs import JobConflict, active_jobs, start_job
+
+    if not due(ws, every):
+        return None
+    with ws.store() as store:
+        if active_jobs(store, kind="refit"):
+            return None
+    try:
+        return start_job(ws, "refit", {"every": int(every)}, spawn=spawn)
+    except JobConflict:
+        return None
