@@ -22,7 +22,7 @@ if str(REPO_ROOT) not in sys.path:  # `streamlit run app/Home.py` puts app/ firs
 from data.errors import UserError  # noqa: E402
 from data.optional import missing_optional  # noqa: E402
 from core.access import LOCAL, AccessDenied, Principal  # noqa: E402
-from core.jobs import (ACTIVE, JOB_KINDS, JobConflict, cancel_job, latest_job,  # noqa: E402
+from core.jobs import (ACTIVE, JOB_KINDS, JobConflict, active_jobs, cancel_job, latest_job,  # noqa: E402
                        reap_stale, start_job)
 from data.schema import SchemaError, UnknownValueError  # noqa: E402
 from data.store import ProjectStore, StoreError  # noqa: E402

@@ -153,6 +153,10 @@ def queue_view(ws: Workspace, round_number: int | None = None) -> list[dict[str,
             names = [score_name(m, a) for m in ("entropy", "margin", "least_confidence", "bald")
                      for a in ws.schema.attributes]
             per_head = {n: v for n in names if (v := store.scores(int(rnd["model_id"]), n))}
-    return [{**it.to_dict(),
+    rows = [{**it.to_dict(),
              "scores": {n: v[it.image_id] for n, v in per_head.items() if it.image_id in v}}
             for it in items]
+    if rnd is not None and rnd["record"].get("reranked"):
+        from core.refit import overlay_predictions  # the head refit's view of a re-ranked batch
+        rows = overlay_predictions(ws, rows)
+    return rows

@@ -178,6 +178,7 @@ def refit_and_rerank(ws: Workspace, *, embeddings: PoolEmbeddings | None = None,
         open_rounds = [r for r in store.rounds()]
         items = {r["number"]: store.round_items(r["number"]) for r in open_rounds}
     complete = _complete([(n, [it["image_id"] for it in its]) for n, its in items.items()], visited)
+    t_read = time.perf_counter()
     if embeddings is None:
         embeddings = pool_embeddings(ws, backbone, progress=progress)
     t_emb = time.perf_counter()
@@ -227,9 +228,9 @@ def refit_and_rerank(ws: Workspace, *, embeddings: PoolEmbeddings | None = None,
     t_rank = time.perf_counter()
 
     scores.save_arrays(refit_dir(ws))
-    record.timings = {"embeddings_s": t_emb - t0, "fit_s": t_fit - t_emb,
+    record.timings = {"read_s": t_read - t0, "embeddings_s": t_emb - t_read, "fit_s": t_fit - t_emb,
                       "predict_s": t_pred - t_fit, "rerank_s": t_rank - t_pred,
-                      "refit_to_rerank_s": t_rank - t_emb, "save_s": time.perf_counter() - t_rank,
+                      "refit_to_rerank_s": t_rank - t_emb + t_read - t0, "save_s": time.perf_counter() - t_rank,
                       "total_s": time.perf_counter() - t0}
     with ws.store() as store:
         store.set_meta(META_KEY, json.dumps(record.to_dict()))
@@ -304,3 +305,30 @@ def request_refit(ws: Workspace, *, every: int = DEFAULT_EVERY, spawn: bool = Tr
         return start_job(ws, "refit", {"every": int(every)}, spawn=spawn)
     except JobConflict:
         return None
+
+
+def overlay_predictions(ws: Workspace, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Queue-view rows with the latest refit's predictions and per-head scores where it has them.
+
+    Used for batches a refit re-ranked, so each thumbnail shows the probabilities its current
+    rank came from (a labelled image keeps what the model said before).
+    """
+    pool = refit_scores(ws)
+    if pool is None:
+        return items
+    index = {int(i): r for r, i in enumerate(pool.image_ids)}
+    per_head = {m: pool.per_head(m) for m in ("entropy", "margin", "least_confidence")}
+    out = []
+    for it in items:
+        row = index.get(int(it["image_id"]))
+        if row is None:
+            out.append(it)
+            continue
+        preds = {}
+        for a, p in pool.probs.items():
+            k = int(np.argmax(p[row]))
+            preds[a] = (pool.class_names[a][k], float(p[row, k]))
+        scores = {acq.score_name(m, a): float(v[row]) for m, per in per_head.items()
+                  for a, v in per.items()}
+        out.append({**it, "predictions": preds, "scores": scores, "source": BACKEND})
+    return out

@@ -12,6 +12,10 @@ between two refits with unchanged labels. The training set is the labelled image
 (hundreds to a few thousand rows), so fitting 1280-wide heads takes well under a second per head
 on one core; predicting the whole pool is one matrix product per head in numpy.
 
+Both run with BLAS/OpenMP limited to one thread (``threadpool_limits``): these matrices are too
+small to gain from a second thread, and on a busy 2-core machine (the app, a training job) the
+OpenMP spin-waits made one 1000 x 1280 fit 20x slower with two threads than with one.
+
 Missing attributes are masked per head: an image labelled only for ``color`` trains the color
 head and nothing else. Features are standardised with statistics of a reference set (the
 caller passes the train split's embeddings, labelled or not, so a handful of labels does not
@@ -28,6 +32,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
+from threadpoolctl import threadpool_limits
 
 DEFAULT_C = 1.0
 DEFAULT_MAX_ITER = 500
@@ -65,7 +70,8 @@ class HeadFit:
         if not self.fitted:
             out[:] = 1.0 / len(self.classes)
             return out
-        z = x @ self.coef.T + self.intercept
+        with threadpool_limits(limits=1):
+            z = x @ self.coef.T + self.intercept
         z -= z.max(axis=1, keepdims=True)
         np.exp(z, out=z)
         z /= z.sum(axis=1, keepdims=True)
@@ -148,7 +154,7 @@ def fit_heads(embeddings: np.ndarray, labels: Sequence[Mapping[str, str]],
             continue
         xs = (x[rows] - mean) / std
         clf = LogisticRegression(C=C, max_iter=max_iter, class_weight=class_weight)
-        with warnings.catch_warnings(record=True) as caught:
+        with warnings.catch_warnings(record=True) as caught, threadpool_limits(limits=1):
             warnings.simplefilter("always", ConvergenceWarning)
             clf.fit(xs, np.array([seen.index(v) for v in y]))
         if any(issubclass(w.category, ConvergenceWarning) for w in caught):

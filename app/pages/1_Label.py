@@ -11,7 +11,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ui  # noqa: E402
 
-from core import labeling  # noqa: E402
+from core import labeling, refit  # noqa: E402
 
 # Keys per attribute, in class order. "C" and "R" are reserved by Streamlit.
 KEYS = {
@@ -84,6 +84,7 @@ def body() -> None:
     info = by_number[batch]
     top[2].progress(info.done / max(info.total, 1),
                     text=f"{info.done} of {info.total} images in round {batch} labelled")
+    order_caption(ws, batch)
 
     # Which image: the one being edited, else the next unlabelled one in rank order.
     current = S.get("label_image")
@@ -168,6 +169,7 @@ def actions(task: labeling.LabelTask, schema) -> None:
         S.label_skip = S.label_skip - {task.image.id}
         S.label_image = None
         S.pop("label_choice", None)
+        request_refit()
         st.toast(f"Saved {task.image.name}: "
                  + (", ".join(f"{a}={v}" for a, v in saved.items()) or "all unsure"))
         st.rerun()
@@ -183,6 +185,26 @@ def actions(task: labeling.LabelTask, schema) -> None:
     else:
         cols[3].caption("Keys: color 1–0 · type Q W E T Y U I O · orientation A S D F G H J K · "
                         "unsure Z / X / V · Enter save · N skip · Backspace back")
+
+
+def order_caption(ws, batch: int) -> None:
+    """Where this batch's order comes from, and whether a head refit is re-ranking it now."""
+    text = refit.ranking_source(ws, batch)
+    with ui.store() as s:
+        if ui.active_jobs(s, kind="refit"):
+            text += " · refitting the heads on the new labels…"
+    st.caption(f"Order: {text}")
+
+
+def request_refit() -> None:
+    """After a save: refit the heads in the background when enough new labels arrived.
+
+    Never in the annotator's way: a busy or failed refit only means the order is refreshed later.
+    """
+    try:
+        refit.request_refit(ui.workspace())
+    except Exception:  # noqa: BLE001 - labelling goes on; the Queue page shows the job's error
+        ui.log.exception("could not start the head refit")
 
 
 def back_button() -> None:

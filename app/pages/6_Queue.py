@@ -9,7 +9,7 @@ import streamlit as st
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ui  # noqa: E402
 
-from core import labeling  # noqa: E402
+from core import labeling, refit  # noqa: E402
 from core.acquisition import STRATEGIES  # noqa: E402
 from core.dashboard import queue_view  # noqa: E402
 from core.queue import auto_reason, round_reason  # noqa: E402
@@ -76,6 +76,19 @@ def grid(items: list[dict], ws) -> None:
                 st.caption("  \n".join(lines) if lines else "no predictions")
 
 
+def source_line(ws, number: int) -> None:
+    """Where the batch's order comes from: a trained model or the last head refit."""
+    cols = st.columns([4, 1])
+    cols[0].caption(f"Order: {refit.ranking_source(ws, number)}. The heads are refitted on the "
+                    f"cached embeddings every {refit.DEFAULT_EVERY} saved labels and at the end "
+                    "of a batch; Retrain on the Train page fine-tunes the whole network.")
+    if cols[1].button("Refit heads now", icon=":material/bolt:", width="stretch",
+                      help="Refit the heads on the current labels and re-rank the open batches "
+                           "(seconds once the pool's embeddings are cached)"):
+        if ui.start("refit", {}):
+            st.rerun()
+
+
 def body() -> None:
     ui.page("Queue")
     ws = ui.workspace()
@@ -84,6 +97,8 @@ def body() -> None:
         model = s.current_model()
         infos = labeling.batches(s)
     ui.job_panel("queue", key="queue")
+    # the fast loop: shown while a head refit runs; when it ends the page redraws the new order
+    ui.job_panel("refit", key="refit", show_finished=False)
     controls(ws, model is not None, ws.schema.attributes)
     if not infos:
         st.info("No batch yet: rank one above, or sample a first batch on the Overview page.")
@@ -111,6 +126,7 @@ def body() -> None:
     reason = round_reason(ws, number)
     if reason:
         st.info(f"auto chose {reason}", icon=":material/lightbulb:")
+    source_line(ws, number)
     items = queue_view(ws, number)
     st.caption(f"{len(items)} images, highest priority first. Scores: higher = more useful to "
                "label; H = the head's normalised entropy.")
