@@ -157,6 +157,6 @@ def queue_view(ws: Workspace, round_number: int | None = None) -> list[dict[str,
              "scores": {n: v[it.image_id] for n, v in per_head.items() if it.image_id in v}}
             for it in items]
     if rnd is not None and rnd["record"].get("reranked"):
-        from core.refit import overlay_predictions  # the head refit's view of a re-ranked batch
+        from core.refit_status import overlay_predictions  # the head refit's view of a re-ranked batch
         rows = overlay_predictions(ws, rows)
     return rows

@@ -288,7 +288,8 @@ def run_refit(ws: Workspace, params: dict, ctx: JobContext) -> dict[str, Any]:
     the order the annotators see is never more than one refit behind.
     """
     _threads()
-    from core.refit import DEFAULT_EVERY, due, refit_and_rerank
+    from core.refit import refit_and_rerank
+    from core.refit_status import DEFAULT_EVERY, due
 
     every = int(params.get("every", DEFAULT_EVERY))
     options = {k: params[k] for k in ("backbone", "class_weight", "strategy") if params.get(k)}

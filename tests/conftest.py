@@ -14,6 +14,9 @@ SHARED = REPO.parent / "shared"
 SHARED_REAL = SHARED / "data" / "real"
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# Page tests save labels; the Label page would then start a real background head refit.
+# Tests of the two-speed loop switch it back on (tests/test_app_refit.py, tests/test_browser.py).
+os.environ.setdefault("CARGROUP_AUTO_REFIT", "0")
 
 
 @pytest.fixture

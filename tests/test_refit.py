@@ -8,8 +8,9 @@ import pytest
 
 from core import refit as refit_mod
 from core.embeddings import PoolEmbeddings
-from core.refit import (DEFAULT_EVERY, due, last_refit, ranking_source, refit_and_rerank,
-                        refit_scores, request_refit)
+from core.refit import refit_and_rerank
+from core.refit_status import (DEFAULT_EVERY, due, last_refit, ranking_source, refit_scores,
+                               request_refit)
 from data.workspace import Workspace, WorkspaceConfig
 from models.backbones import WeightsOrigin
 from models.heads import fit_heads
@@ -229,6 +230,7 @@ def test_request_refit_starts_one_job_and_the_job_reranks(tmp_path, monkeypatch)
 
     ws, ids, truth, emb, ambiguous = _pool_workspace(tmp_path)
     monkeypatch.setattr(refit_mod, "pool_embeddings", lambda *a, **k: emb)
+    monkeypatch.setenv("CARGROUP_AUTO_REFIT", "1")
     with ws.store() as store:
         number = store.create_round(ids[60:], kind="seed", strategy="random")
     _label(ws, ids[:60], truth)
@@ -240,6 +242,9 @@ def test_request_refit_starts_one_job_and_the_job_reranks(tmp_path, monkeypatch)
     assert "re-ranked round" in job["message"]
     assert job["result"]["refit"]["reranked"][str(number)] > 0
     assert request_refit(ws, spawn=False) is None   # nothing new since
+    _label(ws, ids[60:75], truth)
+    monkeypatch.setenv("CARGROUP_AUTO_REFIT", "0")
+    assert request_refit(ws, spawn=False) is None   # switched off
 
 
 # -- end to end on a tiny demo workspace, with the real embedding path ----------------------------

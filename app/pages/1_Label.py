@@ -11,7 +11,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ui  # noqa: E402
 
-from core import labeling, refit  # noqa: E402
+from core import labeling, refit_status as refit  # noqa: E402
 
 # Keys per attribute, in class order. "C" and "R" are reserved by Streamlit.
 KEYS = {

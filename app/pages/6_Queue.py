@@ -9,7 +9,7 @@ import streamlit as st
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ui  # noqa: E402
 
-from core import labeling, refit  # noqa: E402
+from core import labeling, refit_status as refit  # noqa: E402
 from core.acquisition import STRATEGIES  # noqa: E402
 from core.dashboard import queue_view  # noqa: E402
 from core.queue import auto_reason, round_reason  # noqa: E402
