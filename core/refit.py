@@ -8,15 +8,16 @@ a background job (kind ``refit``):
    computed once and cached);
 2. fits one linear head per attribute on the labelled **train-split** images only
    (:func:`models.heads.fit_heads`, missing attributes masked). Validation images are only
-   used to report the heads' accuracy; test images are never fitted, predicted or re-ranked;
-3. predicts every unlabelled image outside the test split and saves the result the way pool
+   used to report the heads' accuracy; val and test images (the queue's excluded splits) are
+   never fitted, predicted or re-ranked;
+3. predicts every unlabelled image outside those splits and saves the result the way pool
    scoring does (:class:`core.scoring.PoolScores` in ``<workspace>/refit/pool_scores.npz``),
    so ranking goes through the same acquisition functions as a model's scores
    (:func:`core.queue.rank_scores`);
 4. re-ranks the unlabelled remainder of every open batch in place: the same images, in the
-   order the round's own strategy gives on the fresh probabilities. Labelled images and test
-   images keep their positions (the test images of the seed round must stay an unbiased
-   random sample, so their order is never driven by a model).
+   order the round's own strategy gives on the fresh probabilities. Labelled images and val/test
+   images keep their positions (those of the seed round must stay an unbiased random sample,
+   so their order is never driven by a model).
 
 What is not written: the per-image predictions/scores rows of the store. Those tables are keyed
 by a trained model, and rewriting ~200k rows every ten labels would hold the database's write
@@ -24,8 +25,10 @@ lock while annotators save; the arrays file serves the queue and the Queue page 
 The refit's record (when, on how many labels, which backbone) is the ``head_refit`` entry of the
 store's meta table and each re-ranked round's ``record["reranked"]``.
 
-BALD needs MC-dropout samples, which a refitted linear head does not have: its ``bald`` arrays
-are zero, and a round ranked by BALD is re-ranked by entropy with the same head combination.
+BALD needs MC-dropout samples, which a refitted linear head does not have: its scores carry no
+BALD (``mc_passes=0``), and a round ranked by BALD is re-ranked by entropy with the same head
+combination. Rounds chosen by typicality, ``auto`` or at random are re-ordered by ``entropy``.
+The pool embeddings are kept once in the embeddings cache, not copied into the refit's file.
 """
 from __future__ import annotations
 
@@ -116,8 +119,7 @@ def refit_and_rerank(ws: Workspace, *, embeddings: PoolEmbeddings | None = None,
     pool_rows = np.array([row_of[i] for i in pool_ids], dtype=np.int64)
     probs = fit.predict_proba(vectors[pool_rows])
     scores = PoolScores(HEAD_REFIT_ID, np.array(pool_ids, dtype=np.int64), probs,
-                        np.zeros((len(pool_ids), 0), np.float32),
-                        {a: np.zeros(len(pool_ids), np.float32) for a in probs}, classes, BACKEND)
+                        np.zeros((len(pool_ids), 0), np.float32), {}, classes, BACKEND)
     val_ids = [i for i, v in visited.items() if v and split_of.get(i) == "val" and i in row_of]
     val_acc = _accuracy(fit.predict_proba(vectors[[row_of[i] for i in val_ids]]), classes,
                         [visited[i] for i in val_ids]) if val_ids else {}

@@ -149,7 +149,7 @@ def test_refit_reranks_the_open_batch_and_never_uses_test_images(tmp_path):
     assert record.n_train["color"] == len(train_labelled)  # not val, not test
     pool = refit_scores(ws)
     assert pool is not None and pool.backend == "head-refit"
-    assert not set(pool.image_ids.tolist()) & {i for i in ids if split[i] == "test"}
+    assert not set(pool.image_ids.tolist()) & {i for i in ids if split[i] in ("val", "test")}
     assert "white" not in [pool.class_names["color"][k] for k in pool.probs["color"].argmax(1)]
     assert record.val_accuracy["color"] == 1.0
 
@@ -158,11 +158,11 @@ def test_refit_reranks_the_open_batch_and_never_uses_test_images(tmp_path):
         rnd = store.round(number)
     order = [it["image_id"] for it in items]
     assert sorted(order) == sorted(batch)                       # same images, new order
-    # test images keep their slots: their order is never driven by a model
+    # val and test images keep their slots: their order is never driven by a model
     for it in items:
-        if split[it["image_id"]] == "test":
+        if split[it["image_id"]] in ("val", "test"):
             assert it["rank"] == batch.index(it["image_id"])
-    movable = [i for i in order if split[i] != "test"]
+    movable = [i for i in order if split[i] not in ("val", "test")]
     top = movable[:len(ambiguous & set(movable))]
     assert set(top) == ambiguous & set(movable)                  # the uncertain ones first
     assert rnd["record"]["reranked"]["labels"] == len(train_labelled)
@@ -188,7 +188,7 @@ def test_labelled_and_test_items_keep_their_rank_and_next_image_follows_the_new_
         first = next_image_id(store, number)
     for i in batch[:10]:
         assert ranks[i] == batch.index(i)
-    assert first in ambiguous and split[first] != "test"
+    assert first in ambiguous and split[first] == "train"
 
 
 def test_bald_rounds_are_reranked_by_entropy_and_unknown_strategies_by_the_default():
@@ -261,6 +261,11 @@ def test_refit_end_to_end_on_a_demo_pool_changes_the_queue_order(tmp_path, monke
 
     # offline test machine: skip the ImageNet download attempt, keep everything else real
     monkeypatch.setattr(emb_mod, "load_backbone", lambda name: load_backbone(name, pretrained=False))
+    embedded = []
+    real_embed = emb_mod.embed_images
+    monkeypatch.setattr(emb_mod, "embed_images",
+                        lambda module, images, size, **kw: embedded.append(len(images))
+                        or real_embed(module, images, size, **kw))
     ws = Workspace(tmp_path / "demo").init(WorkspaceConfig(cache_size=32))
     create_demo_pool(ws, 80, seed=0, size=32)
     with ws.store() as store:
@@ -270,7 +275,8 @@ def test_refit_end_to_end_on_a_demo_pool_changes_the_queue_order(tmp_path, monke
         simulate_labels(store, ws.schema, batch[:30], round_id=store.round(number)["id"])
 
     first = refit_and_rerank(ws)
-    assert first.backbone == "resnet18" and "random init" in first.origin
+    assert first.backbone == emb_mod.default_backbone()
+    assert sum(embedded) == 80                       # every pool image embedded once
     assert (ws.root / "embeddings").is_dir()
     with ws.store() as store:
         after = [it["image_id"] for it in store.round_items(number)]
@@ -279,17 +285,17 @@ def test_refit_end_to_end_on_a_demo_pool_changes_the_queue_order(tmp_path, monke
     assert [after.index(i) for i in split_of_test] == [before.index(i) for i in split_of_test]
 
     with ws.store() as store:
-        todo = [i for i in after if split[i] != "test" and i not in set(batch[:30])][:10]
+        todo = [i for i in after if split[i] == "train" and i not in set(batch[:30])][:10]
         simulate_labels(store, ws.schema, todo, round_id=store.round(number)["id"])
     assert main(["--workspace", str(ws.root), "refit", "--json"]) == 0
     second = last_refit(ws)
     assert second.labelled == first.labelled + 10
-    assert second.timings["embeddings_s"] < first.timings["embeddings_s"]  # cached now
+    assert sum(embedded) == 80                       # the second refit reused the cache
     with ws.store() as store:
         again = [it["image_id"] for it in store.round_items(number)]
     assert again != after
     with ws.store() as store:
         rec = json.loads(store.get_meta("head_refit"))
         visited = set(store.current_labels(include_empty=True))
-    pending = [i for i in batch if split[i] != "test" and i not in visited]
+    pending = [i for i in batch if split[i] == "train" and i not in visited]
     assert rec["reranked"][str(number)] == len(pending)
