@@ -42,8 +42,8 @@ from core import acquisition as acq
 from core.embeddings import PoolEmbeddings, pool_embeddings
 from core.queue import EXCLUDED_SPLITS, rank_scores
 from core.pool_scores import PoolScores
-from core.refit_status import (BACKEND, DEFAULT_STRATEGY, HEAD_REFIT_ID, META_KEY, RefitRecord,
-                               complete_rounds, refit_dir)
+from core.refit_status import (BACKEND, DEFAULT_STRATEGY, HEAD_REFIT_ID, META_KEY,
+                               RERANK_STRATEGIES, RefitRecord, complete_rounds, refit_dir)
 from data.errors import UserError
 from data.workspace import Workspace
 from models.heads import DEFAULT_C, fit_heads
@@ -87,6 +87,9 @@ def refit_and_rerank(ws: Workspace, *, embeddings: PoolEmbeddings | None = None,
     ``embeddings`` may be given (tests, benchmarks); otherwise the cached pool embeddings of
     ``backbone`` are used (computed first when missing, the only slow step).
     """
+    if strategy not in RERANK_STRATEGIES:
+        raise UserError(f"a head refit ranks by {', '.join(RERANK_STRATEGIES)}; "
+                        f"not {strategy!r}")
     t0 = time.perf_counter()
     created = time.time()
     schema = ws.schema

@@ -27,6 +27,9 @@ HEAD_REFIT_ID = 0            # PoolScores.model_id of a head refit (store model 
 BACKEND = "head-refit"
 DEFAULT_EVERY = 10           # refit after this many newly labelled images
 DEFAULT_STRATEGY = "entropy"  # for rounds whose own strategy has no uncertainty measure
+RERANK_STRATEGIES = tuple(n for n, s in acq.STRATEGIES.items()
+                          if s.kind == "uncertainty" and s.measure != "bald")
+"""What a head refit can rank by: uncertainty from probabilities (no MC-dropout, so no BALD)."""
 
 
 @dataclass

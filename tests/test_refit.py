@@ -199,12 +199,14 @@ def test_bald_rounds_are_reranked_by_entropy_and_unknown_strategies_by_the_defau
     assert refit_mod._strategy_for("least-confidence", "entropy").name == "least-confidence"
 
 
-def test_no_train_labels_is_a_readable_error(tmp_path):
+def test_no_train_labels_and_a_strategy_without_probabilities_are_readable_errors(tmp_path):
     from data.errors import UserError
 
     ws, ids, truth, emb, _ = _pool_workspace(tmp_path)
     with pytest.raises(UserError, match="no labelled train-split images"):
         refit_and_rerank(ws, embeddings=emb)
+    with pytest.raises(UserError, match="head refit ranks by"):
+        refit_and_rerank(ws, embeddings=emb, strategy="bald")
 
 
 def test_refit_is_due_every_n_labels_or_at_batch_end(tmp_path):

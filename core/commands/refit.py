@@ -5,6 +5,7 @@ import argparse
 import json
 
 from core.commands.project import require_workspace
+from core.refit_status import RERANK_STRATEGIES
 from data.workspace import Workspace
 
 
@@ -16,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="backbone whose cached pool embeddings to use (default: the default one)")
     p.add_argument("--balanced", action="store_true",
                    help="weight classes inversely to their label counts")
-    p.add_argument("--strategy", default="entropy",
+    p.add_argument("--strategy", default="entropy", choices=list(RERANK_STRATEGIES),
                    help="uncertainty for batches whose own strategy has none (default entropy)")
     p.add_argument("--no-rerank", action="store_true", help="refit and save scores only")
     p.add_argument("--json", action="store_true", help="print the refit record as JSON")
