@@ -53,7 +53,9 @@ class AppServer:
     def __init__(self, ws: Workspace) -> None:
         self.ws = ws
         self.url = f"http://127.0.0.1:{free_port()}"
-        env = dict(os.environ, OMP_NUM_THREADS="1", CARGROUP_JOB_THREADS="1")
+        # the suite switches the automatic head refit off (tests/conftest.py); the app is tested
+        # as users run it
+        env = dict(os.environ, OMP_NUM_THREADS="1", CARGROUP_JOB_THREADS="1", CARGROUP_AUTO_REFIT="1")
         self.log_file = ws.root.parent / "app.log"
         self.log = open(self.log_file, "wb")
         self.proc = subprocess.Popen(
@@ -354,6 +356,43 @@ def test_label_page_preselects_the_models_guess(launch, page) -> None:
     page.get_by_text("pre-selected by the model", exact=False).first.wait_for()
     page.get_by_text(f"0 of 12 images in round {number} labelled").first.wait_for()
     shoot(page, "label")
+
+
+def test_queue_refreshes_after_a_saved_batch_without_retrain(launch, page) -> None:
+    """One save on the Label page starts a head refit in the background; the open batch's order
+    changes and both pages say it came from the refit, while no new model is trained."""
+    url, ws = launch("queued")
+    with ws.store() as store:
+        number = store.latest_round()["number"]
+        before = [it["image_id"] for it in store.round_items(number)]
+        models = len(store.models())
+    open_page(page, url, "Label", "Save & next")
+    page.get_by_text("from model #", exact=False).first.wait_for()
+    page.get_by_label("Annotator", exact=True).fill("kim")
+    page.get_by_label("Annotator", exact=True).press("Tab")
+    settle(page)
+    page.locator("h1").first.click()  # focus out of the text box so keys reach the shortcuts
+    for key in ("1", "Q", "A", "Enter"):
+        page.keyboard.press(key)
+        settle(page)
+    deadline = time.monotonic() + 240
+    while True:
+        with ws.store() as store:
+            jobs = store.jobs("refit")
+        if jobs and jobs[-1]["status"] in ("succeeded", "failed", "cancelled"):
+            break
+        assert time.monotonic() < deadline, f"no finished head refit: {jobs}"
+        time.sleep(0.5)
+    assert jobs[-1]["status"] == "succeeded", jobs[-1]["message"]
+    with ws.store() as store:
+        after = [it["image_id"] for it in store.round_items(number)]
+        assert len(store.models()) == models  # no Retrain
+    assert sorted(after) == sorted(before) and after != before
+    open_page(page, url, "Queue", "Rank next batch")
+    page.get_by_text("from head refit on", exact=False).first.wait_for()
+    shoot(page, "queue_refit")
+    open_page(page, url, "Label", "Save & next")
+    page.get_by_text("from head refit on", exact=False).first.wait_for()
 
 
 def test_cvat_and_export_pages(launch, page) -> None:
