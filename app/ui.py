@@ -19,9 +19,10 @@ REPO_ROOT = APP_DIR.parent
 if str(REPO_ROOT) not in sys.path:  # `streamlit run app/Home.py` puts app/ first, not the repo
     sys.path.insert(0, str(REPO_ROOT))
 
+from data.accounts import has_accounts  # noqa: E402
 from data.errors import UserError  # noqa: E402
 from data.optional import missing_optional  # noqa: E402
-from core.access import LOCAL, AccessDenied, Principal  # noqa: E402
+from core.access import LOCAL, AccessDenied, Principal, allowed  # noqa: E402
 from core.jobs import (ACTIVE, JOB_KINDS, JobConflict, active_jobs, cancel_job, latest_job,  # noqa: E402
                        reap_stale, start_job)
 from data.schema import SchemaError, UnknownValueError  # noqa: E402
@@ -98,8 +99,6 @@ def principal() -> Principal | None:
 
 def may(action: str) -> bool:
     """Whether to offer a control (the service checks again; this only hides what would fail)."""
-    from core.access import allowed
-    from data.accounts import has_accounts
     who = principal()
     if who is None:
         with store() as s:

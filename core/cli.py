@@ -15,6 +15,7 @@ import sys
 from typing import Sequence
 
 from core.access import audit, cli_principal
+import core.commands
 from data.errors import UserError
 from data.schema import SchemaError, UnknownValueError
 from data.store import StoreError
@@ -24,7 +25,7 @@ from data.workspace import ENV_WORKSPACE, Workspace
 
 def command_modules() -> list[str]:
     """Every module under core/commands (one per capability), in a stable order."""
-    import core.commands as package
+    package = core.commands
     return sorted(f"{package.__name__}.{m.name}" for m in pkgutil.iter_modules(package.__path__))
 
 

@@ -5,8 +5,13 @@ the numbers be tested without a browser.
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any, Mapping
 
+from core.acquisition import score_name
+from core.queue import queue_items
+from data.balance import plan_orientation_balance
 from data.evalset import fingerprint
 from data.schema import LabelSchema
 from data.store import SPLITS, ProjectStore
@@ -38,8 +43,6 @@ def rare_classes(counts: Mapping[str, int], *, fraction: float = RARE_FRACTION) 
 
 def flip_balance(store: ProjectStore, schema: LabelSchema, split: str = "train") -> dict[str, Any]:
     """Orientation counts before/after flip balancing for one split (what training would use)."""
-    from data.balance import plan_orientation_balance
-
     labels = store.current_labels(split=split)
     plan = plan_orientation_balance(labels, schema)
     return {"before": dict(plan.before), "after": dict(plan.after), "added": dict(plan.added),
@@ -125,9 +128,6 @@ def learning_curve(store: ProjectStore, *, same_set_only: bool = False) -> list[
 
 def evaluation_report(ws: Workspace, model: Mapping[str, Any], split: str = "test") -> dict[str, Any] | None:
     """The full evaluation report (confusion matrices, per-class P/R/F1) saved beside a model."""
-    import json
-    from pathlib import Path
-
     path = Path(model["path"])
     path = path if path.is_absolute() else ws.root / path
     report = path.parent / f"metrics_{split}.json"
@@ -142,14 +142,11 @@ def queue_view(ws: Workspace, round_number: int | None = None) -> list[dict[str,
     Scores are the ones the ranking model stored (``entropy:color``, ``margin:type``, ...); a
     random or seed round has none.
     """
-    from core.queue import queue_items
-
     items = queue_items(ws, round_number)
     with ws.store() as store:
         rnd = store.round(round_number) if round_number is not None else store.latest_round()
         per_head: dict[str, dict[int, float]] = {}
         if rnd is not None and rnd.get("model_id"):
-            from core.acquisition import score_name
             names = [score_name(m, a) for m in ("entropy", "margin", "least_confidence", "bald")
                      for a in ws.schema.attributes]
             per_head = {n: v for n in names if (v := store.scores(int(rnd["model_id"]), n))}

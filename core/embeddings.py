@@ -16,18 +16,17 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from data.cache import ImageCache
+from data.progress import Progress, ProgressFn
 from data.workspace import Workspace
 from models.backbones import BACKBONES, WeightsOrigin, load_backbone
 from models.embed import embed_images
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[float, str], None]
 EMBEDDINGS_DIR = "embeddings"
 BATCH = 256
 
@@ -110,7 +109,7 @@ def _cached(ws: Workspace, backbone: str, image_size: int) -> list[PoolEmbedding
 
 
 def pool_embeddings(ws: Workspace, backbone: str | None = None, image_size: int | None = None,
-                    progress: Progress | None = None) -> PoolEmbeddings:
+                    progress: ProgressFn | None = None) -> PoolEmbeddings:
     """Embeddings of every image with cached pixels, from ``backbone``'s best available weights.
 
     - ``backbone``: a name from :data:`models.backbones.BACKBONES` (default
@@ -156,7 +155,7 @@ def pool_embeddings(ws: Workspace, backbone: str | None = None, image_size: int 
         parts.append(embed_images(net.module, pixels, size))
         if progress is not None:
             done = min(start + BATCH, len(missing))
-            progress(done / len(missing), f"embedded {done}/{len(missing)} images with {name}")
+            progress(Progress(done / len(missing), f"embedded {done}/{len(missing)} images with {name}"))
     new_ids = np.array([r.id for r in missing], dtype=np.int64)
     ids = np.concatenate([have.ids, new_ids])
     vectors = np.concatenate([have.vectors, *parts]).astype(np.float32)

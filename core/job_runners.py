@@ -1,21 +1,36 @@
 """What each background job kind does: thin adapters from a job's params to the capability modules.
 
 Every runner has the signature ``(workspace, params, ctx) -> result dict`` and runs inside the
-worker process (see :mod:`core.jobs`). Imports of the capability modules are local so a missing
-optional part only fails the job that needs it, with a readable message.
+worker process (see :mod:`core.jobs`), which imports this module only when it runs a job.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
 import time
+from pathlib import Path
 from typing import Any, Mapping
 
-from data.errors import UserError
-from data.optional import missing_optional
+import torch
+
+from core.dashboard import head_accuracies
+from core.evalset import start_labelling
+from core.exports import build_jetson_bundle, export_onnx, quantize_export, resolve_model_id
 from core.jobs import JobCancelled, JobConflict, JobContext, job_in_this_process
-from data.evalset import DEFAULT_PER_CLASS
+from core.latency import measure_model
+from core.loop import simulate_pending
+from core.queue import build_queue
+from core.training import evaluate_and_record, train_and_promote
+from cvat_bridge import service
+from data.demo import create_demo_pool
+from data.errors import UserError
+from data.ingest import ingest
+from data.progress import Progress
+from data.evalset import DEFAULT_PER_CLASS, EvalSetError
+from data.sampling import SamplingError
 from data.workspace import Workspace
+from models.quantize import QuantizationError
+from models.train import TrainConfig
 
 
 ENV_JOB_THREADS = "CARGROUP_JOB_THREADS"
@@ -36,12 +51,6 @@ def job_threads(environ: Mapping[str, str] = os.environ, cpus: int | None = None
 
 def _threads() -> None:
     """Pin torch to :func:`job_threads` so a job leaves a core to the dashboard."""
-    try:
-        import torch
-    except ModuleNotFoundError as exc:
-        if missing_optional(exc, "torch") is None:
-            raise
-        return
     torch.set_num_threads(job_threads())
 
 
@@ -66,8 +75,6 @@ def _plain(value: Any) -> Any:
 # -- pool ---------------------------------------------------------------------------------------
 def run_demo(ws: Workspace, params: dict, ctx: JobContext) -> dict[str, Any]:
     """Generate a demo pool, then (optionally) sample the first batch to label."""
-    from data.demo import create_demo_pool
-
     n = int(params.get("n", 600))
     sample_n = int(params.get("sample", 0))
     result = create_demo_pool(ws, n, seed=int(params.get("seed", 0)),
@@ -85,10 +92,6 @@ def run_demo(ws: Workspace, params: dict, ctx: JobContext) -> dict[str, Any]:
 
 def _sample(ws: Workspace, n: int, seed: int, eval_per_class: int) -> dict[str, Any]:
     """The evaluation set (when the project has none), then the random first batch."""
-    from core.evalset import start_labelling
-    from data.evalset import EvalSetError
-    from data.sampling import SamplingError
-
     with ws.store() as store:
         try:
             result = start_labelling(store, ws.schema, n, eval_per_class=eval_per_class, seed=seed)
@@ -114,10 +117,6 @@ def run_sample(ws: Workspace, params: dict, ctx: JobContext) -> dict[str, Any]:
 
 def run_ingest(ws: Workspace, params: dict, ctx: JobContext) -> dict[str, Any]:
     """Ingest a folder or archive; the report (added, duplicates, rejects with reasons) is kept."""
-    from pathlib import Path
-
-    from data.ingest import ingest
-
     path = str(params.get("path") or "").strip()
     if not path:
         raise UserError("no folder or archive given to ingest")
@@ -128,8 +127,6 @@ def run_ingest(ws: Workspace, params: dict, ctx: JobContext) -> dict[str, Any]:
 
 def run_label_sim(ws: Workspace, params: dict, ctx: JobContext) -> dict[str, Any]:
     """Label every pending queued image from the demo pool's hidden ground truth."""
-    from core.loop import simulate_pending
-
     n = simulate_pending(ws, error_rate=float(params.get("error_rate", 0.0)),
                          seed=int(params.get("seed", 0)))
     if n == 0:
@@ -140,28 +137,24 @@ def run_label_sim(ws: Workspace, params: dict, ctx: JobContext) -> dict[str, Any
 
 # -- model --------------------------------------------------------------------------------------
 def run_train(ws: Workspace, params: dict, ctx: JobContext) -> dict[str, Any]:
-    """Train (warm start or from scratch), then evaluate on the test split.
+    """Train (warm start or from scratch), evaluate on the test split, then promote.
 
     Training reports per step; every report goes to the job's progress, and one log entry per
     report that carries losses feeds the live loss curves. Cancelling stops training at the next
-    step; the training module only makes a model current when it finished.
+    step; :func:`core.training.train_and_promote` makes the model current only as its last step,
+    so a cancelled or failed job leaves the previous model current. Once promoted, a log entry
+    ``{"promoted": id}`` says so, and a cancel only skips the optional "then queue" step.
     """
     _threads()
-    from models.train import TrainConfig, train
-
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     config = TrainConfig(**{k: v for k, v in params.items() if k in fields})
     last_log = {"t": 0.0}
 
-    def on_progress(info: dict[str, Any]) -> None:
-        epochs = max(1, int(info.get("epochs") or 1))
-        steps = max(1, int(info.get("steps") or 1))
-        epoch = int(info.get("epoch") or 0)
-        step = int(info.get("step") or 0)
-        done = (max(epoch - 1, 0) + step / steps) / epochs if epoch else 0.0
-        msg = f"epoch {epoch}/{epochs}, step {step}/{steps}"
-        if info.get("train_loss") is not None:
-            msg += f", train loss {float(info['train_loss']):.3f}"
+    def on_progress(p: Progress) -> None:
+        info = p.details
+        epoch, step, steps = int(info["epoch"]), int(info["step"]), max(1, int(info["steps"]))
+        msg = p.message + (f", train loss {float(info['train_loss']):.3f}"
+                           if info.get("train_loss") is not None else "")
         # Epoch ends always go to the log (the loss curves); steps at most every 2 s.
         is_epoch = info.get("phase") == "epoch"
         now = time.monotonic()
@@ -173,22 +166,25 @@ def run_train(ws: Workspace, params: dict, ctx: JobContext) -> dict[str, Any]:
             entry["x"] = max(epoch - 1, 0) + step / steps  # fractional epoch, for the chart
             if is_epoch:
                 entry.update(val_loss=_plain(info.get("val_loss")), val_acc=_plain(info.get("val_acc")))
-            ctx.progress(0.9 * done, msg, log=entry)
+            ctx.progress(0.9 * p.fraction, msg, log=entry)
         else:
-            ctx.progress(0.9 * done, msg)
+            ctx.progress(0.9 * p.fraction, msg)
 
-    result = train(ws, config, progress=on_progress, should_cancel=ctx.cancelled)
-    if getattr(result, "status", "") == "cancelled" or ctx.cancelled():
+    outcome = train_and_promote(ws, config, progress=on_progress, should_cancel=ctx.cancelled)
+    if outcome.cancelled:
         raise JobCancelled()
-    out: dict[str, Any] = {"train": _plain(result)}
-    model_id = _model_id(result)
-    if model_id is None:
-        raise UserError("training ended without producing a model")
-    out["model_id"] = model_id
-    ctx.progress(0.92, "evaluating on the test split", force=True)
-    out["evaluation"] = _evaluate(ws, model_id)
-    out["message"] = f"model #{model_id} trained and evaluated" + _acc_text(out["evaluation"])
+    model_id = int(outcome.model_id)
+    ctx.log(promoted=model_id)
+    out: dict[str, Any] = {"train": _plain(outcome.train), "model_id": model_id,
+                           "evaluation": _plain(outcome.evaluation.to_dict())
+                           if outcome.evaluation is not None else {}}
+    out["message"] = f"model #{model_id} trained and made current" + (
+        _acc_text(out["evaluation"]) if outcome.evaluation is not None
+        else f" (not evaluated: {outcome.evaluation_skipped})")
     if params.get("then_queue"):
+        if ctx.cancelled():  # the model is already current; only the queue step is skipped
+            out["message"] += "; queueing skipped (cancelled)"
+            return out
         out.update(_queue_after_training(ws, params, ctx, out["message"]))
     return out
 
@@ -200,9 +196,6 @@ def _queue_after_training(ws: Workspace, params: dict, ctx: JobContext,
     The training job holds the *model* lock only; the ranking takes the *queue* lock like any
     queue job (and is refused while another one runs), so two rounds never rank at once.
     """
-    from core.queue import build_queue
-
-    ctx.check_cancel()
     ctx.progress(0.95, "ranking the next batch with the new model", force=True)
     strategy, top_k = str(params.get("strategy", "entropy")), int(params["then_queue"])
     try:
@@ -220,25 +213,11 @@ def _queue_after_training(ws: Workspace, params: dict, ctx: JobContext,
             "message": f"{message}; round {queue.round_number}: {len(queue.items)} images queued"}
 
 
-def _model_id(result: Any) -> int | None:
-    if isinstance(result, int):
-        return result
-    for attr in ("model_id", "id"):
-        value = getattr(result, attr, None)
-        if value is None and isinstance(result, dict):
-            value = result.get(attr)
-        if isinstance(value, int):
-            return value
-    return None
-
-
 def _evaluate(ws: Workspace, model_id: int) -> dict[str, Any]:
-    from models.evaluate import evaluate
-    return _plain(evaluate(ws, model_id))
+    return _plain(evaluate_and_record(ws, model_id).to_dict())
 
 
 def _acc_text(evaluation: Any) -> str:
-    from core.dashboard import head_accuracies
     acc = head_accuracies(evaluation)
     return ("; test accuracy " + ", ".join(f"{a} {v:.0%}" for a, v in acc.items())) if acc else ""
 
@@ -261,8 +240,6 @@ def run_evaluate(ws: Workspace, params: dict, ctx: JobContext) -> dict[str, Any]
 def run_queue(ws: Workspace, params: dict, ctx: JobContext) -> dict[str, Any]:
     """Score the pool with the current model and record the next ranked batch as a round."""
     _threads()
-    from core.queue import build_queue
-
     weights = {k: float(v) for k, v in (params.get("weights") or {}).items()}
     if weights and all(v == 1.0 for v in weights.values()):
         weights = {}
@@ -311,8 +288,6 @@ def run_refit(ws: Workspace, params: dict, ctx: JobContext) -> dict[str, Any]:
 def run_export(ws: Workspace, params: dict, ctx: JobContext) -> dict[str, Any]:
     """Parity-checked ONNX, then optionally int8 ONNX, the Jetson bundle and a latency table."""
     _threads()
-    from models.export import export_onnx, resolve_model_id
-
     model_id = resolve_model_id(ws, params.get("model_id"))
     steps = ["onnx"] + [k for k in ("int8", "jetson", "latency") if params.get(k)]
     done: dict[str, Any] = {"model_id": model_id}
@@ -325,7 +300,6 @@ def run_export(ws: Workspace, params: dict, ctx: JobContext) -> dict[str, Any]:
     done["onnx"] = str(export_onnx(ws, model_id))
     k = 1
     if params.get("int8"):
-        from models.quantize import QuantizationError, quantize_export
         step(k, "calibrating and checking int8 ONNX")
         gate = {key: float(params[key]) for key in ("min_agreement", "max_drop") if key in params}
         try:
@@ -336,12 +310,10 @@ def run_export(ws: Workspace, params: dict, ctx: JobContext) -> dict[str, Any]:
             done["int8_refused"] = str(exc)
         k += 1
     if params.get("jetson"):
-        from models.jetson.bundle import build_jetson_bundle
         step(k, "writing the Jetson bundle")
         done["jetson"] = str(build_jetson_bundle(ws, model_id))
         k += 1
     if params.get("latency"):
-        from core.latency import measure_model
         step(k, "timing PyTorch, ONNX fp32 and int8")
         done["latency"] = _plain(measure_model(ws, model_id))
     built = [s for s in steps if s != "int8" or "int8" in done]
@@ -353,8 +325,6 @@ def run_export(ws: Workspace, params: dict, ctx: JobContext) -> dict[str, Any]:
 # -- CVAT ---------------------------------------------------------------------------------------
 def run_cvat_push(ws: Workspace, params: dict, ctx: JobContext) -> dict[str, Any]:
     """Create a CVAT task from a round (upload, jobs, optional pre-filled predictions)."""
-    from cvat_bridge import service
-
     options = {k: params[k] for k in ("segment_size", "chunk_size", "prefill", "force")
                if params.get(k) is not None}
     ctx.progress(0.01, f"pushing round {params['round_number']} to CVAT", force=True)
@@ -364,8 +334,6 @@ def run_cvat_push(ws: Workspace, params: dict, ctx: JobContext) -> dict[str, Any
 
 def run_cvat_pull(ws: Workspace, params: dict, ctx: JobContext) -> dict[str, Any]:
     """Export the pushed tasks as Datumaro through cvat-sdk and import their tags."""
-    from cvat_bridge import service
-
     ctx.progress(0.01, "exporting tasks from CVAT", force=True)
     task_id = params.get("task_id")
     results = service.pull(ws, None if task_id is None else int(task_id),

@@ -39,6 +39,7 @@ from core.access import (JOB_ACTIONS, Principal, audit, authorize, cli_principal
 from core.cvat_config import known_secrets, redact
 from data.errors import UserError
 from data.optional import missing_optional
+from data.progress import Progress
 from data.store import ProjectStore
 from data.workspace import Workspace
 
@@ -336,7 +337,8 @@ class JobContext:
     def stage(self, lo: float, hi: float, label: str) -> Callable[..., None]:
         """A progress callback for another module, mapped onto [lo, hi] of this job.
 
-        Accepts what callbacks commonly pass: ``(done, total)``, ``(fraction)``,
+        Accepts a :class:`data.progress.Progress` (the project's signature) and, from code not
+        yet converted, ``(done, total)``, ``(fraction)``,
         ``(done, total, message)`` or a dict with ``done``/``total``/``fraction``/``message``.
         """
         def callback(*args: Any, **kwargs: Any) -> None:
@@ -347,6 +349,8 @@ class JobContext:
 
 
 def _interpret_progress(args: tuple, kwargs: dict) -> tuple[float | None, str | None]:
+    if args and isinstance(args[0], Progress):  # the project's one signature (data.progress)
+        return max(0.0, min(1.0, float(args[0].fraction))), args[0].message or None
     data: dict[str, Any] = dict(kwargs)
     rest = list(args)
     if rest and isinstance(rest[0], Mapping):

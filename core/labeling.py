@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Mapping
 
 import numpy as np
+from PIL import Image, ImageOps
 
 from core.access import Principal, audit, authorize
 from data.evalset import EVAL_ROUND_KIND
+from data.cache import ImageCache
 from data.schema import LabelSchema
 from data.store import ImageRecord, ProjectStore
 from data.workspace import Workspace
@@ -148,8 +150,6 @@ def save_label(store: ProjectStore, schema: LabelSchema, image_id: int,
 
 def load_display_image(ws: Workspace, image: ImageRecord) -> np.ndarray:
     """The image as RGB uint8 for display: the original file, else the cached copy."""
-    from PIL import Image, ImageOps
-
     path = Path(image.path)
     if not path.is_absolute():
         path = ws.root / path
@@ -160,7 +160,6 @@ def load_display_image(ws: Workspace, image: ImageRecord) -> np.ndarray:
         except OSError:
             pass
     if image.cache_row is not None:
-        from data.cache import ImageCache
         return ImageCache(ws.cache_dir, ws.config.cache_size).read([image.cache_row])[0]
     raise FileNotFoundError(f"image {image.name} is missing on disk and not cached")
 

@@ -13,7 +13,14 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import onnxruntime as ort
+import torch
+
+from core.exports import export_dir, load_for_export, pool_images
+from data.preprocess import normalise_batch
 from data.workspace import Workspace
+from models.export import FP32_NAME, INT8_NAME
+from models.onnx_contract import INPUT_NAME
 
 RESULTS_NAME = "latency.json"
 
@@ -37,7 +44,6 @@ def _median_ms(fn: Callable[[], object], warmup: int, runs: int) -> float:
 
 
 def results_path(ws: Workspace, model_id: int) -> Path:
-    from models.export import export_dir
     return export_dir(ws, model_id) / RESULTS_NAME
 
 
@@ -47,12 +53,6 @@ def measure_model(ws: Workspace, model_id: int, *, batches: Sequence[int] = (1, 
 
     Backends without a published file (int8 not built yet) are left out of the rows.
     """
-    import onnxruntime as ort
-    import torch
-
-    from data.preprocess import normalise_batch
-    from models.export import FP32_NAME, INT8_NAME, export_dir, load_for_export, pool_images
-
     threads = threads or max(1, int(os.environ.get("CARGROUP_JOB_THREADS", os.cpu_count() or 1)))
     torch.set_num_threads(threads)
     model, size = load_for_export(ws, model_id)
@@ -78,7 +78,7 @@ def measure_model(ws: Workspace, model_id: int, *, batches: Sequence[int] = (1, 
                 model(xt)
         timings = {"PyTorch eager": _median_ms(eager, warmup, runs)}
         for name, sess in sessions.items():
-            timings[name] = _median_ms(lambda s=sess: s.run(None, {"image": x}), warmup, runs)
+            timings[name] = _median_ms(lambda s=sess: s.run(None, {INPUT_NAME: x}), warmup, runs)
         base = timings["PyTorch eager"]
         for name, ms in timings.items():
             rows.append({"backend": name, "batch": len(x), "threads": threads,

@@ -6,8 +6,9 @@ be written the same way each time so the dashboard can chart rounds side by side
 
 The record is attached to the round the call creates (the new queue), so round N's record says
 "with these labels, this model scored this well, and these are the images it asked for next".
-A failed step raises and writes no round: the previous model stays current (training is atomic,
-see models/train.py) and the images stay unqueued.
+A failed step raises and writes no round. Training promotes its model only as its own last
+step (see :mod:`core.training`), so a failure or cancel up to then leaves the previous model
+current; a cancel while scoring leaves the new model current but records no round.
 """
 from __future__ import annotations
 
@@ -18,13 +19,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from data.errors import UserError
+from core.annotator import simulate_labels
 from core.queue import QueueResult, build_queue
+from core.scoring import ScoringCancelled, score_pool
+from core.training import train_and_promote
+from data.datumaro_io import import_datumaro
+from data.errors import UserError
+from data.ingest import load_labels_csv
+from data.progress import Progress, ProgressFn, scaled
 from data.workspace import Workspace
+from models.train import TrainConfig
 
 log = logging.getLogger(__name__)
-
-Progress = Callable[[float, str], None]
 
 # Share of the progress bar per stage (training dominates).
 _STAGES = {"labels": (0.0, 0.03), "train": (0.03, 0.80), "evaluate": (0.80, 0.85),
@@ -42,13 +48,9 @@ class RoundReport:
     record: dict[str, Any] = field(default_factory=dict)
 
 
-def _stage(progress: Progress | None, name: str) -> Callable[[float, str], None]:
-    lo, hi = _STAGES[name]
-
-    def report(fraction: float, message: str) -> None:
-        if progress is not None:
-            progress(lo + (hi - lo) * max(0.0, min(1.0, fraction)), f"{name}: {message}")
-    return report
+def _stage(progress: ProgressFn | None, name: str) -> ProgressFn:
+    """``progress`` scaled onto the stage's share of the bar (a no-op without one)."""
+    return scaled(progress, *_STAGES[name], name) or (lambda p: None)
 
 
 def import_labels_csv(ws: Workspace, path: str | Path) -> dict[str, int]:
@@ -57,8 +59,6 @@ def import_labels_csv(ws: Workspace, path: str | Path) -> dict[str, int]:
     Rows naming no pool image, or a file name that several pool images share, are counted as
     skipped rather than guessed.
     """
-    from data.ingest import load_labels_csv
-
     truth, _ = load_labels_csv(path, ws.schema)
     added = skipped = unchanged = 0
     ref = f"file:{Path(path).name}"
@@ -83,8 +83,6 @@ def import_labels(ws: Workspace, path: str | Path) -> dict[str, Any]:
         raise UserError(f"labels file {path} does not exist")
     if path.suffix.lower() == ".csv":
         return {"format": "csv", **import_labels_csv(ws, path)}
-    from data.datumaro_io import import_datumaro
-
     report = import_datumaro(ws, path)
     out: dict[str, Any] = {"format": "datumaro"}
     for key in ("added", "unchanged", "skipped", "rejected", "unlabelled"):
@@ -103,8 +101,6 @@ def pending_ids(ws: Workspace) -> list[int]:
 
 def simulate_pending(ws: Workspace, *, error_rate: float = 0.0, seed: int = 0) -> int:
     """Label every pending queued image from the hidden ground truth (demo and benchmarks)."""
-    from core.annotator import simulate_labels
-
     ids = pending_ids(ws)
     if not ids:
         return 0
@@ -137,7 +133,7 @@ def run_round(ws: Workspace, *, labels: str | Path | None = None, simulate: bool
               train_config: Any = None, warm_start: bool | None = None,
               eval_split: str = "test", seed: int = 0,
               score_kwargs: Mapping[str, Any] | None = None,
-              progress: Progress | None = None,
+              progress: ProgressFn | None = None,
               should_cancel: Callable[[], bool] | None = None) -> RoundReport:
     """Run one round and record it; returns a :class:`RoundReport`.
 
@@ -147,10 +143,6 @@ def run_round(ws: Workspace, *, labels: str | Path | None = None, simulate: bool
       start when a current model exists".
     - the queue options are those of :func:`core.queue.build_queue`.
     """
-    from models.evaluate import evaluate, metrics_summary
-    from core.scoring import ScoringCancelled, score_pool
-    from models.train import TrainConfig, train
-
     timings: dict[str, float] = {}
     t = time.perf_counter()
     imported: dict[str, Any] = {}
@@ -158,7 +150,7 @@ def run_round(ws: Workspace, *, labels: str | Path | None = None, simulate: bool
         imported = import_labels(ws, labels)
     if simulate:
         imported["simulated"] = simulate_pending(ws, error_rate=error_rate, seed=seed)
-    _stage(progress, "labels")(1.0, "labels imported")
+    _stage(progress, "labels")(Progress(1.0, "labels imported"))
     counts = label_summary(ws)
     timings["labels_s"] = time.perf_counter() - t
 
@@ -168,30 +160,22 @@ def run_round(ws: Workspace, *, labels: str | Path | None = None, simulate: bool
     config = train_config if train_config is not None else TrainConfig()
     auto_warm = previous is not None if warm_start is None else bool(warm_start)
     config = dataclasses.replace(config, warm_start=auto_warm and previous is not None)
-    train_stage = _stage(progress, "train")
-
-    def on_train(p: Mapping[str, Any]) -> None:
-        steps, epochs = max(int(p.get("steps") or 1), 1), max(int(p.get("epochs") or 1), 1)
-        done = (int(p.get("epoch", 1)) - 1) * steps + int(p.get("step") or 0)
-        train_stage(done / (steps * epochs), f"epoch {p.get('epoch')}/{epochs}")
-
-    result = train(ws, config, progress=on_train, should_cancel=should_cancel)
-    if result.cancelled:
+    outcome = train_and_promote(ws, config, eval_split=eval_split,
+                                progress=_stage(progress, "train"), should_cancel=should_cancel)
+    if outcome.cancelled:
         return RoundReport(status="cancelled", record={"labels": counts, "imported": imported})
-    model_id = int(result.model_id)
-    timings["train_s"] = time.perf_counter() - t
+    result = outcome.train
+    model_id = int(outcome.model_id)
+    timings["train_s"] = result.seconds
+    timings["evaluate_s"] = max(0.0, time.perf_counter() - t - result.seconds)
 
-    t = time.perf_counter()
-    metrics: dict[str, Any] = {}
-    try:
-        report = evaluate(ws, model_id, split=eval_split)
-        metrics = metrics_summary(report)
+    if outcome.evaluation is not None:
+        metrics: dict[str, Any] = outcome.evaluation.summary()
         accs = [v for v in metrics["accuracy"].values() if v is not None]
         metrics["mean_accuracy"] = sum(accs) / len(accs) if accs else None
-    except UserError as exc:   # no labelled test images yet: the round still goes on
-        metrics = {"skipped": str(exc)}
-    _stage(progress, "evaluate")(1.0, "evaluated")
-    timings["evaluate_s"] = time.perf_counter() - t
+    else:   # no labelled test images yet: the round still goes on
+        metrics = {"skipped": str(outcome.evaluation_skipped)}
+    _stage(progress, "evaluate")(Progress(1.0, "evaluated"))
 
     t = time.perf_counter()
     try:
@@ -207,14 +191,14 @@ def run_round(ws: Workspace, *, labels: str | Path | None = None, simulate: bool
                         balance=balance, sampling=sampling, beta=beta, seed=seed,
                         model_id=model_id, record=True)
     timings["queue_s"] = time.perf_counter() - t
-    _stage(progress, "queue")(1.0, f"queued {len(queue.items)} images")
+    _stage(progress, "queue")(Progress(1.0, f"queued {len(queue.items)} images"))
     timings["total_s"] = sum(timings.values())
 
     record = {
         "labels": counts,
         "imported": imported,
         "model_id": model_id,
-        "warm_started_from": result.warm_started_from,
+        "warm_started_from": outcome.warm_started_from,
         "train": {"epochs": result.epochs_run, "best_epoch": result.best_epoch,
                   "val_loss": result.best_val_loss, "val_accuracy": result.val_acc,
                   "train_images": result.train_images, "val_images": result.val_images,

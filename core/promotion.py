@@ -6,6 +6,7 @@ queue, what pre-fills labels and what gets exported, so changing it is checked a
 from __future__ import annotations
 
 from core.access import Principal, audit, authorize
+from data.accounts import audit_entries
 from data.errors import UserError
 from data.workspace import Workspace
 
@@ -32,8 +33,6 @@ def rollback(ws: Workspace, *, principal: Principal | None = None) -> int:
     The previous model is the one named by the newest promotion or rollback in the audit trail,
     else the current model's parent (what it was warm-started from).
     """
-    from data.accounts import audit_entries
-
     with ws.store() as store:
         who = authorize(store, principal, "rollback")
         current = store.current_model()

@@ -40,9 +40,9 @@ from core.scoring import (DEFAULT_MC_PASSES, MissingMeasure, PoolScores, Scoring
                           model_embeddings, pool_scores_for, score_pool)
 from core.selection import choose_auto
 from data.errors import UserError
+from data.progress import ProgressFn
 from data.workspace import Workspace
 
-Progress = Callable[[float, str], None]
 ROUND_KIND = "al"
 EXCLUDED_SPLITS = ("val", "test")
 
@@ -155,7 +155,7 @@ def select(scores: np.ndarray, top_k: int, *, embeddings: np.ndarray | None = No
 
 
 def _load_or_score(ws: Workspace, model_id: int, candidates: Sequence[int], *, rescore: bool,
-                   needs: str | None, progress: Progress | None,
+                   needs: str | None, progress: ProgressFn | None,
                    should_cancel: Callable[[], bool] | None,
                    score_kwargs: Mapping[str, Any]) -> tuple[PoolScores, bool, str | None]:
     """Saved scores for the candidates, scoring again when they are missing, stale, or lack the
@@ -188,7 +188,7 @@ def _load_or_score(ws: Workspace, model_id: int, candidates: Sequence[int], *, r
 
 
 def _typicality_pick(ws: Workspace, name: str, candidates: Sequence[int], top_k: int, *,
-                     backbone: str | None, seed: int, progress: Progress | None,
+                     backbone: str | None, seed: int, progress: ProgressFn | None,
                      ) -> tuple[np.ndarray, dict[str, Any], list[str]]:
     """TypiClust or ProbCover on the pool's pretrained embeddings; candidate rows in pick order."""
     try:
@@ -223,7 +223,7 @@ def build_queue(ws: Workspace, strategy: str = "entropy", top_k: int = 200,
                 balance: bool = False, *, balance_strength: float = 1.0, pool_factor: float = 4.0,
                 sampling: str | None = None, beta: float = 1.0, backbone: str | None = None,
                 seed: int = 0, model_id: int | None = None, record: bool = True,
-                rescore: bool = False, progress: Progress | None = None,
+                rescore: bool = False, progress: ProgressFn | None = None,
                 should_cancel: Callable[[], bool] | None = None,
                 score_kwargs: Mapping[str, Any] | None = None) -> QueueResult:
     """Rank the candidates and (with ``record``) save the batch as the next round.
@@ -239,7 +239,7 @@ def build_queue(ws: Workspace, strategy: str = "entropy", top_k: int = 200,
     - ``backbone``: the pretrained backbone whose embeddings typicality uses.
     - ``balance``: favour images predicted to be in classes rare among the current labels.
     - ``record=False`` previews the batch without creating a round.
-    - ``progress(fraction, message)`` and ``should_cancel()`` are passed to pool scoring when
+    - ``progress(Progress)`` (see :mod:`data.progress`) and ``should_cancel()`` are passed to pool scoring when
       the saved scores are missing, stale or lack a needed measure (the only slow step).
     """
     t0 = time.perf_counter()

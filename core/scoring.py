@@ -43,11 +43,14 @@ from core.pool_scores import (EMBEDDING_IDS_FILE, EMBEDDINGS_FILE, MEASURES,  # 
 from data.workspace import Workspace
 from data.cache import ImageCache
 from data.preprocess import normalise_batch
-from models.checkpoint import load_model, model_record, resolve_model_path
+from core.exports import find_export
+from core.registry import load_model, model_record, resolve_model_path
+from data.progress import Progress, ProgressFn
+from models.onnx_contract import softmax
+from models.onnx_runtime import OnnxClassifier
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[float, str], None]
 
 COVERED_EMBEDDINGS_FILE = "covered_embeddings.npz"
 DEFAULT_MC_PASSES = 10
@@ -79,12 +82,6 @@ class HeadParams:
                            for a, h in zip(model.attributes, linears)})
 
 
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
 def mc_dropout_heads(embedding: np.ndarray, heads: HeadParams, passes: int,
                      rng: np.random.Generator) -> dict[str, np.ndarray]:
     """``passes`` stochastic head evaluations on fixed embeddings: {attr: (T, N, K)}.
@@ -102,7 +99,7 @@ def mc_dropout_heads(embedding: np.ndarray, heads: HeadParams, passes: int,
         else:
             feats = emb
         for a, w in heads.weights.items():
-            out[a][t] = _softmax(feats @ w.T + heads.biases[a])
+            out[a][t] = softmax(feats @ w.T + heads.biases[a])
     return out
 
 
@@ -130,7 +127,6 @@ class OnnxBackend:
     """ONNX Runtime inference on a published export (see models/export.py)."""
 
     def __init__(self, path: Path, threads: int | None = None) -> None:
-        from models.onnx_runtime import OnnxClassifier
 
         self.classifier = OnnxClassifier(path, threads=threads)
         self.path = Path(path)
@@ -147,8 +143,6 @@ def choose_backend(ws: Workspace, model: torch.nn.Module, model_id: int, image_s
     if backend not in ("auto", "onnx", "torch"):
         raise ScoringError(f"unknown backend {backend!r}; use auto, onnx or torch")
     if backend in ("auto", "onnx"):
-        from models.export import find_export
-
         path = find_export(ws, model_id, prefer_int8=prefer_int8)
         if path is not None:
             return OnnxBackend(path, threads=threads)
@@ -159,7 +153,7 @@ def choose_backend(ws: Workspace, model: torch.nn.Module, model_id: int, image_s
 
 def score_images(backend: TorchBackend | OnnxBackend, cache: ImageCache, cache_rows: Sequence[int],
                  heads: HeadParams, *, batch_size: int = 256, mc_passes: int = DEFAULT_MC_PASSES,
-                 seed: int = 0, progress: Progress | None = None,
+                 seed: int = 0, progress: ProgressFn | None = None,
                  should_cancel: Callable[[], bool] | None = None,
                  ) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, np.ndarray], dict[str, float]]:
     """Batches from the cache through ``backend``; returns (probs, embeddings, bald, timings).
@@ -195,7 +189,7 @@ def score_images(backend: TorchBackend | OnnxBackend, cache: ImageCache, cache_r
         t_read, t_model, t_mc = t_read + t1 - t0, t_model + t2 - t1, t_mc + t3 - t2
         if progress is not None:
             done = min(start + batch_size, n)
-            progress(done / max(n, 1), f"scored {done}/{n} images")
+            progress(Progress(done / max(n, 1), f"scored {done}/{n} images"))
     inverse = np.empty_like(order)
     inverse[order] = np.arange(n)
     dim = embs[0].shape[1] if embs else 512
@@ -212,7 +206,7 @@ def score_images(backend: TorchBackend | OnnxBackend, cache: ImageCache, cache_r
 def score_pool(ws: Workspace, model_id: int | None = None, *, image_ids: Sequence[int] | None = None,
                backend: str = "auto", prefer_int8: bool = True, batch_size: int = 256,
                mc_passes: int = DEFAULT_MC_PASSES, seed: int = 0, threads: int | None = None,
-               save: bool = True, progress: Progress | None = None,
+               save: bool = True, progress: ProgressFn | None = None,
                should_cancel: Callable[[], bool] | None = None) -> PoolScores:
     """Score the unlabelled pool (default: every unlabelled image outside the test split).
 

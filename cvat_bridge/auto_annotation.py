@@ -38,11 +38,14 @@ from typing import Any, Sequence
 import numpy as np
 import PIL.Image
 import cvat_sdk.auto_annotation as cvataa
+import onnx
 from cvat_sdk import models
 
 from cvat_bridge.client import CvatError, translate_errors
 from cvat_bridge.progress import StageProgress
 from data.schema import DEFAULT_SCHEMA
+from models.onnx_contract import META_SCHEMA
+from models.onnx_runtime import OnnxClassifier
 
 ENV_MODEL = "CARGROUP_ONNX_MODEL"
 ENV_THREADS = "CARGROUP_ONNX_THREADS"
@@ -62,12 +65,11 @@ def build_spec(classes: dict[str, Sequence[str]]) -> cvataa.DetectionFunctionSpe
 
 def _schema_from_model(path: Path) -> dict[str, list[str]]:
     """Class names from the model's metadata without building a full inference session."""
-    import onnx
     proto = onnx.load(str(path), load_external_data=False)
     meta = {p.key: p.value for p in proto.metadata_props}
-    if "cargroup.schema" not in meta:
-        raise ValueError(f"{path} has no cargroup.schema metadata; export it with models/export.py")
-    return json.loads(meta["cargroup.schema"])
+    if META_SCHEMA not in meta:
+        raise ValueError(f"{path} has no {META_SCHEMA} metadata; export it with models/export.py")
+    return json.loads(meta[META_SCHEMA])
 
 
 class VehicleTagger:
@@ -92,7 +94,6 @@ class VehicleTagger:
 
     @cached_property
     def classifier(self) -> Any:
-        from models.onnx_runtime import OnnxClassifier
         if self.model_path is None:
             raise cvataa.BadFunctionError(
                 f"no model: set {ENV_MODEL} to an exported .onnx file or pass -p model_path=str:PATH")

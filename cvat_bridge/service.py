@@ -20,7 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from cvat_bridge.client import Connection, CvatError, connect, translate_errors
+from cvat_bridge.auto_annotation import prefill_task
+from cvat_bridge.manual import export_round as write_zip
+from cvat_bridge.pull import forget as forget_task
+from cvat_bridge.pull import pull as pull_tasks
+from cvat_bridge.pull import task_status
+from cvat_bridge.push import push_round
 from cvat_bridge.settings import CvatSettings, load_settings
+from cvat_bridge.spec import compare_labels, default_project_name, find_project
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +69,11 @@ def open_connection(ws: Any, settings: CvatSettings | None = None) -> Connection
 
 
 def _project_name(ws: Any, conn: Connection) -> str:
-    from cvat_bridge.spec import default_project_name
     return conn.settings.project_name or default_project_name(Path(ws.root).name)
 
 
 def check(ws: Any, settings: CvatSettings | None = None) -> CheckResult:
     """Server version, user, and whether an existing project's label spec matches ours."""
-    from cvat_bridge.spec import compare_labels, find_project
     with open_connection(ws, settings) as conn:
         result = CheckResult(host=conn.host, server_version=conn.server_version,
                              sdk_version=conn.sdk_version, username=conn.username,
@@ -87,13 +92,11 @@ def check(ws: Any, settings: CvatSettings | None = None) -> CheckResult:
 def push(ws: Any, round_number: int, *, settings: CvatSettings | None = None,
          **options: Any):
     """Create a CVAT task for a round (see cvat_bridge.push.push_round for options)."""
-    from cvat_bridge.push import push_round
     with open_connection(ws, settings) as conn, ws.store() as store:
         return push_round(conn, ws, store, round_number, **options)
 
 
 def status(ws: Any, task_id: int | None = None, *, settings: CvatSettings | None = None):
-    from cvat_bridge.pull import task_status
     with open_connection(ws, settings) as conn, ws.store() as store:
         return task_status(conn, store, task_id)
 
@@ -101,7 +104,6 @@ def status(ws: Any, task_id: int | None = None, *, settings: CvatSettings | None
 def pull(ws: Any, task_id: int | None = None, *, settings: CvatSettings | None = None,
          retract_deleted: bool = False, progress: Any = None):
     """Pull labels; ``progress(fraction, message)`` follows the SDK's download hooks."""
-    from cvat_bridge.pull import pull as pull_tasks
     with open_connection(ws, settings) as conn, ws.store() as store:
         return pull_tasks(conn, ws, store, task_id, retract_deleted=retract_deleted,
                           progress=progress)
@@ -109,7 +111,6 @@ def pull(ws: Any, task_id: int | None = None, *, settings: CvatSettings | None =
 
 def forget(ws: Any, task_id: int, *, settings: CvatSettings | None = None):
     """Forget a pushed task (e.g. deleted in CVAT) without contacting the server."""
-    from cvat_bridge.pull import forget as forget_task
     settings = settings_for(ws, settings)
     with ws.store() as store:
         return forget_task(store, settings.host, task_id)
@@ -119,14 +120,12 @@ def prefill(ws: Any, task_id: int, *, model_path: str | Path | None = None,
             conf_threshold: float | None = None, clear_existing: bool = False,
             settings: CvatSettings | None = None, progress: Any = None):
     """Pre-label a CVAT task with our ONNX model (cvat_bridge.auto_annotation.prefill_task)."""
-    from cvat_bridge.auto_annotation import prefill_task
     with open_connection(ws, settings) as conn:
         return prefill_task(conn, task_id, model_path=model_path, conf_threshold=conf_threshold,
                             clear_existing=clear_existing, progress=progress)
 
 
 def export_round(ws: Any, round_number: int, out: str | Path):
-    from cvat_bridge.manual import export_round as write_zip
     with ws.store() as store:
         return write_zip(ws, store, round_number, out)
 

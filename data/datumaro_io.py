@@ -28,6 +28,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Mapping
 
 from data.errors import UserError
+from data.naming import parse_upload_stem, upload_stem
 from data.schema import LabelSchema, UnknownValueError
 
 log = logging.getLogger(__name__)
@@ -294,7 +295,6 @@ def name_index(store: Any) -> Callable[[str], tuple[int | None, str]]:
     for rec in store.images():
         by_stem.setdefault(PurePosixPath(rec.name).stem, []).append(rec.id)
         names[rec.id] = rec.name
-    from data.naming import parse_upload_stem, upload_stem
 
     def lookup(item_id: str) -> tuple[int | None, str]:
         stem = PurePosixPath(item_id).name

@@ -32,6 +32,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from data.ingest import ingest
 from data.schema import DEFAULT_CLASSES
 
 # -- classes and default (street-like, imbalanced) frequencies ---------------------------------
@@ -498,8 +499,6 @@ def create_demo_pool(ws: "Workspace", n: int, *, seed: int = 0, size: int = 96, 
     images (and ingestion then adds nothing); different parameters get their own folder.
     ``progress`` is called as (done, total) over generation then ingestion.
     """
-    from data.ingest import ingest
-
     params = {"n": n, "seed": seed, "size": size,
               "frequencies": _normalised_frequencies(frequencies)}
     folder = ws.pools_dir / f"demo-{seed}"

@@ -1,4 +1,4 @@
-"""Model checkpoints: atomic writes, and loading a workspace's current (or any) model.
+"""Model checkpoints: atomic writes and loading one file (which model is current is core's business).
 
 Why atomic: the app trains in a background job that can be killed at any moment (user cancel,
 power cut, OOM). A checkpoint is written to a temporary file in the same folder, flushed and
@@ -22,7 +22,6 @@ from torchvision.models import resnet18
 
 from data.errors import UserError
 from data.schema import LabelSchema
-from data.workspace import Workspace
 from models.network import MultiHeadResNet
 
 CHECKPOINT_NAME = "model.pt"
@@ -101,38 +100,4 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     model = MultiHeadResNet(schema_from_meta(meta), backbone=resnet18(weights=None))
     model.load_state_dict(blob["model_state"])
     model.eval()
-    return model, meta
-
-
-def resolve_model_path(ws: Workspace, stored_path: str) -> Path:
-    """Model paths are stored relative to the workspace root so a workspace can be moved."""
-    p = Path(stored_path)
-    return p if p.is_absolute() else ws.root / p
-
-
-def model_record(ws: Workspace, model_id: int | None = None) -> dict[str, Any]:
-    """The store's row for ``model_id`` (default: the current model), or a UserError."""
-    with ws.store() as store:
-        if model_id is None:
-            record = store.current_model()
-            if record is None:
-                raise UserError("no trained model yet; run `python -m core train` first")
-            return record
-        for record in store.models():
-            if record["id"] == model_id:
-                return record
-    raise UserError(f"no model with id {model_id}")
-
-
-def load_model(ws: Workspace, model_id: int | None = None, *,
-               map_location: str | torch.device = "cpu") -> tuple[MultiHeadResNet, dict[str, Any]]:
-    """Load the workspace's current model (or ``model_id``); returns ``(model, meta)``.
-
-    ``meta`` gains ``model_id``, ``path`` (absolute) and ``model_dir`` so callers can save
-    results (metrics, exports) beside the weights.
-    """
-    record = model_record(ws, model_id)
-    path = resolve_model_path(ws, record["path"])
-    model, meta = load_checkpoint(path, map_location=map_location)
-    meta.update(model_id=int(record["id"]), path=str(path), model_dir=str(path.parent))
     return model, meta

@@ -1,31 +1,30 @@
-"""Evaluation on the fixed test split (or any split), and batched prediction from uint8 arrays.
+"""Evaluation of a model on one split's labelled images, and batched prediction from uint8 arrays.
 
 Why per head and only over labelled images: labels are partial, so each attribute is scored on
 the images that carry that attribute. Per-class precision/recall/F1 use class **names** so the
-JSON is readable without the schema, and the report is saved beside the model weights and as a
-summary in the store, so the app can chart test accuracy across rounds.
+JSON is readable without the schema. Each head also carries the majority-class baseline (always
+answer the most frequent class), so a reader sees whether the model beats a constant guess.
+Plain functions over arrays: :mod:`core.training` loads the split, saves the report beside the
+weights and records its summary in the store.
 """
 from __future__ import annotations
 
 import contextlib
-import json
-import os
+import dataclasses
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import torch
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score,
+                             precision_recall_fscore_support)
 
+from data.dataset import SplitData, encode_targets
 from data.errors import UserError
-from data.workspace import Workspace
-from data.cache import ImageCache
-from data.dataset import encode_targets, load_split
 from data.evalset import fingerprint
 from data.preprocess import normalise_batch
-from models.checkpoint import load_model, schema_from_meta
+from data.schema import LabelSchema
 from models.network import MultiHeadResNet
 
 
@@ -91,7 +90,7 @@ def head_report(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]) 
     if n == 0:
         return {"n": 0, "accuracy": None, "macro_precision": None, "macro_recall": None,
                 "macro_f1": None, "classes": list(class_names), "confusion_matrix": None,
-                "per_class": {}, "macro_over": []}
+                "per_class": {}, "macro_over": [], "baseline": None}
     all_labels = list(range(len(class_names)))
     cm = confusion_matrix(y_true, y_pred, labels=all_labels)
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=all_labels,
@@ -113,17 +112,43 @@ def head_report(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]) 
             for k, name in enumerate(class_names)
         },
         "macro_over": [class_names[k] for k in present],
+        "baseline": majority_baseline(y_true, class_names),
     }
 
 
-def _write_json(path: Path, data: Mapping[str, Any]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
-    os.replace(tmp, path)
+def majority_baseline(y_true: np.ndarray, class_names: list[str]) -> dict[str, Any]:
+    """Accuracy and macro-F1 of always answering the split's most frequent class."""
+    majority = int(np.bincount(y_true, minlength=len(class_names)).argmax())
+    guess = np.full_like(y_true, majority)
+    return {"class": class_names[majority],
+            "accuracy": float(accuracy_score(y_true, guess)),
+            "macro_f1": float(f1_score(y_true, guess, labels=sorted(set(y_true.tolist())),
+                                       average="macro", zero_division=0))}
+
+
+@dataclass
+class EvaluationReport:
+    """A model's per-head report on one split; ``heads[attr]`` is :func:`head_report`'s dict."""
+
+    model_id: int | None
+    split: str
+    n_images: int
+    image_size: int
+    evaluated_at: float
+    seconds: float
+    heads: dict[str, dict[str, Any]]
+    eval_set: dict[str, Any] | None = None   # {members, images, fingerprint} on the evaluation set
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def summary(self) -> dict[str, Any]:
+        """The small per-split summary kept in the store's model row (for charts across rounds)."""
+        return metrics_summary(self.to_dict())
 
 
 def metrics_summary(report: Mapping[str, Any]) -> dict[str, Any]:
-    """The small per-split summary kept in the store's model row (for charts across rounds)."""
+    """The store's per-split summary of a report dict (see :meth:`EvaluationReport.summary`)."""
     heads = report["heads"]
     return {
         "accuracy": {a: h["accuracy"] for a, h in heads.items()},
@@ -135,63 +160,56 @@ def metrics_summary(report: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def evaluate(ws: Workspace, model_id: int | None = None, split: str = "test", *,
-             batch_size: int = 256, save: bool = True) -> dict[str, Any]:
-    """Evaluate a model (default: current) on the labelled images of ``split``.
+def evaluate_split(model: MultiHeadResNet, schema: LabelSchema, data: SplitData, image_size: int,
+                   *, split: str = "test", model_id: int | None = None,
+                   batch_size: int = 256, eval_set_members: int = 0) -> EvaluationReport:
+    """Per-head metrics of ``model`` on the labelled images in ``data``.
 
-    Returns the full report ``{"model_id", "split", "n_images", "evaluated_at", "image_size",
-    "heads": {attribute: head_report}}``. With ``save``, it is written to
-    ``<model folder>/metrics_<split>.json`` and its summary merged into the model's metrics in
-    the store under ``split``.
+    ``eval_set_members`` > 0 says ``data`` is the project's evaluation set (that many members);
+    the report then records it with a fingerprint of the images measured, so learning-curve
+    points can be compared on one set. Raises :class:`data.errors.UserError` when ``data`` is
+    empty: nothing was measured.
     """
-    model, meta = load_model(ws, model_id)
-    schema = schema_from_meta(meta)
-    cache = ImageCache(ws.cache_dir, ws.config.cache_size)
-    with ws.store() as store:
-        # On the test split, a project with an evaluation set is measured on its members only,
-        # so every model (every learning-curve point) sees the same images.
-        members = store.eval_set_ids() if split == "test" else []
-        data = load_split(store, cache, split, only=members or None)
     if len(data) == 0:
-        where = "evaluation-set" if members else split
+        where = "evaluation-set" if eval_set_members else split
         raise UserError(f"no labelled {where} images to evaluate on")
     started = time.perf_counter()
-    preds = predict_arrays(model, data.images, int(meta["image_size"]), batch_size)
+    preds = predict_arrays(model, data.images, int(image_size), batch_size)
     targets = encode_targets(data.labels, schema)
-    heads: dict[str, Any] = {}
+    heads: dict[str, dict[str, Any]] = {}
     for col, attr in enumerate(schema.attributes):
         mask = targets[:, col] >= 0
-        y_true = targets[mask, col]
-        y_pred = preds.probs[attr][mask].argmax(axis=1)
-        heads[attr] = head_report(y_true, y_pred, list(schema.classes[attr]))
-    report = {
-        "model_id": meta["model_id"],
-        "split": split,
-        "n_images": len(data),
-        "image_size": int(meta["image_size"]),
-        "evaluated_at": time.time(),
-        "seconds": round(time.perf_counter() - started, 3),
-        "heads": heads,
-        "eval_set": {"members": len(members), "images": len(data),
-                     "fingerprint": fingerprint(data.image_ids)} if members else None,
-    }
-    if save:
-        _write_json(Path(meta["model_dir"]) / f"metrics_{split}.json", report)
-        with ws.store() as store:
-            record = next(m for m in store.models() if m["id"] == meta["model_id"])
-            metrics = dict(record["metrics"])
-            metrics[split] = metrics_summary(report)
-            store.set_model_metrics(meta["model_id"], metrics)
-    return report
+        heads[attr] = head_report(targets[mask, col], preds.probs[attr][mask].argmax(axis=1),
+                                  list(schema.classes[attr]))
+    return EvaluationReport(model_id=model_id, split=split, n_images=len(data),
+                            image_size=int(image_size), evaluated_at=time.time(),
+                            seconds=round(time.perf_counter() - started, 3), heads=heads,
+                            eval_set={"members": eval_set_members, "images": len(data),
+                                      "fingerprint": fingerprint(data.image_ids)}
+                            if eval_set_members else None)
 
 
-def format_report(report: Mapping[str, Any]) -> str:
-    """A few readable lines: per head accuracy, macro F1, support."""
+def format_report(report: EvaluationReport | Mapping[str, Any]) -> str:
+    """Readable lines for a terminal: per head accuracy, macro-F1 and the majority baseline,
+    then per class precision, recall, F1 and support by class name."""
+    if isinstance(report, EvaluationReport):
+        report = report.to_dict()
     lines = [f"model {report['model_id']} on {report['split']} ({report['n_images']} images)"]
     for attr, h in report["heads"].items():
         if not h["n"]:
-            lines.append(f"  {attr:12s} no labelled images")
+            lines.append(f"  {attr}: no labelled images")
             continue
-        lines.append(f"  {attr:12s} accuracy {h['accuracy']:.3f}  macro-F1 {h['macro_f1']:.3f}"
+        lines.append(f"  {attr}: accuracy {h['accuracy']:.3f}  macro-F1 {h['macro_f1']:.3f}"
                      f"  (n={h['n']})")
+        base = h.get("baseline")
+        if base:
+            lines.append(f"    majority-class baseline (always {base['class']!r}): accuracy "
+                         f"{base['accuracy']:.3f}  macro-F1 {base['macro_f1']:.3f}")
+        width = max(len(c) for c in h["per_class"]) if h["per_class"] else 5
+        lines.append(f"    {'class':<{width}}  precision  recall     F1  support")
+        for name, row in h["per_class"].items():
+            lines.append(f"    {name:<{width}}  {row['precision']:9.3f}  {row['recall']:6.3f}  "
+                         f"{row['f1']:5.3f}  {row['support']:7d}")
     return "\n".join(lines)
+
+

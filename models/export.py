@@ -4,7 +4,7 @@ Why a gate: an ONNX file that silently differs from the trained network (a wrong
 a stale or corrupted file) would mislabel images in CVAT auto-annotation and skew pool scoring
 without anyone noticing. So every export is written to a staging file, run through onnxruntime
 on real pool images from the cache next to the PyTorch model, and moved to its published path
-(``ws.exports_dir/model_<id>/model.onnx``) only when the logits agree (max abs difference and
+(``<export folder>/model.onnx``, see :mod:`core.exports`) only when the logits agree (max abs difference and
 per-head argmax agreement within thresholds). A failing file is kept beside it as
 ``model.onnx.rejected`` for inspection and a :class:`ParityError` names the figures.
 
@@ -34,25 +34,17 @@ import torch
 from torch import nn
 
 from data.errors import UserError
-from data.workspace import Workspace
-from data.cache import ImageCache
 from data.preprocess import IMAGENET_MEAN, IMAGENET_STD, normalise_batch
 from models.network import MultiHeadResNet
+from models.onnx_contract import (EMBEDDING_NAME, INPUT_NAME, META_CREATED, META_EXPORTER,
+                                  META_MODEL_ID, META_OUTPUTS, META_PARITY, META_PRECISION,
+                                  META_PREPROCESS, META_SCHEMA)
+from models.onnx_runtime import OnnxClassifier
 
 log = logging.getLogger(__name__)
 
 # Opset 17 is the newest that TensorRT 8.5 (JetPack 5) parses, and ORT runs it everywhere.
 ONNX_OPSET = 17
-INPUT_NAME = "image"
-EMBEDDING_NAME = "embedding"
-META_SCHEMA = "cargroup.schema"
-META_PREPROCESS = "cargroup.preprocess"
-META_MODEL_ID = "cargroup.model_id"
-META_CREATED = "cargroup.created_at"
-META_EXPORTER = "cargroup.exporter"
-META_OUTPUTS = "cargroup.outputs"
-META_PARITY = "cargroup.parity"
-META_PRECISION = "cargroup.precision"
 
 FP32_NAME = "model.onnx"
 INT8_NAME = "model.int8.onnx"
@@ -195,8 +187,6 @@ def check_parity(model: MultiHeadResNet, onnx_path: str | Path, images: np.ndarr
     Both see the output of :func:`data.preprocess.normalise_batch`, so only the network is
     compared. Fails on an empty image set: an unverified export is not a verified one.
     """
-    from models.onnx_runtime import OnnxClassifier
-
     if len(images) == 0:
         raise ExportError("parity check needs at least one pool image in the cache")
     ort_model = OnnxClassifier(onnx_path)
@@ -272,86 +262,21 @@ def publish_onnx(model: MultiHeadResNet, out_dir: str | Path, parity_images: np.
     return final, report
 
 
-# -- workspace level ---------------------------------------------------------------------------
-def export_dir(ws: Workspace, model_id: int) -> Path:
-    """Where every export of one model lives."""
-    return ws.exports_dir / f"model_{int(model_id)}"
-
-
-def resolve_model_id(ws: Workspace, model_id: int | None) -> int:
-    """``model_id`` checked against the store, or the current model's id."""
-    with ws.store() as store:
-        models = {int(m["id"]): m for m in store.models()}
-        current = store.current_model()
-    if model_id is None:
-        if current is None:
-            raise ExportError("no current model to export; train one first (python -m core train)")
-        return int(current["id"])
-    if int(model_id) not in models:
-        raise ExportError(f"no model with id {model_id} (known: {sorted(models) or 'none'})")
-    return int(model_id)
-
-
-def _meta_get(meta: Any, key: str, default: Any = None) -> Any:
-    if isinstance(meta, Mapping):
-        return meta.get(key, default)
-    return getattr(meta, key, default)
-
-
-def load_for_export(ws: Workspace, model_id: int) -> tuple[MultiHeadResNet, int]:
-    """(eval-mode model, input size) through the training code's checkpoint loader."""
-    from models.checkpoint import load_model
-
-    model, meta = load_model(ws, model_id)
-    size = _meta_get(meta, "image_size") or ws.config.cache_size
-    return model.eval(), int(size)
-
-
-def pool_images(ws: Workspace, n: int, *, split: str | None = None, seed: int = 0,
-                ) -> tuple[list[int], np.ndarray]:
-    """Up to ``n`` cached pool images (ids, uint8 NHWC), a seeded random spread over the pool."""
-    with ws.store() as store:
-        records = [r for r in store.images(split=split) if r.cache_row is not None]
-    if n < len(records):
-        pick = np.sort(np.random.default_rng(seed).choice(len(records), size=n, replace=False))
-        records = [records[i] for i in pick]
-    cache = ImageCache(ws.cache_dir, ws.config.cache_size)
-    return [r.id for r in records], cache.read([r.cache_row for r in records])
-
-
-def export_onnx(ws: Workspace, model_id: int | None = None, *,
-                parity_images: int = DEFAULT_PARITY_IMAGES,
-                max_abs_diff: float = DEFAULT_MAX_ABS_DIFF,
-                min_agreement: float = DEFAULT_MIN_AGREEMENT) -> Path:
-    """Export a stored model (default: the current one) to ``exports/model_<id>/model.onnx``.
-
-    Raises :class:`ParityError` (nothing published) when onnxruntime disagrees with PyTorch on
-    ``parity_images`` real pool images from the cache.
-    """
-    model_id = resolve_model_id(ws, model_id)
-    model, size = load_for_export(ws, model_id)
-    _, images = pool_images(ws, parity_images)
-    path, _ = publish_onnx(model, export_dir(ws, model_id), images, size, model_id=model_id,
-                           max_abs_diff=max_abs_diff, min_agreement=min_agreement)
-    return path
-
-
-def load_parity(ws: Workspace, model_id: int) -> dict[str, Any] | None:
-    """The last parity report written for a model's export, if any."""
-    path = export_dir(ws, model_id) / PARITY_NAME
+def load_parity(folder: str | Path) -> dict[str, Any] | None:
+    """The last parity report written in an export folder, if any."""
+    path = Path(folder) / PARITY_NAME
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
 
 
-def find_export(ws: Workspace, model_id: int, prefer_int8: bool = True) -> Path | None:
-    """The published ONNX file of a model (int8 first when asked and present), else None.
+def find_export(folder: str | Path, prefer_int8: bool = True) -> Path | None:
+    """The published ONNX file in an export folder (int8 first when asked and present), else None.
 
     Only published files are returned: rejected candidates and staging files never are.
     """
-    folder = export_dir(ws, model_id)
     order: Sequence[str] = (INT8_NAME, FP32_NAME) if prefer_int8 else (FP32_NAME, INT8_NAME)
     for name in order:
-        if (folder / name).is_file():
-            return folder / name
+        if (Path(folder) / name).is_file():
+            return Path(folder) / name
     return None
 
 

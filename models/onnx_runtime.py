@@ -16,16 +16,9 @@ import onnxruntime as ort
 from data.preprocess import normalise_batch
 from data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
-META_SCHEMA = "cargroup.schema"
-META_PREPROCESS = "cargroup.preprocess"
-EMBEDDING_NAME = "embedding"
+from models.onnx_contract import EMBEDDING_NAME, META_PREPROCESS, META_SCHEMA, softmax
 
-
-def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Numerically stable softmax in float32."""
-    z = logits - logits.max(axis=axis, keepdims=True)
-    e = np.exp(z, dtype=np.float32)
-    return e / e.sum(axis=axis, keepdims=True)
+__all__ = ["OnnxClassifier", "softmax"]
 
 
 class OnnxClassifier:

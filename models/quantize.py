@@ -26,10 +26,9 @@ from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, 
                                       QuantType, quantize_static)
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from data.workspace import Workspace
 from data.preprocess import normalise_batch
-from models.export import (FP32_NAME, INPUT_NAME, INT8_NAME, META_PRECISION, ExportError,
-                           export_dir, pool_images, read_metadata, resolve_model_id, set_metadata)
+from models.export import INT8_NAME, ExportError, read_metadata, set_metadata
+from models.onnx_contract import INPUT_NAME, META_PARITY, META_PRECISION, META_QUANTIZATION
 from models.onnx_runtime import OnnxClassifier
 
 log = logging.getLogger(__name__)
@@ -107,9 +106,9 @@ def quantize_onnx(fp32_path: str | Path, out_path: str | Path, calibration_image
                         calibrate_method=CALIBRATION_METHODS[calibrate_method])
         proto = onnx.load(str(staged))
         props = read_metadata(fp32_path)
-        props.pop("cargroup.parity", None)  # parity was measured for fp32, not this file
+        props.pop(META_PARITY, None)  # parity was measured for fp32, not this file
         props[META_PRECISION] = "int8"
-        props["cargroup.quantization"] = json.dumps({
+        props[META_QUANTIZATION] = json.dumps({
             "format": "QDQ", "per_channel": per_channel, "weights": "int8",
             "activations": "uint8" if act == QuantType.QUInt8 else "int8",
             "calibration": calibrate_method, "calibration_images": int(len(calibration_images))})
@@ -189,52 +188,24 @@ def compare_models(fp32_path: str | Path, int8_path: str | Path, images: np.ndar
                       calibration_images=int(calibration_images), failures=failures)
 
 
-def labelled_test_split(ws: Workspace, schema: Mapping[str, list[str]], n_max: int | None = None,
-                      ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Cached test-split images with a current label, and per-head class indices (-1: none)."""
-    with ws.store() as store:
-        labelled = store.current_labels(split="test")
-        records = [r for r in store.images(ids=sorted(labelled)) if r.cache_row is not None]
-    if n_max is not None and len(records) > n_max:
-        pick = np.sort(np.random.default_rng(0).choice(len(records), n_max, replace=False))
-        records = [records[i] for i in pick]
-    labels = {a: np.array([names.index(labelled[r.id][a])
-                           if labelled[r.id].get(a) in names else -1 for r in records])
-              for a, names in schema.items()}
-    from data.cache import ImageCache
-    images = ImageCache(ws.cache_dir, ws.config.cache_size).read([r.cache_row for r in records])
-    return images, labels
+def publish_int8(fp32_path: str | Path, folder: str | Path, calibration_images: np.ndarray,
+                 eval_images: np.ndarray, labels: Mapping[str, np.ndarray], *,
+                 calibrate_method: str = "minmax", min_agreement: float = DEFAULT_MIN_AGREEMENT,
+                 max_drop: float = DEFAULT_MAX_DROP) -> tuple[Path, Int8Report]:
+    """Quantize ``fp32_path``, compare on ``eval_images``, publish ``folder/model.int8.onnx``.
 
-
-def quantize_export(ws: Workspace, model_id: int | None = None, *,
-                    calibration: int = DEFAULT_CALIBRATION, calibrate_method: str = "minmax",
-                    eval_max: int | None = None, min_agreement: float = DEFAULT_MIN_AGREEMENT,
-                    max_drop: float = DEFAULT_MAX_DROP) -> tuple[Path, Int8Report]:
-    """int8 version of a model's published fp32 export, checked against the test split.
-
-    Calibration uses ``calibration`` train/val pool images (never test images, which measure
-    the result). Publishes ``model.int8.onnx`` and ``int8_report.json``; raises
-    :class:`QuantizationError` (nothing published) when the report fails its thresholds.
+    Writes ``int8_report.json`` either way; a failing report keeps the candidate as
+    ``model.int8.onnx.rejected`` and raises :class:`QuantizationError` (nothing published).
     """
-    model_id = resolve_model_id(ws, model_id)
-    folder = export_dir(ws, model_id)
-    fp32_path = folder / FP32_NAME
-    if not fp32_path.is_file():
-        raise QuantizationError(f"model {model_id} has no published fp32 export at {fp32_path}; "
-                                "run `python -m core export` first")
-    fp32 = OnnxClassifier(fp32_path)
-    calib = np.concatenate([pool_images(ws, calibration, split=s, seed=1)[1] for s in ("train", "val")])
-    if len(calib) > calibration:
-        calib = calib[np.random.default_rng(1).choice(len(calib), calibration, replace=False)]
-    if len(calib) == 0:
+    folder = Path(folder)
+    if len(calibration_images) == 0:
         raise QuantizationError("no train/val pool images in the cache to calibrate on")
+    fp32 = OnnxClassifier(fp32_path)
     candidate = folder / (INT8_NAME + ".candidate")
-    quantize_onnx(fp32_path, candidate, calib, fp32.image_size, calibrate_method=calibrate_method)
-    images, labels = labelled_test_split(ws, fp32.schema, eval_max)
-    if len(images) == 0:  # nothing labelled in test yet: agreement on pool images only
-        _, images = pool_images(ws, 256, seed=2)
-        labels = {}
-    report = compare_models(fp32_path, candidate, images, labels, calibration_images=len(calib),
+    quantize_onnx(fp32_path, candidate, calibration_images, fp32.image_size,
+                  calibrate_method=calibrate_method)
+    report = compare_models(fp32_path, candidate, eval_images, labels,
+                            calibration_images=len(calibration_images),
                             min_agreement=min_agreement, max_drop=max_drop)
     (folder / REPORT_NAME).write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")
     if not report.passed:
@@ -245,6 +216,7 @@ def quantize_export(ws: Workspace, model_id: int | None = None, *,
     return final, report
 
 
-def load_int8_report(ws: Workspace, model_id: int) -> dict[str, Any] | None:
-    path = export_dir(ws, model_id) / REPORT_NAME
+def load_int8_report(folder: str | Path) -> dict[str, Any] | None:
+    """The int8 report written in an export folder, if any."""
+    path = Path(folder) / REPORT_NAME
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None

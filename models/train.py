@@ -1,4 +1,4 @@
-"""Training the three-head network on the store's labelled images, fast enough on a 2-core CPU.
+"""Training the three-head network on labelled images in memory, fast enough on a 2-core CPU.
 
 Recipe (all configurable through :class:`TrainConfig`): Adam (lr 1e-4, weight decay 5e-4),
 batch 64, 25 epochs, 128 px; loss = sum over heads of cross-entropy with missing attributes
@@ -9,9 +9,11 @@ images come from the uint8 cache (no JPEG decoding), the network runs channels-l
 the CPU has native bfloat16 (AVX512-BF16/AMX) the forward pass runs under bf16 autocast, which
 roughly doubles throughput. Thread count can be pinned with ``num_threads``.
 
-Why the current model is never at risk: a run writes into its own new folder and is registered
-in the store (and made current) only after it finished; a failed or cancelled run deletes its
-folder and leaves the previous current model and its file untouched.
+Shape (as torchvision's classification reference): :func:`train_one_epoch` runs one pass over
+the loader, :func:`evaluate` measures the validation split, and :func:`train` wires them with
+the best-checkpoint and early-stop logic. These are plain functions over in-memory splits and an
+output folder; they never touch the project store. Recording the model and deciding whether it
+becomes current is :mod:`core.training`'s job, after the test evaluation and the cancel check.
 """
 from __future__ import annotations
 
@@ -19,35 +21,29 @@ import contextlib
 import dataclasses
 import json
 import logging
-import os
 import random
-import secrets
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.utils.class_weight import compute_class_weight
 from torch.utils.data import DataLoader
 
+from data.dataset import LabelledImageDataset, SplitData, encode_targets
 from data.errors import UserError
+from data.progress import CancelFn, Progress, ProgressFn
 from data.schema import LabelSchema
-from data.workspace import Workspace
-from data.cache import ImageCache
-from data.dataset import LabelledImageDataset, SplitData, encode_targets, load_split
 from data.transforms import apply_albumentations, eval_transform, train_transform
-from models.checkpoint import (CHECKPOINT_NAME, load_model, model_meta, save_checkpoint)
+from models.checkpoint import CHECKPOINT_NAME, model_meta, save_checkpoint
 from models.evaluate import predict_arrays
 from models.network import MultiHeadResNet, build_model
 from models.semi import DEFAULT_THRESHOLD, SEMI_METHODS, FixMatchTerm
 
 log = logging.getLogger(__name__)
-
-ProgressFn = Callable[[dict[str, Any]], None]
-CancelFn = Callable[[], bool]
 
 
 @dataclass
@@ -90,10 +86,13 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    """What a run produced. ``status`` is ``"succeeded"`` or ``"cancelled"``."""
+    """What a run produced. ``status`` is ``"succeeded"`` or ``"cancelled"``.
+
+    ``train_images`` counts the labelled training images; ``train_examples`` also counts the
+    mirrored copies flip-balancing adds (the learning curve plots the former).
+    """
 
     status: str
-    model_id: int | None = None
     path: str | None = None
     epochs_run: int = 0
     best_epoch: int | None = None
@@ -103,6 +102,7 @@ class TrainResult:
     seconds: float = 0.0
     images_per_s: float = 0.0
     train_images: int = 0
+    train_examples: int = 0
     val_images: int = 0
     balance: dict[str, dict[str, int]] | None = None
     origin: str = ""
@@ -172,21 +172,20 @@ def masked_loss(logits: Mapping[str, torch.Tensor], targets: torch.Tensor,
 
 
 def class_weight_tensors(targets: np.ndarray, schema: LabelSchema) -> dict[str, torch.Tensor]:
-    """Inverse-frequency weights per head: ``n / (K_present * n_c)``; 1 for absent classes."""
+    """Per head, sklearn's "balanced" weights ``n / (K_present * n_c)``; 1 for absent classes."""
     out: dict[str, torch.Tensor] = {}
     for col, attr in enumerate(schema.attributes):
-        k = schema.num_classes(attr)
+        w = np.ones(schema.num_classes(attr), dtype=np.float64)
         t = targets[:, col]
-        counts = np.bincount(t[t >= 0], minlength=k).astype(np.float64)
-        present = counts > 0
-        w = np.ones(k, dtype=np.float64)
-        if present.any():
-            w[present] = counts.sum() / (present.sum() * counts[present])
+        t = t[t >= 0]
+        if len(t):
+            present = np.unique(t)
+            w[present] = compute_class_weight("balanced", classes=present, y=t)
         out[attr] = torch.tensor(w, dtype=torch.float32)
     return out
 
 
-def validate(model: MultiHeadResNet, data: SplitData, schema: LabelSchema, image_size: int,
+def evaluate(model: MultiHeadResNet, data: SplitData, schema: LabelSchema, image_size: int,
              *, batch_size: int = 256, device: torch.device | None = None,
              channels_last: bool = True) -> tuple[float, dict[str, float | None]]:
     """Unweighted masked loss (mean per head, summed) and per-head accuracy on ``data``.
@@ -213,44 +212,77 @@ def validate(model: MultiHeadResNet, data: SplitData, schema: LabelSchema, image
 
 # -- the run --------------------------------------------------------------------------------
 
-def _new_run_dir(ws: Workspace) -> Path:
-    name = f"m{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
-    path = ws.models_dir / name
-    path.mkdir(parents=True, exist_ok=False)
-    return path
+@dataclass
+class _EpochStats:
+    loss: float
+    images: int
+    seconds: float
 
 
-def _initial_model(ws: Workspace, config: TrainConfig, schema: LabelSchema
-                   ) -> tuple[MultiHeadResNet, str, int | None]:
-    """(model, where its weights came from, id of the model warm-started from)."""
-    if config.warm_start:
-        with ws.store() as store:
-            current = store.current_model()
-        if current is None:
-            log.warning("warm start asked but there is no current model; training from scratch")
-        else:
-            model, meta = load_model(ws, current["id"])
-            if meta["classes"] != {a: list(schema.classes[a]) for a in schema.attributes}:
-                raise UserError(
-                    f"cannot warm-start: model {current['id']} was trained on other class lists "
-                    "than the project's schema; train without --warm-start")
-            return model, f"warm start from model {current['id']}", int(current["id"])
-    model, origin = build_model(schema, pretrained=config.pretrained,
-                                checkpoint=config.checkpoint)
-    return model, origin, None
+def train_one_epoch(model: MultiHeadResNet, loader: DataLoader, optimiser: torch.optim.Optimizer,
+                    attributes: Sequence[str], device: torch.device, *,
+                    weights: Mapping[str, torch.Tensor] | None = None, use_bf16: bool = False,
+                    channels_last: bool = True, should_cancel: CancelFn | None = None,
+                    on_step: Any = None, semi: FixMatchTerm | None = None) -> _EpochStats:
+    """One pass over ``loader``; ``on_step(step, mean_loss_so_far, images_so_far, seconds)``.
+
+    ``semi`` adds the FixMatch unlabelled term to every step's loss (see :mod:`models.semi`).
+
+    ``should_cancel`` is polled before every step and raises :class:`TrainingCancelled`.
+    """
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model.train()
+    start = time.perf_counter()
+    loss_sum, seen = 0.0, 0
+    for step, (x, y) in enumerate(loader, start=1):
+        if should_cancel is not None and should_cancel():
+            raise TrainingCancelled()
+        x = x.to(device, non_blocking=True).contiguous(memory_format=fmt)
+        y = y.to(device, non_blocking=True)
+        autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+                    if use_bf16 else contextlib.nullcontext())
+        with autocast:
+            logits = model(x)
+        loss, _ = masked_loss(logits, y, attributes, weights)
+        if semi is not None:
+            loss = loss + semi.loss(model, device, fmt, use_bf16)
+        if loss.requires_grad:  # False only when no image in the batch has a label
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+        loss_sum += float(loss.detach()) * len(x)
+        seen += len(x)
+        if on_step is not None:
+            on_step(step, loss_sum / seen, seen, time.perf_counter() - start)
+    return _EpochStats(loss_sum / max(seen, 1), seen, time.perf_counter() - start)
 
 
-def train(ws: Workspace, config: TrainConfig | None = None, *,
+def make_dataset(train_data: SplitData, schema: LabelSchema, config: TrainConfig
+                 ) -> tuple[LabelledImageDataset, dict[str, dict[str, int]] | None]:
+    """The training dataset (augmented, optionally flip-balanced) and the balance plan's counts."""
+    transform = (apply_albumentations(train_transform(config.image_size, seed=config.seed))
+                 if config.augment else eval_transform(config.image_size))
+    if not config.balance_orientation:
+        return LabelledImageDataset(train_data, schema, transform), None
+    dataset, plan = LabelledImageDataset.balanced(train_data, schema, transform, seed=config.seed)
+    log.info("orientation balance: %s -> %s", plan.before, plan.after)
+    return dataset, {"before": plan.before, "after": plan.after, "added": plan.added}
+
+
+def train(train_data: SplitData, val_data: SplitData, schema: LabelSchema, out_dir: str | Path,
+          config: TrainConfig | None = None, *, initial_model: MultiHeadResNet | None = None,
+          origin: str | None = None, semi: FixMatchTerm | None = None,
           progress: ProgressFn | None = None,
           should_cancel: CancelFn | None = None) -> TrainResult:
-    """Train on the labelled train split, validate on val, register the best model as current.
+    """Train on ``train_data``, keep the best checkpoint by ``val_data`` loss in ``out_dir``.
 
-    ``progress`` receives a dict after every step and at each epoch end: ``{phase ("step" or
-    "epoch"), epoch, epochs, step, steps, train_loss, val_loss, val_acc: {attr: acc},
-    images_per_s, best_val_loss}`` (val fields are those of the latest finished epoch, None
-    before the first). ``should_cancel`` is polled every step; when it returns true the run
-    stops, deletes its files and returns ``TrainResult(status="cancelled")`` with no model
-    registered. Any exception also leaves the previous current model in place.
+    ``initial_model`` (a warm start, with ``origin`` saying where it came from) replaces the
+    fresh ImageNet-initialised network; ``semi`` (built by the caller from the unlabelled pool
+    when ``config.semi_supervised`` asks for it) adds the unlabelled loss. ``progress`` receives a :class:`data.progress.Progress`
+    after every step and epoch; its ``details`` are ``{phase ("step"/"epoch"), epoch, epochs,
+    step, steps, train_loss, val_loss, val_acc, images_per_s, best_val_loss}`` (val fields of
+    the latest finished epoch). ``should_cancel`` is polled every step; a cancelled run returns
+    ``TrainResult(status="cancelled")``. The caller owns ``out_dir`` (and deletes it on failure).
     """
     config = config or TrainConfig()
     if config.epochs < 1 or config.batch_size < 1 or config.image_size < 16:
@@ -258,175 +290,131 @@ def train(ws: Workspace, config: TrainConfig | None = None, *,
     if config.semi_supervised not in SEMI_METHODS:
         raise UserError(f"unknown semi-supervised method {config.semi_supervised!r}; "
                         f"choose one of {', '.join(SEMI_METHODS)}")
+    if len(train_data) == 0:
+        raise UserError("no labelled training images; label some first (or import labels)")
+    if len(val_data) == 0:
+        log.warning("no labelled validation images: keeping the last epoch's weights")
     started = time.perf_counter()
     old_threads = torch.get_num_threads()
     if config.num_threads:
         torch.set_num_threads(int(config.num_threads))
-    run_dir: Path | None = None
     try:
-        seed_everything(config.seed)
-        schema = ws.schema
-        device = resolve_device(config.device)
-        use_bf16 = bf16_supported(device) if config.bf16 is None else bool(config.bf16)
-        cache = ImageCache(ws.cache_dir, ws.config.cache_size)
-        with ws.store() as store:
-            train_data = load_split(store, cache, "train")
-            val_data = load_split(store, cache, "val")
-            round_id = config.round_id
-            if round_id is None:
-                latest = store.latest_round()
-                round_id = int(latest["id"]) if latest else None
-        if len(train_data) == 0:
-            raise UserError("no labelled training images; label some first (or import labels)")
-        if len(val_data) == 0:
-            log.warning("no labelled validation images: keeping the last epoch's weights")
-
-        transform = (apply_albumentations(train_transform(config.image_size, seed=config.seed))
-                     if config.augment else eval_transform(config.image_size))
-        balance = None
-        if config.balance_orientation:
-            dataset, plan = LabelledImageDataset.balanced(train_data, schema, transform,
-                                                          seed=config.seed)
-            balance = {"before": plan.before, "after": plan.after, "added": plan.added}
-            log.info("orientation balance: %s -> %s", plan.before, plan.after)
-        else:
-            dataset = LabelledImageDataset(train_data, schema, transform)
-
-        semi = None
-        if config.semi_supervised == "fixmatch":  # pseudo-labels stay in memory, never stored
-            with ws.store() as store:
-                semi = FixMatchTerm.from_store(
-                    store, cache, schema, labelled_targets=dataset.targets,
-                    image_size=config.image_size, batch_size=config.batch_size,
-                    threshold=config.semi_threshold, weight=config.semi_weight,
-                    max_images=config.semi_max_images, seed=config.seed)
-            if semi is None:
-                log.warning("semi-supervised: no unlabelled train images; supervised only")
-        model, origin, parent_id = _initial_model(ws, config, schema)
-        fmt = torch.channels_last if config.channels_last else torch.contiguous_format
-        model.to(device=device, memory_format=fmt)
-        weights = None
-        if config.class_weights:
-            weights = {a: w.to(device) for a, w in
-                       class_weight_tensors(dataset.targets, schema).items()}
-        optimiser = torch.optim.Adam(model.parameters(), lr=config.lr,
-                                     weight_decay=config.weight_decay)
-        generator = torch.Generator().manual_seed(config.seed)
-        loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True,
-                            generator=generator, num_workers=config.num_workers,
-                            # BatchNorm cannot train on a last batch of one image
-                            drop_last=len(dataset) % config.batch_size == 1 and len(dataset) > 1)
-        epochs = config.effective_epochs()
-        steps = len(loader)
-        run_dir = _new_run_dir(ws)
-        ckpt_path = run_dir / CHECKPOINT_NAME
-        params = config.to_dict() | {"epochs_planned": epochs, "origin": origin,
-                                     "train_images": len(dataset), "val_images": len(val_data),
-                                     "bf16": use_bf16, "device": str(device)}
-        meta = model_meta(schema, config.image_size, params=params, origin=origin)
-        attributes = list(schema.attributes)
-        history: list[dict[str, Any]] = []
-        best_loss: float | None = None
-        best_epoch: int | None = None
-        best_acc: dict[str, float | None] = {}
-        last_val: tuple[float | None, dict[str, float | None]] = (None, {})
-        train_seconds, train_seen = 0.0, 0
-        since_best = 0
-        log.info("training %d images (%d val) for %d epochs at %d px; weights: %s; bf16=%s",
-                 len(dataset), len(val_data), epochs, config.image_size, origin, use_bf16)
-
-        for epoch in range(1, epochs + 1):
-            model.train()
-            epoch_start = time.perf_counter()
-            loss_sum, seen = 0.0, 0
-            for step, (x, y) in enumerate(loader, start=1):
-                if should_cancel is not None and should_cancel():
-                    raise TrainingCancelled()
-                x = x.to(device, non_blocking=True).contiguous(memory_format=fmt)
-                y = y.to(device, non_blocking=True)
-                autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-                            if use_bf16 else contextlib.nullcontext())
-                with autocast:
-                    logits = model(x)
-                loss, _ = masked_loss(logits, y, attributes, weights)
-                if semi is not None:
-                    loss = loss + semi.loss(model, device, fmt, use_bf16)
-                if loss.requires_grad:  # False only when no image in the batch has a label
-                    optimiser.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimiser.step()
-                loss_sum += float(loss.detach()) * len(x)
-                seen += len(x)
-                elapsed = time.perf_counter() - epoch_start
-                if progress is not None:
-                    progress({"phase": "step", "epoch": epoch, "epochs": epochs, "step": step,
-                              "steps": steps, "train_loss": loss_sum / seen,
-                              "val_loss": last_val[0], "val_acc": last_val[1],
-                              "images_per_s": (train_seen + seen) / (train_seconds + elapsed),
-                              "best_val_loss": best_loss})
-            train_seconds += time.perf_counter() - epoch_start
-            train_seen += seen
-            train_loss = loss_sum / max(seen, 1)
-            if len(val_data):
-                val_loss, val_acc = validate(model, val_data, schema, config.image_size,
-                                             device=device, channels_last=config.channels_last)
-                improved = best_loss is None or val_loss < best_loss
-            else:
-                val_loss, val_acc, improved = None, {}, True
-            if improved:
-                best_loss, best_epoch, best_acc = val_loss, epoch, val_acc
-                meta["best_epoch"] = epoch
-                save_checkpoint(ckpt_path, model, meta)
-                since_best = 0
-            else:
-                since_best += 1
-            last_val = (val_loss, val_acc)
-            record = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
-                      "val_acc": val_acc, "seconds": time.perf_counter() - epoch_start,
-                      "images_per_s": seen / max(time.perf_counter() - epoch_start, 1e-9),
-                      "best": improved}
-            if semi is not None:
-                record["pseudo_labelled_share"] = semi.epoch_stats()
-            history.append(record)
-            log.info("epoch %d/%d train %.4f val %s acc %s", epoch, epochs, train_loss,
-                     None if val_loss is None else round(val_loss, 4), val_acc)
-            if progress is not None:
-                progress({"phase": "epoch", "epoch": epoch, "epochs": epochs, "step": steps,
-                          "steps": steps, "train_loss": train_loss, "val_loss": val_loss,
-                          "val_acc": val_acc, "images_per_s": train_seen / max(train_seconds, 1e-9),
-                          "best_val_loss": best_loss})
-            if config.patience is not None and since_best >= config.patience:
-                log.info("early stop: no val improvement for %d epochs", config.patience)
-                break
-
-        seconds = time.perf_counter() - started
-        images_per_s = train_seen / max(train_seconds, 1e-9)
-        (run_dir / "train_log.json").write_text(json.dumps(
-            {"config": config.to_dict(), "origin": origin, "history": history,
-             "balance": balance, "seconds": seconds, "images_per_s": images_per_s,
-             "bf16": use_bf16, "best_epoch": best_epoch}, indent=2), encoding="utf-8")
-        metrics = {"val": {"loss": best_loss, "accuracy": best_acc, "epoch": best_epoch,
-                           "n": len(val_data)},
-                   "train": {"loss": history[-1]["train_loss"], "n": len(dataset),
-                             "seconds": seconds, "images_per_s": images_per_s}}
-        rel_path = os.path.relpath(ckpt_path, ws.root)
-        with ws.store() as store:
-            model_id = store.add_model(rel_path, round_id=round_id, parent_id=parent_id,
-                                       params=params, metrics=metrics, make_current=True)
-        return TrainResult(
-            status="succeeded", model_id=model_id, path=str(ckpt_path), epochs_run=len(history),
-            best_epoch=best_epoch, best_val_loss=best_loss, val_acc=best_acc, history=history,
-            seconds=seconds, images_per_s=images_per_s, train_images=len(dataset),
-            val_images=len(val_data), balance=balance, origin=origin,
-            warm_started_from=parent_id, bf16=use_bf16)
+        return _run(train_data, val_data, schema, Path(out_dir), config, initial_model, origin,
+                    semi, progress, should_cancel, started)
     except TrainingCancelled:
-        if run_dir is not None:
-            shutil.rmtree(run_dir, ignore_errors=True)
-        log.info("training cancelled; the current model is unchanged")
+        log.info("training cancelled")
         return TrainResult(status="cancelled", seconds=time.perf_counter() - started)
-    except BaseException:
-        if run_dir is not None:
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
     finally:
         torch.set_num_threads(old_threads)
+
+
+def _run(train_data: SplitData, val_data: SplitData, schema: LabelSchema, out_dir: Path,
+         config: TrainConfig, initial_model: MultiHeadResNet | None, origin: str | None,
+         semi: FixMatchTerm | None, progress: ProgressFn | None, should_cancel: CancelFn | None,
+         started: float) -> TrainResult:
+    seed_everything(config.seed)
+    device = resolve_device(config.device)
+    use_bf16 = bf16_supported(device) if config.bf16 is None else bool(config.bf16)
+    dataset, balance = make_dataset(train_data, schema, config)
+    if initial_model is None:
+        model, origin = build_model(schema, pretrained=config.pretrained,
+                                    checkpoint=config.checkpoint)
+    else:
+        model, origin = initial_model, origin or "given model"
+    fmt = torch.channels_last if config.channels_last else torch.contiguous_format
+    model.to(device=device, memory_format=fmt)
+    weights = None
+    if config.class_weights:
+        weights = {a: w.to(device) for a, w in class_weight_tensors(dataset.targets, schema).items()}
+    optimiser = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True,
+                        generator=torch.Generator().manual_seed(config.seed),
+                        num_workers=config.num_workers,
+                        # BatchNorm cannot train on a last batch of one image
+                        drop_last=len(dataset) % config.batch_size == 1 and len(dataset) > 1)
+    epochs = config.effective_epochs()
+    steps = len(loader)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out_dir / CHECKPOINT_NAME
+    params = config.to_dict() | {"epochs_planned": epochs, "origin": origin,
+                                 "train_images": len(train_data), "train_examples": len(dataset),
+                                 "val_images": len(val_data), "bf16": use_bf16,
+                                 "device": str(device)}
+    meta = model_meta(schema, config.image_size, params=params, origin=origin)
+    history: list[dict[str, Any]] = []
+    best_loss: float | None = None
+    best_epoch: int | None = None
+    best_acc: dict[str, float | None] = {}
+    last_val: tuple[float | None, dict[str, float | None]] = (None, {})
+    train_seconds, train_seen, since_best = 0.0, 0, 0
+    log.info("training %d images (%d examples, %d val) for %d epochs at %d px; weights: %s; "
+             "bf16=%s", len(train_data), len(dataset), len(val_data), epochs, config.image_size,
+             origin, use_bf16)
+
+    def report(phase: str, epoch: int, step: int, train_loss: float, images_per_s: float) -> None:
+        if progress is None:
+            return
+        details = {"phase": phase, "epoch": epoch, "epochs": epochs, "step": step,
+                   "steps": steps, "train_loss": train_loss, "val_loss": last_val[0],
+                   "val_acc": last_val[1], "images_per_s": images_per_s,
+                   "best_val_loss": best_loss}
+        progress(Progress(((epoch - 1) * steps + step) / max(epochs * steps, 1),
+                          f"epoch {epoch}/{epochs}, step {step}/{steps}", details))
+
+    for epoch in range(1, epochs + 1):
+        def on_step(step: int, loss: float, seen: int, seconds: float, epoch: int = epoch) -> None:
+            report("step", epoch, step, loss, (train_seen + seen) / (train_seconds + seconds))
+
+        stats = train_one_epoch(model, loader, optimiser, schema.attributes, device,
+                                weights=weights, use_bf16=use_bf16,
+                                channels_last=config.channels_last,
+                                should_cancel=should_cancel, on_step=on_step, semi=semi)
+        train_seconds += stats.seconds
+        train_seen += stats.images
+        if len(val_data):
+            val_loss, val_acc = evaluate(model, val_data, schema, config.image_size,
+                                         device=device, channels_last=config.channels_last)
+            improved = best_loss is None or val_loss < best_loss
+        else:
+            val_loss, val_acc, improved = None, {}, True
+        if improved:
+            best_loss, best_epoch, best_acc = val_loss, epoch, val_acc
+            meta["best_epoch"] = epoch
+            save_checkpoint(ckpt_path, model, meta)
+            since_best = 0
+        else:
+            since_best += 1
+        last_val = (val_loss, val_acc)
+        record = {"epoch": epoch, "train_loss": stats.loss, "val_loss": val_loss,
+                  "val_acc": val_acc, "seconds": stats.seconds,
+                  "images_per_s": stats.images / max(stats.seconds, 1e-9), "best": improved}
+        if semi is not None:
+            record["pseudo_labelled_share"] = semi.epoch_stats()
+        history.append(record)
+        log.info("epoch %d/%d train %.4f val %s acc %s", epoch, epochs, stats.loss,
+                 None if val_loss is None else round(val_loss, 4), val_acc)
+        report("epoch", epoch, steps, stats.loss, train_seen / max(train_seconds, 1e-9))
+        if config.patience is not None and since_best >= config.patience:
+            log.info("early stop: no val improvement for %d epochs", config.patience)
+            break
+
+    seconds = time.perf_counter() - started
+    images_per_s = train_seen / max(train_seconds, 1e-9)
+    (out_dir / "train_log.json").write_text(json.dumps(
+        {"config": config.to_dict(), "origin": origin, "history": history, "balance": balance,
+         "seconds": seconds, "images_per_s": images_per_s, "bf16": use_bf16,
+         "best_epoch": best_epoch}, indent=2), encoding="utf-8")
+    return TrainResult(
+        status="succeeded", path=str(ckpt_path), epochs_run=len(history), best_epoch=best_epoch,
+        best_val_loss=best_loss, val_acc=best_acc, history=history, seconds=seconds,
+        images_per_s=images_per_s, train_images=len(train_data), train_examples=len(dataset),
+        val_images=len(val_data), balance=balance, origin=origin, bf16=use_bf16)
+
+
+def training_metrics(result: TrainResult) -> dict[str, Any]:
+    """The ``val``/``train`` summary kept with a model (``train.n``: real labelled images)."""
+    return {"val": {"loss": result.best_val_loss, "accuracy": result.val_acc,
+                    "epoch": result.best_epoch, "n": result.val_images},
+            "train": {"loss": result.history[-1]["train_loss"] if result.history else None,
+                      "n": result.train_images, "examples": result.train_examples,
+                      "seconds": result.seconds, "images_per_s": result.images_per_s}}

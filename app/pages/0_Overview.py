@@ -10,9 +10,11 @@ import streamlit as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ui  # noqa: E402
+from core.labeling import batches  # noqa: E402
 
 from core.dashboard import learning_curve  # noqa: E402
 from core.evalset import EvalSetStatus, eval_set_status  # noqa: E402
+from data.accounts import audit_entries, audit_users  # noqa: E402
 from data.evalset import DEFAULT_PER_CLASS, draw_eval_set, eval_target  # noqa: E402
 
 
@@ -137,7 +139,6 @@ def pool_summary() -> None:
     st.markdown("##### Rounds")
     rounds = counts["rounds"]
     if rounds:
-        from core.labeling import batches
         with ui.store() as s:
             info = {b.number: b for b in batches(s)}
         st.dataframe(pd.DataFrame([{**r, "done": info[r["number"]].done if r["number"] in info else None}
@@ -171,8 +172,6 @@ def next_steps(counts: dict, model: dict | None) -> None:
 
 def audit_trail() -> None:
     """Who did what, newest first, filtered by person (labels, jobs, promotions, CVAT, users)."""
-    from data.accounts import audit_entries, audit_users
-
     with ui.store() as s:
         people = audit_users(s)
     if not people:

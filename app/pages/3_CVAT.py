@@ -11,15 +11,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ui  # noqa: E402
 
 from core import cvat_config, labeling  # noqa: E402
+from cvat_bridge import records, service  # noqa: E402
+from cvat_bridge.settings import SettingsError  # noqa: E402
+from data.datumaro_io import import_datumaro  # noqa: E402
 
 S = st.session_state
 
 
 def connection() -> bool:
     """Show whether CVAT is configured/reachable; returns True when settings exist."""
-    from cvat_bridge import service
-    from cvat_bridge.settings import SettingsError
-
     ws = ui.workspace()
     st.subheader("Connection")
     try:
@@ -63,8 +63,6 @@ def settings_form() -> None:
 
 
 def push_and_pull(batches: list[labeling.BatchInfo]) -> None:
-    from cvat_bridge import records, service
-
     st.subheader("Push a batch as a task")
     ui.job_panel(("cvat_push", "cvat_pull"), key="cvat")
     cols = st.columns([2, 1, 1, 1])
@@ -106,9 +104,6 @@ def push_and_pull(batches: list[labeling.BatchInfo]) -> None:
 
 
 def manual(batches: list[labeling.BatchInfo]) -> None:
-    from cvat_bridge import service
-    from data.datumaro_io import import_datumaro
-
     ws = ui.workspace()
     st.subheader("Manual route")
     left, right = st.columns(2)

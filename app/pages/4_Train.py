@@ -35,7 +35,7 @@ def loss_figure(log: list[dict[str, Any]]) -> go.Figure | None:
 
 def live_details(job: dict[str, Any]) -> None:
     log = job["log"]
-    last = log[-1] if log else {}
+    last = next((e for e in reversed(log) if e.get("epochs")), {})
     if last.get("epochs"):
         cols = st.columns(3)
         cols[0].metric("Epoch", f"{last.get('epoch', 0)}/{last['epochs']}")
@@ -54,7 +54,10 @@ def live_details(job: dict[str, Any]) -> None:
             st.markdown("**Test accuracy of the new model** (now current): " + " · ".join(
                 f"{a}: **{v:.1%}**" for a, v in acc.items() if v is not None))
     elif job["status"] in ("cancelled", "failed"):
-        st.caption("The previous model stays current.")
+        # Promotion is training's last step and logs {"promoted": id}: say what really happened.
+        promoted = next((e["promoted"] for e in log if e.get("promoted")), None)
+        st.caption(f"Model #{promoted} had already been made current." if promoted else
+                   "The previous model stays current.")
 
 
 def body() -> None:

@@ -9,14 +9,14 @@ import streamlit as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ui  # noqa: E402
+from core.exports import export_dir, load_int8_report, load_parity  # noqa: E402
+from core.latency import load_results  # noqa: E402
+from models.export import FP32_NAME, INT8_NAME  # noqa: E402
 
 from core.jobs import ACTIVE  # noqa: E402
 
 
 def downloads(model_id: int) -> None:
-    from models.export import FP32_NAME, INT8_NAME, export_dir, load_parity
-    from models.quantize import load_int8_report
-
     ws = ui.workspace()
     folder = export_dir(ws, model_id)
     files = [(FP32_NAME, "ONNX fp32"), (INT8_NAME, "ONNX int8")]
@@ -46,8 +46,6 @@ def downloads(model_id: int) -> None:
 
 
 def latency_table(model_id: int) -> None:
-    from core.latency import load_results
-
     rows = load_results(ui.workspace(), model_id)
     st.markdown("##### Latency")
     if rows:

@@ -6,7 +6,10 @@ import json
 import logging
 from typing import Any, Callable
 
+from tqdm import tqdm
+
 from core.acquisition import SAMPLING, STRATEGIES, parse_weights
+
 from core.commands.project import require_workspace
 from core.diversity import METHODS as DIVERSITY_METHODS
 from data.errors import UserError
@@ -88,7 +91,6 @@ def _weights(text: str | None) -> dict[str, float] | None:
 
 
 def _bar(desc: str) -> tuple[Callable[[float, str], None], Callable[[], None]]:
-    from tqdm import tqdm
 
     bar = tqdm(total=1000, desc=desc, unit="‰", dynamic_ncols=True, leave=False)
 
@@ -100,6 +102,7 @@ def _bar(desc: str) -> tuple[Callable[[float, str], None], Callable[[], None]]:
 
 def cmd_score(args: argparse.Namespace, ws: Workspace) -> int:
     require_workspace(ws)
+    # Lazy: torch loads only when a command needs it, so `--help` and `status` stay fast.
     from core.scoring import ScoringError, score_pool
 
     update, close = _bar("score")
@@ -135,6 +138,7 @@ def cmd_rank(args: argparse.Namespace, ws: Workspace) -> int:
               "--beta B, --balance, --weights attr=w,..., --backbone NAME")
         return 0
     require_workspace(ws)
+    # Lazy: torch loads only when a command needs it, so `--help` and `status` stay fast.
     from core.queue import build_queue
 
     update, close = _bar("rank")
@@ -174,6 +178,7 @@ def cmd_rank(args: argparse.Namespace, ws: Workspace) -> int:
 
 def cmd_round(args: argparse.Namespace, ws: Workspace) -> int:
     require_workspace(ws)
+    # Lazy: torch loads only when a command needs it, so `--help` and `status` stay fast.
     from core.loop import run_round
     from models.train import TrainConfig
 

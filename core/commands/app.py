@@ -10,8 +10,8 @@ import time
 
 from data.errors import UserError
 from core.access import cli_principal
-from core.jobs import FINISHED, REPO_ROOT, cancel_job, run_job
 from core.users import has_accounts
+from core.jobs import FINISHED, REPO_ROOT, cancel_job, reap_stale, run_job
 from data.workspace import ENV_WORKSPACE, Workspace
 
 APP_ENTRY = REPO_ROOT / "app" / "Home.py"
@@ -83,7 +83,6 @@ def cmd_jobs(args: argparse.Namespace, ws: Workspace) -> int:
         cancel_job(ws, args.cancel, principal=cli_principal())
         print(f"cancel requested for job {args.cancel}")
         return 0
-    from core.jobs import reap_stale
     with ws.store() as store:
         reap_stale(store)
         jobs = store.jobs(active_only=not args.all)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from dataclasses import replace
 
 from core.commands.project import require_workspace
+from data.datumaro_io import import_datumaro
 from data.workspace import Workspace
 
 
@@ -86,8 +88,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _settings(args: argparse.Namespace, ws: Workspace):
-    from dataclasses import replace
-
+    # Lazy: cvat-sdk loads only when a command needs it, so `--help` and `status` stay fast.
     from cvat_bridge.service import settings_for
     settings = settings_for(ws)
     if getattr(args, "project", None) and args.cvat_command == "check":
@@ -110,6 +111,7 @@ def _quiet_sdk() -> None:
 
 
 def cmd_check(args: argparse.Namespace, ws: Workspace) -> int:
+    # Lazy: cvat-sdk loads only when a command needs it, so `--help` and `status` stay fast.
     from cvat_bridge import service
     require_workspace(ws)
     _quiet_sdk()
@@ -120,6 +122,7 @@ def cmd_check(args: argparse.Namespace, ws: Workspace) -> int:
 
 
 def cmd_push(args: argparse.Namespace, ws: Workspace) -> int:
+    # Lazy: cvat-sdk loads only when a command needs it, so `--help` and `status` stay fast.
     from cvat_bridge import service
     require_workspace(ws)
     res = service.push(ws, args.round_number, settings=_settings(args, ws),
@@ -133,6 +136,7 @@ def cmd_push(args: argparse.Namespace, ws: Workspace) -> int:
 
 
 def cmd_status(args: argparse.Namespace, ws: Workspace) -> int:
+    # Lazy: cvat-sdk loads only when a command needs it, so `--help` and `status` stay fast.
     from cvat_bridge import service
     require_workspace(ws)
     rows = service.status(ws, args.task, settings=_settings(args, ws))
@@ -163,6 +167,7 @@ def _print_report(report, as_json: bool) -> None:
 
 
 def cmd_pull(args: argparse.Namespace, ws: Workspace) -> int:
+    # Lazy: cvat-sdk loads only when a command needs it, so `--help` and `status` stay fast.
     from cvat_bridge import service
     require_workspace(ws)
     results = service.pull(ws, args.task, settings=_settings(args, ws),
@@ -178,6 +183,7 @@ def cmd_pull(args: argparse.Namespace, ws: Workspace) -> int:
 
 
 def cmd_forget(args: argparse.Namespace, ws: Workspace) -> int:
+    # Lazy: cvat-sdk loads only when a command needs it, so `--help` and `status` stay fast.
     from cvat_bridge import service
     require_workspace(ws)
     rec = service.forget(ws, args.task)
@@ -187,6 +193,7 @@ def cmd_forget(args: argparse.Namespace, ws: Workspace) -> int:
 
 
 def cmd_prefill(args: argparse.Namespace, ws: Workspace) -> int:
+    # Lazy: cvat-sdk loads only when a command needs it, so `--help` and `status` stay fast.
     from cvat_bridge import service
     require_workspace(ws)
     tags = service.prefill(ws, args.task, model_path=args.model, conf_threshold=args.threshold,
@@ -197,6 +204,7 @@ def cmd_prefill(args: argparse.Namespace, ws: Workspace) -> int:
 
 
 def cmd_export_round(args: argparse.Namespace, ws: Workspace) -> int:
+    # Lazy: cvat-sdk loads only when a command needs it, so `--help` and `status` stay fast.
     from cvat_bridge import service
     require_workspace(ws)
     res = service.export_round(ws, args.round_number, args.out)
@@ -207,7 +215,6 @@ def cmd_export_round(args: argparse.Namespace, ws: Workspace) -> int:
 
 
 def cmd_import_datumaro(args: argparse.Namespace, ws: Workspace) -> int:
-    from data.datumaro_io import import_datumaro
     require_workspace(ws)
     report = import_datumaro(ws, args.path)
     _print_report(report, args.json)

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from core.commands.project import require_workspace
+from data.errors import UserError
 from data.workspace import Workspace
 
 
@@ -34,16 +37,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_export(args: argparse.Namespace, ws: Workspace) -> int:
-    from core.commands.project import require_workspace
-    from pathlib import Path
-
-    from models.export import (PARITY_NAME, copy_artifacts, export_dir, export_onnx, load_parity,
-                               resolve_model_id)
-
     require_workspace(ws)
+    # Lazy: torch and onnx load only when a command needs them, so `--help` stays fast.
+    from core.exports import (build_jetson_bundle, export_dir, export_onnx, load_parity,
+                              quantize_export, resolve_model_id)
+    from models.export import PARITY_NAME, copy_artifacts
+    from models.quantize import REPORT_NAME
+
     model_id = resolve_model_id(ws, args.model)
     if args.calibration < 1 or args.parity_images < 1:
-        from data.errors import UserError
         raise UserError("--calibration and --parity-images must be at least 1")
     path = export_onnx(ws, model_id, parity_images=args.parity_images)
     made: list[Path] = [path, export_dir(ws, model_id) / PARITY_NAME]
@@ -54,8 +56,6 @@ def cmd_export(args: argparse.Namespace, ws: Workspace) -> int:
         print(f"  {head}: max |logit diff| {diff:.2e}, argmax agreement "
               f"{parity['argmax_agreement'][head]:.1%}")
     if args.int8:
-        from models.quantize import REPORT_NAME, quantize_export
-
         int8_path, report = quantize_export(ws, model_id, calibration=args.calibration,
                                             calibrate_method=args.calibration_method,
                                             min_agreement=args.min_agreement, max_drop=args.max_drop)
@@ -64,8 +64,6 @@ def cmd_export(args: argparse.Namespace, ws: Workspace) -> int:
         print(report.table())
         made += [int8_path, export_dir(ws, model_id) / REPORT_NAME]
     if args.jetson:
-        from models.jetson.bundle import build_jetson_bundle
-
         zip_path = build_jetson_bundle(ws, model_id, args.out)
         print(f"Jetson bundle: {zip_path} (unzip on the device, then build_engine.py; see its README)")
     if args.out is not None:

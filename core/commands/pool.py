@@ -6,9 +6,15 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from tqdm import tqdm
+
+from core.annotator import simulate_labels
 from core.commands.project import require_workspace
 from core.jobs import job_in_this_process
+from core.labeling import batches
 from data.errors import UserError
+from data.evalset import EVAL_ROUND_KIND
+from data.store import StoreError
 from data.workspace import Workspace
 
 
@@ -53,7 +59,6 @@ def _progress_bar(desc: str, quiet: bool) -> tuple[Callable[[int, int], None] | 
     def update(done: int, total: int) -> None:
         nonlocal bar
         if bar is None:
-            from tqdm import tqdm
             bar = tqdm(total=total, desc=desc, unit="img", file=sys.stderr, leave=False,
                        mininterval=0.5)
         if bar.total != total:
@@ -81,6 +86,7 @@ def _print_report(report) -> None:
 
 
 def cmd_ingest(args: argparse.Namespace, ws: Workspace) -> int:
+    # Lazy: image decoding libraries load only when a command needs them (`--help` stays fast).
     from data.ingest import ingest, load_labels_csv, rekey_to_source
 
     source = Path(args.path).expanduser()
@@ -121,6 +127,7 @@ def cmd_ingest(args: argparse.Namespace, ws: Workspace) -> int:
 
 
 def cmd_demo_pool(args: argparse.Namespace, ws: Workspace) -> int:
+    # Lazy: image decoding libraries load only when a command needs them (`--help` stays fast).
     from data.demo import create_demo_pool
 
     if args.n <= 0:
@@ -144,11 +151,6 @@ def cmd_demo_pool(args: argparse.Namespace, ws: Workspace) -> int:
 
 
 def cmd_label_sim(args: argparse.Namespace, ws: Workspace) -> int:
-    from core.annotator import simulate_labels
-    from core.labeling import batches
-    from data.evalset import EVAL_ROUND_KIND
-    from data.store import StoreError
-
     require_workspace(ws)
     if not 0.0 <= args.error_rate <= 1.0:
         raise UserError("--error-rate must be between 0 and 1")

@@ -6,8 +6,10 @@ import json
 import logging
 from typing import Any
 
+from tqdm import tqdm
+
 from core.commands.project import require_workspace
-from data.errors import UserError
+from data.progress import Progress
 from data.workspace import Workspace
 
 
@@ -60,8 +62,8 @@ class _Bar:
     def __init__(self) -> None:
         self.bar: Any = None
 
-    def __call__(self, info: dict[str, Any]) -> None:
-        from tqdm import tqdm
+    def __call__(self, progress: Progress) -> None:
+        info = progress.details
         total = info["epochs"] * info["steps"]
         if self.bar is None:
             self.bar = tqdm(total=total, unit="step", desc="train", dynamic_ncols=True)
@@ -80,8 +82,10 @@ class _Bar:
 
 def cmd_train(args: argparse.Namespace, ws: Workspace) -> int:
     require_workspace(ws)
-    from models.evaluate import evaluate, format_report
-    from models.train import TrainConfig, train
+    # Lazy: torch loads only when a command needs it, so `--help` and `status` stay fast.
+    from core.training import train_and_promote
+    from models.evaluate import format_report
+    from models.train import TrainConfig
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     config = TrainConfig(
@@ -95,25 +99,24 @@ def cmd_train(args: argparse.Namespace, ws: Workspace) -> int:
         semi_weight=args.semi_weight)
     bar = _Bar()
     try:
-        result = train(ws, config, progress=None if args.json else bar)
+        outcome = train_and_promote(ws, config, progress=None if args.json else bar,
+                                    evaluate_test=not args.no_eval)
     finally:
         bar.close()
-    report = None
-    if not args.no_eval:
-        try:
-            report = evaluate(ws, result.model_id)
-        except UserError as exc:  # no labelled test images yet: training still succeeded
-            print(f"(no test evaluation: {exc})")
     if args.json:
-        out = result.to_dict()
-        out["test"] = report
-        print(json.dumps(out, indent=2))
-        return 0
+        print(json.dumps(outcome.to_dict(), indent=2))
+        return 0 if outcome.promoted else 1
+    if outcome.cancelled:
+        print("training cancelled; nothing recorded, the previous model stays current")
+        return 1
+    result, report = outcome.train, outcome.evaluation
+    if outcome.evaluation_skipped and not args.no_eval:
+        print(f"(no test evaluation: {outcome.evaluation_skipped})")
     if result.balance:
         print(f"orientation before balancing: {result.balance['before']}")
         print(f"orientation after balancing:  {result.balance['after']}")
     val = ", ".join(f"{a} {v:.3f}" for a, v in result.val_acc.items() if v is not None)
-    print(f"model {result.model_id}: {result.epochs_run} epochs in {result.seconds:.1f} s "
+    print(f"model {outcome.model_id} (now current): {result.epochs_run} epochs in {result.seconds:.1f} s "
           f"({result.images_per_s:.1f} img/s, {result.train_images} train images, "
           f"weights: {result.origin}{', bf16' if result.bf16 else ''})")
     if result.best_epoch is not None:
@@ -126,7 +129,9 @@ def cmd_train(args: argparse.Namespace, ws: Workspace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace, ws: Workspace) -> int:
     require_workspace(ws)
-    from models.evaluate import evaluate, format_report
-    report = evaluate(ws, args.model, args.split)
-    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    # Lazy: torch loads only when a command needs it, so `--help` and `status` stay fast.
+    from core.training import evaluate_and_record
+    from models.evaluate import format_report
+    report = evaluate_and_record(ws, args.model, args.split)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report))
     return 0

@@ -14,9 +14,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from data.workspace import Workspace
-from models.export import (FP32_NAME, META_OUTPUTS, META_PREPROCESS, META_SCHEMA, ExportError,
-                           export_dir, read_metadata, resolve_model_id)
+from models.export import ExportError, read_metadata
+from models.onnx_contract import META_CREATED, META_MODEL_ID, META_OUTPUTS, META_PREPROCESS, META_SCHEMA
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -40,8 +39,8 @@ def write_bundle_folder(onnx_path: str | Path, folder: str | Path) -> Path:
     shutil.copyfile(onnx_path, folder / "model.onnx")
     labels = {"attributes": json.loads(meta[META_SCHEMA]),
               "outputs": json.loads(meta.get(META_OUTPUTS, "[]")),
-              "model_id": meta.get("cargroup.model_id", ""),
-              "created_at": meta.get("cargroup.created_at", "")}
+              "model_id": meta.get(META_MODEL_ID, ""),
+              "created_at": meta.get(META_CREATED, "")}
     (folder / "labels.json").write_text(json.dumps(labels, indent=2), encoding="utf-8")
     (folder / "preprocess.json").write_text(json.dumps(json.loads(meta[META_PREPROCESS]), indent=2),
                                             encoding="utf-8")
@@ -67,20 +66,18 @@ def zip_folder(folder: Path, zip_path: Path, arcroot: str) -> Path:
     return zip_path
 
 
-def build_jetson_bundle(ws: Workspace, model_id: int | None = None,
-                        out: str | Path | None = None) -> Path:
-    """Zip for the Jetson from the model's published fp32 export; returns the zip path.
+def build_jetson_bundle(onnx_path: str | Path, model_id: int, out: str | Path) -> Path:
+    """Zip for the Jetson from a published fp32 export; returns the zip path.
 
-    ``out``: a ``.zip`` path, or a folder to put ``cargroup_jetson_model_<id>.zip`` in
-    (default: the model's export folder). The export must exist (and so has passed parity).
+    ``out``: a ``.zip`` path, or a folder to put ``cargroup_jetson_model_<id>.zip`` in. The
+    export must exist (and so has passed parity).
     """
-    model_id = resolve_model_id(ws, model_id)
-    onnx_path = export_dir(ws, model_id) / FP32_NAME
+    onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
         raise ExportError(f"model {model_id} has no published ONNX export at {onnx_path}; "
                           "run `python -m core export` first")
     name = bundle_name(model_id)
-    out_path = Path(out) if out is not None else export_dir(ws, model_id)
+    out_path = Path(out)
     zip_path = out_path if out_path.suffix == ".zip" else out_path / f"{name}.zip"
     with tempfile.TemporaryDirectory(prefix="cargroup-bundle-") as tmp:
         folder = write_bundle_folder(onnx_path, Path(tmp) / name)
