@@ -18,8 +18,14 @@ from data.cache import ImageCache
 from data.dataset import LabelledImageDataset, encode_targets, load_split
 from data.preprocess import normalise_batch
 from data.transforms import eval_transform, train_augmentations, train_transform
-from models.checkpoint import load_model
-from models.train import TrainConfig, class_weight_tensors, masked_loss, train
+from core.dashboard import learning_curve
+from core.registry import load_model
+from core.training import TrainingOutcome, train_and_promote
+from data.dataset import SplitData
+from data.progress import Progress
+from models import train as model_train
+from models.evaluate import evaluate_split
+from models.train import TrainConfig, class_weight_tensors, masked_loss
 
 PALETTE = {"red": (200, 30, 30), "blue": (30, 40, 200), "white": (235, 235, 235),
            "black": (20, 20, 20)}
@@ -75,6 +81,11 @@ def pool(tmp_path: Path) -> Workspace:
     return ws
 
 
+def train(ws: Workspace, config: TrainConfig, **kw) -> TrainingOutcome:
+    """The project's training service (train, evaluate, promote) with a flat result for asserts."""
+    return train_and_promote(ws, config, **kw)
+
+
 def tiny(**kw) -> TrainConfig:
     base = dict(epochs=2, batch_size=16, image_size=32, pretrained=False, num_threads=1)
     base.update(kw)
@@ -114,6 +125,21 @@ def test_class_weights_are_inverse_frequency_of_present_classes() -> None:
     targets = np.array([[0], [0], [0], [1], [-1]])
     w = class_weight_tensors(targets, schema)["a"].tolist()
     assert w == pytest.approx([4 / (2 * 3), 4 / (2 * 1), 1.0])
+
+
+def test_class_weights_equal_the_hand_formula_on_random_labels(rng) -> None:
+    """sklearn's compute_class_weight gives the n / (K_present * n_c) the loss was tuned with."""
+    schema = LabelSchema(classes={"a": tuple("pqrstu"), "b": ("x", "y")})
+    targets = np.stack([rng.choice([-1, 0, 1, 1, 2, 2, 2, 4], 200),
+                        rng.choice([-1, 1], 200)], axis=1)
+    got = class_weight_tensors(targets, schema)
+    for col, attr in enumerate(schema.attributes):
+        t = targets[:, col]
+        counts = np.bincount(t[t >= 0], minlength=schema.num_classes(attr)).astype(float)
+        want = np.ones(schema.num_classes(attr))
+        present = counts > 0
+        want[present] = counts.sum() / (present.sum() * counts[present])
+        np.testing.assert_allclose(got[attr].numpy(), want, rtol=1e-6)
 
 
 def test_encode_targets_marks_missing_and_unknown_as_minus_one() -> None:
@@ -169,21 +195,63 @@ def test_dataset_reads_cache_and_masks_partial_labels(pool: Workspace) -> None:
     assert int((ds.targets[:, 2] == -1).sum()) == 16  # every third has no orientation
 
 
-# -- end to end --------------------------------------------------------------------------------
+# -- models.train: plain functions, no store ----------------------------------------------------
+
+def test_models_train_works_on_arrays_and_a_folder_only(pool: Workspace, tmp_path: Path) -> None:
+    """models.train.train needs splits in memory and an output folder: no workspace, no store."""
+    with pool.store() as store:
+        cache = ImageCache(pool.cache_dir, 32)
+        tr, va = load_split(store, cache, "train"), load_split(store, cache, "val")
+        n_models = len(store.models())
+    events: list[Progress] = []
+    result = model_train.train(SplitData(tr.image_ids, tr.images.copy(), tr.labels),
+                               va, pool.schema, tmp_path / "run", tiny(), progress=events.append)
+    assert result.status == "succeeded" and Path(result.path).is_file()
+    assert (tmp_path / "run" / "train_log.json").is_file()
+    with pool.store() as store:
+        assert len(store.models()) == n_models  # nothing recorded by models/
+    assert all(0.0 <= e.fraction <= 1.0 for e in events) and events[-1].fraction == 1.0
+
+
+def test_train_one_epoch_and_evaluate_are_the_building_blocks(pool: Workspace) -> None:
+    with pool.store() as store:
+        cache = ImageCache(pool.cache_dir, 32)
+        tr, va = load_split(store, cache, "train"), load_split(store, cache, "val")
+    model_train.seed_everything(0)
+    model, _ = model_train.build_model(pool.schema, pretrained=False)
+    dataset, _ = model_train.make_dataset(tr, pool.schema, tiny(augment=False))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=16)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    steps = []
+    stats = model_train.train_one_epoch(model, loader, opt, pool.schema.attributes,
+                                        torch.device("cpu"),
+                                        on_step=lambda *a: steps.append(a[0]))
+    assert steps == [1, 2, 3] and stats.images == 48 and math.isfinite(stats.loss)
+    loss, acc = model_train.evaluate(model, va, pool.schema, 32)
+    assert math.isfinite(loss) and set(acc) == {"color", "type", "orientation"}
+    with pytest.raises(model_train.TrainingCancelled):
+        model_train.train_one_epoch(model, loader, opt, pool.schema.attributes,
+                                    torch.device("cpu"), should_cancel=lambda: True)
+
+
+# -- end to end (core.training: train, evaluate, promote) ------------------------------------------
 
 def test_tiny_end_to_end_train_registers_current_model(pool: Workspace) -> None:
     events = []
-    result = train(pool, tiny(), progress=events.append)
-    assert result.status == "succeeded" and result.epochs_run == 2
+    outcome = train(pool, tiny(), progress=events.append)
+    result = outcome.train
+    assert outcome.promoted and result.status == "succeeded" and result.epochs_run == 2
     with pool.store() as store:
         current = store.current_model()
-    assert current["id"] == result.model_id
+    assert current["id"] == outcome.model_id
     assert current["metrics"]["val"]["n"] == 16
+    assert current["metrics"]["test"]["n_images"] == 16  # evaluated before it was promoted
     model, meta = load_model(pool)
     assert meta["image_size"] == 32 and meta["classes"]["color"][0] == "red"
     assert Path(meta["model_dir"], "train_log.json").is_file()
-    steps = [e for e in events if e["phase"] == "step"]
-    epochs = [e for e in events if e["phase"] == "epoch"]
+    assert Path(meta["model_dir"], "metrics_test.json").is_file()
+    steps = [e.details for e in events if e.details["phase"] == "step"]
+    epochs = [e.details for e in events if e.details["phase"] == "epoch"]
     assert len(steps) == 2 * 3 and len(epochs) == 2
     assert set(steps[0]) >= {"epoch", "epochs", "step", "steps", "train_loss", "val_loss",
                              "val_acc", "images_per_s"}
@@ -193,15 +261,15 @@ def test_tiny_end_to_end_train_registers_current_model(pool: Workspace) -> None:
 
 
 def test_training_learns_the_toy_task(pool: Workspace) -> None:
-    result = train(pool, tiny(epochs=6, lr=1e-3, batch_size=16, augment=False))
+    result = train(pool, tiny(epochs=6, lr=1e-3, batch_size=16, augment=False)).train
     first, last = result.history[0], result.history[-1]
     assert last["train_loss"] < first["train_loss"]
     assert result.val_acc["color"] >= 0.5  # 4 colours: chance is 0.25
 
 
 def test_same_seed_gives_same_run(pool: Workspace) -> None:
-    a = train(pool, tiny(epochs=1, bf16=False))
-    b = train(pool, tiny(epochs=1, bf16=False))
+    a = train(pool, tiny(epochs=1, bf16=False)).train
+    b = train(pool, tiny(epochs=1, bf16=False)).train
     assert a.history[0]["train_loss"] == pytest.approx(b.history[0]["train_loss"], rel=1e-5)
     assert a.best_val_loss == pytest.approx(b.best_val_loss, rel=1e-5)
 
@@ -211,37 +279,82 @@ def test_warm_start_continues_from_current_model(pool: Workspace) -> None:
     add_images(pool, 16, split="train", seed=9)
     second = train(pool, tiny(epochs=6, warm_start=True))
     assert second.warm_started_from == first.model_id
-    assert second.epochs_run == 2  # warm_epochs None -> epochs // 3
-    assert "warm start" in second.origin
+    assert second.train.epochs_run == 2  # warm_epochs None -> epochs // 3
+    assert "warm start" in second.train.origin
     with pool.store() as store:
         models = store.models()
     assert models[-1]["parent_id"] == first.model_id and models[-1]["is_current"]
-    assert second.train_images == 64
+    assert second.train.train_images == 64
+
+
+def _snapshot(ws: Workspace) -> tuple[list[int], int | None, list[str]]:
+    with ws.store() as store:
+        current = store.current_model()
+        return ([m["id"] for m in store.models()], current and current["id"],
+                sorted(p.name for p in ws.models_dir.iterdir()))
 
 
 def test_cancelled_training_keeps_previous_model(pool: Workspace) -> None:
     first = train(pool, tiny(epochs=1))
-    before = sorted(p.name for p in pool.models_dir.iterdir())
+    before = _snapshot(pool)
     calls = {"n": 0}
 
     def cancel_on_third_poll() -> bool:
         calls["n"] += 1
         return calls["n"] >= 3
 
-    result = train(pool, tiny(epochs=3), should_cancel=cancel_on_third_poll)
-    assert result.cancelled and result.model_id is None
-    with pool.store() as store:
-        assert store.current_model()["id"] == first.model_id
-        assert len(store.models()) == 1
-    assert sorted(p.name for p in pool.models_dir.iterdir()) == before
+    outcome = train(pool, tiny(epochs=3), should_cancel=cancel_on_third_poll)
+    assert outcome.cancelled and outcome.model_id is None
+    assert _snapshot(pool) == before and before[1] == first.model_id
     load_model(pool)  # the previous file is intact
+
+
+def test_cancel_after_training_and_evaluation_does_not_promote(pool: Workspace) -> None:
+    """Defect 1: a cancel that arrives once the epochs are done must still win."""
+    first = train(pool, tiny(epochs=1))
+    before = _snapshot(pool)
+    polls = {"n": 0}
+
+    def cancel_after_last_step() -> bool:  # 3 steps x 2 epochs, then the final check
+        polls["n"] += 1
+        return polls["n"] > 6
+
+    outcome = train(pool, tiny(epochs=2), should_cancel=cancel_after_last_step)
+    assert outcome.cancelled and polls["n"] == 7
+    assert _snapshot(pool) == before and before[1] == first.model_id
+
+
+def test_failed_evaluation_does_not_promote(pool: Workspace, monkeypatch) -> None:
+    """Defect 1: promotion comes after the test evaluation; a failing one records nothing."""
+    first = train(pool, tiny(epochs=1))
+    before = _snapshot(pool)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("evaluation broke")
+
+    monkeypatch.setattr("core.training.evaluate_split", broken)
+    with pytest.raises(RuntimeError, match="evaluation broke"):
+        train(pool, tiny(epochs=1))
+    assert _snapshot(pool) == before and before[1] == first.model_id
+
+
+def test_no_labelled_test_images_promotes_and_says_not_evaluated(tmp_path: Path) -> None:
+    from data.workspace import WorkspaceConfig
+    ws = Workspace(tmp_path / "nt").init(WorkspaceConfig(cache_size=32))
+    add_images(ws, 32, split="train", seed=1)
+    add_images(ws, 8, split="test", seed=3, label=False)
+    outcome = train(ws, tiny(epochs=1))
+    assert outcome.promoted and outcome.evaluation is None
+    assert "no labelled test images" in outcome.evaluation_skipped
+    with ws.store() as store:
+        assert store.current_model()["id"] == outcome.model_id
 
 
 def test_failed_training_keeps_previous_model(pool: Workspace) -> None:
     first = train(pool, tiny(epochs=1))
 
-    def explode(info):
-        if info["phase"] == "epoch":
+    def explode(p: Progress):
+        if p.details["phase"] == "epoch":
             raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError, match="boom"):
@@ -254,11 +367,26 @@ def test_failed_training_keeps_previous_model(pool: Workspace) -> None:
 
 
 def test_balanced_training_reports_counts(pool: Workspace) -> None:
-    result = train(pool, tiny(epochs=1, balance_orientation=True))
+    result = train(pool, tiny(epochs=1, balance_orientation=True)).train
     before, after = result.balance["before"], result.balance["after"]
     assert after["left"] == after["right"] == max(before["left"], before["right"])
     assert after["front"] == before["front"] and after["back"] == before["back"]
-    assert result.train_images == 48 + sum(result.balance["added"].values())
+    assert result.train_images == 48
+    assert result.train_examples == 48 + sum(result.balance["added"].values())
+
+
+def test_learning_curve_counts_labelled_images_not_flip_copies(pool: Workspace) -> None:
+    """Defect 4: flip-balancing copies are training examples, not labelled images."""
+    with pool.store() as store:  # make "left" outnumber "right" so balancing adds copies
+        for image_id in sorted(store.current_labels(split="train"))[:12]:
+            store.add_label(image_id, {"color": "red", "orientation": "left"}, source="simulated")
+    outcome = train(pool, tiny(epochs=1, balance_orientation=True))
+    assert sum(outcome.train.balance["added"].values()) > 0
+    with pool.store() as store:
+        model = store.current_model()
+        curve = learning_curve(store)
+    assert model["metrics"]["train"]["n"] == 48
+    assert {row["labels"] for row in curve} == {48}
 
 
 def test_no_labelled_training_images_is_a_user_error(tmp_path: Path) -> None:
@@ -282,6 +410,24 @@ def test_cli_train_then_evaluate(pool: Workspace, capsys) -> None:
     assert '"classes"' in capsys.readouterr().out
 
 
+def test_cli_evaluate_prints_per_class_metrics_and_majority_baseline(pool: Workspace,
+                                                                     capsys) -> None:
+    """Defect 9: a terminal user sees per-class precision/recall/F1 by name and the baseline."""
+    train(pool, tiny(epochs=1))
+    capsys.readouterr()
+    assert cli_main(["--workspace", str(pool.root), "evaluate"]) == 0
+    out = capsys.readouterr().out
+    with pool.store() as store:
+        test = load_split(store, ImageCache(pool.cache_dir, 32), "test")
+    colors = [lab["color"] for lab in test.labels]
+    majority = max(pool.schema.classes["color"], key=colors.count)  # ties: first class, as argmax
+    assert "precision" in out and "recall" in out and "F1" in out
+    for name in set(colors):  # every colour in the test split has its own row, by name
+        assert any(line.split()[:1] == [name] for line in out.splitlines())
+    assert f"majority-class baseline (always {majority!r}): accuracy " \
+           f"{colors.count(majority) / len(colors):.3f}" in out
+
+
 def test_cli_train_without_labels_exits_2(tmp_path: Path, capsys) -> None:
     from data.workspace import WorkspaceConfig
     ws = Workspace(tmp_path / "w").init(WorkspaceConfig(cache_size=32))
@@ -296,7 +442,7 @@ def test_demo_pool_end_to_end_train_warm_start_and_evaluate(tmp_path: Path) -> N
     from data.sampling import sample_first_batch
     from data.workspace import WorkspaceConfig
     from data.demo import create_demo_pool
-    from models.evaluate import evaluate
+    from core.training import evaluate_and_record
 
     ws = Workspace(tmp_path / "demo").init(WorkspaceConfig(cache_size=32))
     create_demo_pool(ws, 90, seed=0, size=32)
@@ -304,12 +450,12 @@ def test_demo_pool_end_to_end_train_warm_start_and_evaluate(tmp_path: Path) -> N
         _, ids = sample_first_batch(store, 70, seed=0)
         simulate_labels(store, ws.schema, ids)
     first = train(ws, tiny(epochs=1, balance_orientation=True))
-    assert first.status == "succeeded" and first.train_images >= 40
-    report = evaluate(ws)
-    assert report["model_id"] == first.model_id and report["n_images"] > 0
-    assert report["heads"]["type"]["classes"] == list(DEFAULT_SCHEMA.classes["type"])
+    assert first.promoted and first.train.train_images >= 40
+    report = evaluate_and_record(ws)
+    assert report.model_id == first.model_id and report.n_images > 0
+    assert report.heads["type"]["classes"] == list(DEFAULT_SCHEMA.classes["type"])
     with ws.store() as store:
         rest = [i for i in store.unlabelled_ids(exclude_splits=("test",))][:10]
         simulate_labels(store, ws.schema, rest)
     second = train(ws, tiny(epochs=3, warm_start=True))
-    assert second.warm_started_from == first.model_id and second.epochs_run == 1
+    assert second.warm_started_from == first.model_id and second.train.epochs_run == 1
