@@ -207,3 +207,79 @@ def test_cancelled_training_leaves_no_new_model(tmp_path, monkeypatch) -> None:
     assert job["status"] == "cancelled", job["message"]
     with ws.store() as store:
         assert store.models() == [] and store.current_model() is None
+
+
+class _FakeContext:
+    """A JobContext stand-in: records progress and log entries; cancel flips after ``polls``."""
+
+    def __init__(self, cancel_after_polls: int | None = None) -> None:
+        self.polls = 0
+        self.cancel_after = cancel_after_polls
+        self.entries: list[dict] = []
+
+    def progress(self, fraction=None, message=None, *, log=None, force=False) -> None:
+        if log is not None:
+            self.entries.append(dict(log))
+
+    def log(self, **entry) -> None:
+        self.entries.append(entry)
+
+    def cancelled(self) -> bool:
+        self.polls += 1
+        return self.cancel_after is not None and self.polls > self.cancel_after
+
+    def check_cancel(self) -> None:
+        from core.jobs import JobCancelled
+        if self.cancelled():
+            raise JobCancelled()
+
+    def stage(self, lo, hi, label):
+        return lambda *a, **k: None
+
+
+def _toy_pool(tmp_path, *, test_labels: bool) -> Workspace:
+    from tests.test_train import add_images
+    from data.workspace import WorkspaceConfig
+    ws = Workspace(tmp_path / "ws").init(WorkspaceConfig(cache_size=32))
+    add_images(ws, 32, split="train", seed=1)
+    add_images(ws, 8, split="val", seed=2)
+    add_images(ws, 8, split="test", seed=3, label=test_labels)
+    return ws
+
+
+TINY = {"epochs": 2, "batch_size": 16, "image_size": 32, "pretrained": False, "num_threads": 1}
+
+
+def _current(ws: Workspace) -> tuple[int | None, int]:
+    with ws.store() as store:
+        current = store.current_model()
+        return (current and current["id"]), len(store.models())
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_train_job_outcome_matches_the_current_model_without_test_labels(tmp_path) -> None:
+    """Defect 1: without labelled test images the job must not fail with a new model current
+    (the Train page then says "the previous model stays current")."""
+    from core.job_runners import run_train
+    ws = _toy_pool(tmp_path, test_labels=False)
+    try:
+        result = run_train(ws, dict(TINY), _FakeContext())
+    except UserError:
+        assert _current(ws) == (None, 0), "job failed but its model became current"
+        return
+    assert _current(ws) == (result["model_id"], 1)
+    assert "not evaluated" in result["message"]
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_train_job_cancelled_after_the_last_step_promotes_nothing(tmp_path) -> None:
+    """Defect 1: a cancel that lands after the epochs (during evaluation) must not leave the new
+    model current while the job reports "cancelled"."""
+    from core.jobs import JobCancelled
+    from core.job_runners import run_train
+    ws = _toy_pool(tmp_path, test_labels=True)
+    ctx = _FakeContext(cancel_after_polls=4)  # 2 steps x 2 epochs train, then the cancel arrives
+    with pytest.raises(JobCancelled):
+        run_train(ws, dict(TINY), ctx)
+    assert _current(ws) == (None, 0)
+    assert not any(e.get("promoted") for e in ctx.entries)
