@@ -31,16 +31,15 @@ def build_trained(root: Path, *, queue: int = 8) -> Workspace:
     import torch
 
     from core.queue import build_queue
-    from models.evaluate import evaluate
-    from models.train import TrainConfig, train
+    from core.training import train_and_promote
+    from models.train import TrainConfig
 
     ws = build_pool(root)
     old = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        result = train(ws, TrainConfig(epochs=1, batch_size=16, image_size=32, pretrained=False,
-                                       num_threads=1))
-        evaluate(ws, result.model_id)
+        train_and_promote(ws, TrainConfig(epochs=1, batch_size=16, image_size=32,
+                                          pretrained=False, num_threads=1))
         build_queue(ws, "entropy", queue)
     finally:
         torch.set_num_threads(old)

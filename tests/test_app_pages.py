@@ -197,7 +197,7 @@ def test_export_job_then_page_offers_downloads_and_latency(trained: Workspace, m
 
 
 def test_export_job_reports_a_refused_int8_model_and_continues(trained: Workspace, monkeypatch) -> None:
-    import models.export
+    import core.job_runners
     import models.quantize
     from core.jobs import get_job, run_job, start_job
 
@@ -205,8 +205,8 @@ def test_export_job_reports_a_refused_int8_model_and_continues(trained: Workspac
         assert gate == {"min_agreement": 1.01}
         raise models.quantize.QuantizationError("int8 export refused: type: agreement 50% < 101%")
     # the gate itself is tested with the export code; here: the job goes on and says why
-    monkeypatch.setattr(models.export, "export_onnx", lambda ws, model_id: Path("model.onnx"))
-    monkeypatch.setattr(models.quantize, "quantize_export", refuse)
+    monkeypatch.setattr(core.job_runners, "export_onnx", lambda ws, model_id: Path("model.onnx"))
+    monkeypatch.setattr(core.job_runners, "quantize_export", refuse)
     job_id = start_job(trained, "export", {"int8": True, "min_agreement": 1.01}, spawn=False)
     assert run_job(trained, job_id) == "succeeded"
     job = get_job(trained, job_id)

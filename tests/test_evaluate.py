@@ -14,7 +14,8 @@ from data.schema import DEFAULT_SCHEMA
 from data.workspace import Workspace, WorkspaceConfig
 from data.cache import ImageCache
 from models.checkpoint import model_meta, save_checkpoint
-from models.evaluate import evaluate, head_report, predict_arrays
+from core.training import evaluate_and_record as evaluate
+from models.evaluate import head_report, majority_baseline, predict_arrays
 from models.network import MultiHeadResNet
 
 
@@ -37,6 +38,19 @@ def test_head_report_by_hand() -> None:
     assert r["macro_over"] == ["red", "green", "blue"]
     assert r["macro_recall"] == pytest.approx((0.5 + 1.0 + 0.0) / 3)
     assert r["macro_f1"] == pytest.approx((0.5 + 0.8 + 0.0) / 3)
+
+
+def test_majority_baseline_matches_sklearn_dummy_classifier() -> None:
+    from sklearn.dummy import DummyClassifier
+    from sklearn.metrics import accuracy_score
+    names = ["red", "green", "blue"]
+    y = np.array([1, 1, 1, 0, 2, 1, 0])
+    base = majority_baseline(y, names)
+    dummy = DummyClassifier(strategy="most_frequent").fit(np.zeros((len(y), 1)), y)
+    assert base["class"] == names[int(dummy.predict([[0]])[0])] == "green"
+    assert base["accuracy"] == pytest.approx(accuracy_score(y, dummy.predict(np.zeros((7, 1)))))
+    assert base["macro_f1"] == pytest.approx((0 + 2 * 4 / 7 / (1 + 4 / 7) + 0) / 3)
+    assert head_report(y, y, names)["baseline"] == base
 
 
 def test_head_report_without_labels() -> None:
@@ -87,7 +101,7 @@ def _workspace_with_model(tmp_path: Path) -> tuple[Workspace, int]:
 
 def test_evaluate_saves_json_with_class_names_and_store_summary(tmp_path: Path) -> None:
     ws, model_id = _workspace_with_model(tmp_path)
-    report = evaluate(ws)
+    report = evaluate(ws).to_dict()
     assert report["model_id"] == model_id and report["n_images"] == 4
     assert {a: h["n"] for a, h in report["heads"].items()} == {
         "color": 3, "type": 2, "orientation": 2}

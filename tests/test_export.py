@@ -16,7 +16,8 @@ from data.errors import UserError
 from data.workspace import Workspace, WorkspaceConfig
 from data.preprocess import normalise_batch
 from models import export as ex
-from models.checkpoint import load_model
+from core import exports as cx
+from core.registry import load_model
 from data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from models.onnx_runtime import OnnxClassifier, softmax
 from tests.conftest import require_shared_real
@@ -35,7 +36,7 @@ def trained(tmp_path_factory) -> tuple[Workspace, int]:
 @pytest.fixture(scope="module")
 def exported(trained) -> Path:
     ws, _ = trained
-    return ex.export_onnx(ws, parity_images=48)
+    return cx.export_onnx(ws, parity_images=48)
 
 
 def _tamper(src: Path, dst: Path) -> None:
@@ -50,7 +51,7 @@ def _tamper(src: Path, dst: Path) -> None:
 def test_export_is_published_with_parity_report(trained, exported) -> None:
     ws, model_id = trained
     assert exported == ws.exports_dir / f"model_{model_id}" / "model.onnx"
-    parity = ex.load_parity(ws, model_id)
+    parity = cx.load_parity(ws, model_id)
     assert parity["passed"] and parity["n_images"] == 48
     for head, diff in parity["max_abs_diff"].items():
         assert diff <= 1e-3 * parity["logit_scale"][head]
@@ -86,7 +87,7 @@ def test_graph_has_named_outputs_and_dynamic_batch(trained, exported) -> None:
 def test_onnx_classifier_matches_pytorch_at_any_batch_size(trained, exported) -> None:
     ws, _ = trained
     model, _ = load_model(ws)
-    _, images = ex.pool_images(ws, 23, seed=5)
+    _, images = cx.pool_images(ws, 23, seed=5)
     clf = OnnxClassifier(exported, threads=1)
     probs, emb = clf.predict(images, batch_size=10)  # batches of 10, 10, 3
     with torch.no_grad():
@@ -105,7 +106,7 @@ def test_onnx_classifier_matches_pytorch_at_any_batch_size(trained, exported) ->
 def test_tampered_onnx_fails_parity(trained, exported, tmp_path) -> None:
     ws, _ = trained
     model, _ = load_model(ws)
-    _, images = ex.pool_images(ws, 32)
+    _, images = cx.pool_images(ws, 32)
     bad = tmp_path / "tampered.onnx"
     _tamper(exported, bad)
     report = ex.check_parity(model, bad, images, SIZE)
@@ -126,14 +127,14 @@ def test_failing_export_is_refused_and_keeps_published_file(trained, exported, m
 
     monkeypatch.setattr(ex, "torch_to_onnx", tampering_export)
     with pytest.raises(ex.ParityError, match="parity failed") as err:
-        ex.export_onnx(ws, model_id, parity_images=16)
+        cx.export_onnx(ws, model_id, parity_images=16)
     assert not err.value.report.passed
     assert exported.read_bytes() == before                      # published file untouched
     assert (exported.parent / "model.onnx.rejected").is_file()  # candidate kept for inspection
-    assert ex.find_export(ws, model_id, prefer_int8=False) == exported
+    assert cx.find_export(ws, model_id, prefer_int8=False) == exported
     assert not list(exported.parent.glob(".staging-*"))
     monkeypatch.undo()
-    ex.export_onnx(ws, model_id, parity_images=16)  # restore parity.json for other tests
+    cx.export_onnx(ws, model_id, parity_images=16)  # restore parity.json for other tests
 
 
 def test_refuses_without_pool_images(trained, tmp_path) -> None:
@@ -147,25 +148,25 @@ def test_refuses_without_pool_images(trained, tmp_path) -> None:
 def test_model_resolution_errors(tmp_path, trained) -> None:
     empty = Workspace(tmp_path / "empty").init(WorkspaceConfig(cache_size=SIZE))
     with pytest.raises(UserError, match="no current model"):
-        ex.export_onnx(empty)
+        cx.export_onnx(empty)
     ws, _ = trained
     with pytest.raises(UserError, match="no model with id 999"):
-        ex.export_onnx(ws, 999)
+        cx.export_onnx(ws, 999)
 
 
 def test_find_export_prefers_int8_and_ignores_rejects(tmp_path) -> None:
     ws = Workspace(tmp_path / "ws")
-    folder = ex.export_dir(ws, 7)
-    assert ex.find_export(ws, 7) is None
+    folder = cx.export_dir(ws, 7)
+    assert cx.find_export(ws, 7) is None
     folder.mkdir(parents=True)
     (folder / "model.onnx.rejected").write_bytes(b"x")
     (folder / "model.int8.onnx.rejected").write_bytes(b"x")
-    assert ex.find_export(ws, 7) is None
+    assert cx.find_export(ws, 7) is None
     (folder / "model.onnx").write_bytes(b"x")
-    assert ex.find_export(ws, 7) == folder / "model.onnx"
+    assert cx.find_export(ws, 7) == folder / "model.onnx"
     (folder / "model.int8.onnx").write_bytes(b"x")
-    assert ex.find_export(ws, 7) == folder / "model.int8.onnx"
-    assert ex.find_export(ws, 7, prefer_int8=False) == folder / "model.onnx"
+    assert cx.find_export(ws, 7) == folder / "model.int8.onnx"
+    assert cx.find_export(ws, 7, prefer_int8=False) == folder / "model.onnx"
 
 
 def test_cli_export_with_jetson_bundle(trained, exported, capsys) -> None:

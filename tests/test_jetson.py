@@ -20,7 +20,9 @@ from data.preprocess import normalise_batch
 from models import export as ex
 from models.jetson import common
 from models.jetson import run_engine as rt
-from models.jetson.bundle import BUNDLE_FILES, build_jetson_bundle
+from core import exports as cx
+from core.exports import build_jetson_bundle
+from models.jetson.bundle import BUNDLE_FILES
 from data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from models.onnx_runtime import OnnxClassifier
 from tests.conftest import SHARED_REAL
@@ -35,14 +37,14 @@ def bundle(tmp_path_factory):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("jetson")
     ws, model_id = make_trained_workspace(root / "ws", n=60, steps=10)
-    ex.export_onnx(ws, parity_images=16)
+    cx.export_onnx(ws, parity_images=16)
     zip_path = build_jetson_bundle(ws, model_id, root / "out")
     with zipfile.ZipFile(zip_path) as zf:
         zf.extractall(root / "unzipped")
     folder = root / "unzipped" / f"cargroup_jetson_model_{model_id}"
     images_dir = root / "images" / "sub"
     images_dir.mkdir(parents=True)
-    _, images = ex.pool_images(ws, 11, seed=4)
+    _, images = cx.pool_images(ws, 11, seed=4)
     for i, img in enumerate(images):
         Image.fromarray(img).save(images_dir / f"car{i:02d}.png")
     return ws, model_id, folder, images_dir.parent
@@ -139,7 +141,7 @@ def test_bundle_contents(bundle) -> None:
     assert labels == {a: list(ws.schema.classes[a]) for a in ws.schema.attributes}
     spec = common.load_preprocess(folder / "preprocess.json")
     assert spec.size == SIZE and spec.mean == pytest.approx(IMAGENET_MEAN)
-    assert (folder / "model.onnx").read_bytes() == (ex.export_dir(ws, model_id) / "model.onnx").read_bytes()
+    assert (folder / "model.onnx").read_bytes() == (cx.export_dir(ws, model_id) / "model.onnx").read_bytes()
     req = (folder / "requirements-jetson.txt").read_text()
     assert "pycuda" in req and "tensorrt" in req
     assert "build_engine.py" in (folder / "README.md").read_text()

@@ -42,7 +42,7 @@ def test_round_end_to_end_writes_its_record(workspace, tmp_path):
     csv_path = _labels_csv(workspace, tmp_path / "labels.csv", seed_ids)
     steps = []
     rep = run_round(workspace, labels=csv_path, strategy="entropy", top_k=5, diversity="kcenter",
-                    train_config=_tiny_config(), progress=lambda f, m: steps.append((f, m)))
+                    train_config=_tiny_config(), progress=lambda p: steps.append((p.fraction, p.message)))
     assert rep.status == "succeeded" and rep.round_number == 1
     assert steps[-1][0] == pytest.approx(1.0)
     assert [f for f, _ in steps] == sorted(f for f, _ in steps)

@@ -12,6 +12,7 @@ import torch
 
 from data.errors import UserError
 from data.schema import DEFAULT_SCHEMA, LabelSchema
+from core.registry import load_model
 from models import checkpoint as ckpt
 from models import network
 from models.network import MultiHeadResNet, build_model
@@ -147,14 +148,14 @@ def test_load_model_current_and_by_id(workspace) -> None:
             p = workspace.models_dir / origin / "model.pt"
             ckpt.save_checkpoint(p, MultiHeadResNet(schema), ckpt.model_meta(schema, 32, origin=origin))
             paths.append(store.add_model(str(p.relative_to(workspace.root))))
-    _, meta = ckpt.load_model(workspace)
+    _, meta = load_model(workspace)
     assert meta["origin"] == "b" and meta["model_id"] == paths[1]
-    _, meta = ckpt.load_model(workspace, paths[0])
+    _, meta = load_model(workspace, paths[0])
     assert meta["origin"] == "a" and Path(meta["model_dir"]).name == "a"
     with pytest.raises(UserError):
-        ckpt.load_model(workspace, 999)
+        load_model(workspace, 999)
 
 
 def test_load_model_without_any_model_is_a_user_error(workspace) -> None:
     with pytest.raises(UserError, match="no trained model"):
-        ckpt.load_model(workspace)
+        load_model(workspace)

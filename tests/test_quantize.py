@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from data.preprocess import normalise_batch
+from core import exports as cx
 from models import export as ex
 from models import quantize as q
 from models.onnx_runtime import OnnxClassifier
@@ -21,7 +22,7 @@ from tests.export_helpers import SIZE, make_trained_workspace
 def exported(tmp_path_factory):
     torch.set_num_threads(1)
     ws, model_id = make_trained_workspace(tmp_path_factory.mktemp("quant") / "ws")
-    ex.export_onnx(ws, parity_images=16)
+    cx.export_onnx(ws, parity_images=16)
     return ws, model_id
 
 
@@ -30,7 +31,7 @@ def quantized(exported):
     ws, model_id = exported
     # The color head is trained; the others saw random labels, so their near-tie logits flip
     # more easily under int8: the gate here is checked per head below instead.
-    return q.quantize_export(ws, calibration=48, min_agreement=0.5)
+    return cx.quantize_export(ws, calibration=48, min_agreement=0.5)
 
 
 def test_calibration_reader_feeds_shared_preprocessing(rng) -> None:
@@ -49,19 +50,19 @@ def test_calibration_reader_feeds_shared_preprocessing(rng) -> None:
 def test_int8_model_is_quantized_and_keeps_metadata(exported, quantized) -> None:
     ws, model_id = exported
     path, _ = quantized
-    assert path == ex.export_dir(ws, model_id) / "model.int8.onnx"
+    assert path == cx.export_dir(ws, model_id) / "model.int8.onnx"
     proto = onnx.load(str(path))
     ops = Counter(n.op_type for n in proto.graph.node)
     assert ops["QuantizeLinear"] > 10 and ops["DequantizeLinear"] > 10
     meta = {p.key: p.value for p in proto.metadata_props}
-    fp32_meta = ex.read_metadata(ex.export_dir(ws, model_id) / "model.onnx")
+    fp32_meta = ex.read_metadata(cx.export_dir(ws, model_id) / "model.onnx")
     assert meta[ex.META_SCHEMA] == fp32_meta[ex.META_SCHEMA]
     assert meta[ex.META_PREPROCESS] == fp32_meta[ex.META_PREPROCESS]
     assert meta[ex.META_PRECISION] == "int8" and ex.META_PARITY not in meta
     info = json.loads(meta["cargroup.quantization"])
     assert info["format"] == "QDQ" and info["per_channel"] and info["calibration_images"] == 48
-    assert ex.find_export(ws, model_id) == path
-    assert ex.find_export(ws, model_id, prefer_int8=False).name == "model.onnx"
+    assert cx.find_export(ws, model_id) == path
+    assert cx.find_export(ws, model_id, prefer_int8=False).name == "model.onnx"
 
 
 def test_int8_predictions_mostly_agree_with_fp32(exported, quantized) -> None:
@@ -72,13 +73,13 @@ def test_int8_predictions_mostly_agree_with_fp32(exported, quantized) -> None:
     assert report.accuracy_fp32["color"] >= 0.6
     assert abs(report.delta["color"]) <= 0.1
     assert report.n_labelled["type"] == 0 and report.accuracy_int8["type"] is None
-    saved = q.load_int8_report(ws, model_id)
+    saved = cx.load_int8_report(ws, model_id)
     assert saved["agreement"] == report.agreement and saved["passed"]
     assert "| color | 60 |" in report.table()
     # the int8 file is usable through the same runtime class as fp32
-    _, images = ex.pool_images(ws, 20, seed=3)
+    _, images = cx.pool_images(ws, 20, seed=3)
     p8, emb8 = OnnxClassifier(path).predict(images)
-    p32, emb32 = OnnxClassifier(ex.export_dir(ws, model_id) / "model.onnx").predict(images)
+    p32, emb32 = OnnxClassifier(cx.export_dir(ws, model_id) / "model.onnx").predict(images)
     assert emb8.shape == emb32.shape == (20, 512)
     assert np.mean(p8["color"].argmax(1) == p32["color"].argmax(1)) >= 0.85
     np.testing.assert_allclose(p8["color"].sum(1), 1.0, atol=1e-5)
@@ -86,21 +87,21 @@ def test_int8_predictions_mostly_agree_with_fp32(exported, quantized) -> None:
 
 def test_failed_thresholds_refuse_int8(exported, quantized) -> None:
     ws, model_id = exported
-    published = ex.export_dir(ws, model_id) / "model.int8.onnx"
+    published = cx.export_dir(ws, model_id) / "model.int8.onnx"
     before = published.read_bytes()
     with pytest.raises(q.QuantizationError, match="agreement"):
-        q.quantize_export(ws, calibration=16, min_agreement=1.01)
+        cx.quantize_export(ws, calibration=16, min_agreement=1.01)
     assert published.read_bytes() == before
     assert (published.parent / "model.int8.onnx.rejected").is_file()
-    assert not q.load_int8_report(ws, model_id)["passed"]
+    assert not cx.load_int8_report(ws, model_id)["passed"]
 
 
 def test_accuracy_drop_gate_needs_enough_labels(exported, tmp_path) -> None:
     """compare_models flags a drop only where the head has enough labelled images."""
     ws, model_id = exported
-    path = ex.export_dir(ws, model_id) / "model.onnx"
-    int8 = q.quantize_onnx(path, tmp_path / "int8.onnx", ex.pool_images(ws, 8)[1], SIZE)
-    _, images = ex.pool_images(ws, 30)
+    path = cx.export_dir(ws, model_id) / "model.onnx"
+    int8 = q.quantize_onnx(path, tmp_path / "int8.onnx", cx.pool_images(ws, 8)[1], SIZE)
+    _, images = cx.pool_images(ws, 30)
     fp32_pred = OnnxClassifier(path).predict(images)[0]["color"].argmax(1)
     wrong = (fp32_pred + 1) % 5   # fp32 is 0% right, so int8 cannot drop: no failure
     report = q.compare_models(path, int8, images, {"color": wrong}, min_agreement=0.0,
@@ -117,4 +118,4 @@ def test_accuracy_drop_gate_needs_enough_labels(exported, tmp_path) -> None:
 def test_quantize_needs_published_export(tmp_path) -> None:
     ws, _ = make_trained_workspace(tmp_path / "ws", n=9, steps=1)
     with pytest.raises(q.QuantizationError, match="no published fp32 export"):
-        q.quantize_export(ws)
+        cx.quantize_export(ws)

@@ -6,7 +6,7 @@ import pytest
 
 from data.errors import UserError
 from core.queue import build_queue, candidate_ids, queue_items
-from models.checkpoint import model_record, resolve_model_path
+from core.registry import model_record, resolve_model_path
 from core.scoring import PoolScores
 from tests.al_helpers import make_model, make_pool
 

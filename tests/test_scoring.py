@@ -23,7 +23,7 @@ def _ranking(pool, name):
 
 
 def test_onnx_and_torch_rank_the_same(scored_ws):
-    from models.export import export_onnx
+    from core.exports import export_onnx
 
     ws, ids, model_id = scored_ws
     torch.set_num_threads(1)
@@ -44,7 +44,8 @@ def test_onnx_and_torch_rank_the_same(scored_ws):
     # "auto" prefers a published int8 file (a copy of the fp32 one stands in for it here)
     import shutil
 
-    from models.export import FP32_NAME, INT8_NAME, export_dir
+    from core.exports import export_dir
+    from models.export import FP32_NAME, INT8_NAME
     folder = export_dir(ws, model_id)
     shutil.copy(folder / FP32_NAME, folder / INT8_NAME)
     assert score_pool(ws, save=False, mc_passes=0, threads=1).backend == "onnx-int8"
@@ -57,7 +58,7 @@ def test_score_pool_stores_predictions_scores_and_embeddings(scored_ws):
         test = {r.id for r in store.images(split="test")}
         store.add_label(ids[0], {"color": "red"}, source="import")
     calls = []
-    pool = score_pool(ws, progress=lambda f, m: calls.append(f), batch_size=8)
+    pool = score_pool(ws, progress=lambda p: calls.append(p.fraction), batch_size=8)
     expected = [i for i in ids if i not in test and i != ids[0]]
     assert list(pool.image_ids) == expected
     assert calls and calls[-1] == pytest.approx(1.0) and calls == sorted(calls)
