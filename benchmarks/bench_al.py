@@ -174,8 +174,7 @@ def seed_model(base: Path, work: Path, cfg: Config, seed: int) -> tuple[Path, di
     """Copy the pool, label a random seed set, train the shared round-0 model, evaluate."""
     from core.annotator import simulate_labels
     from core.queue import candidate_ids
-    from models.evaluate import evaluate, metrics_summary
-    from models.train import train
+    from core.training import train_and_promote
 
     t = time.perf_counter()
     dst = work / f"seed{seed}"
@@ -186,9 +185,8 @@ def seed_model(base: Path, work: Path, cfg: Config, seed: int) -> tuple[Path, di
     with ws.store() as store:
         store.create_round(chosen, kind="seed", strategy="random", params={"seed": seed})
         simulate_labels(store, ws.schema, chosen, seed=seed)
-    result = train(ws, train_config(cfg, seed, warm=False))
-    report = evaluate(ws, result.model_id)
-    point = {"round": 0, "labels": len(chosen), **accuracy(metrics_summary(report)),
+    outcome = train_and_promote(ws, train_config(cfg, seed, warm=False))  # train, evaluate, promote
+    point = {"round": 0, "labels": len(chosen), **accuracy(outcome.evaluation.summary()),
              "seconds": time.perf_counter() - t}
     return dst, point
 

@@ -164,9 +164,8 @@ def main() -> int:
     ap.add_argument("--json", default=None, help="write all figures to this JSON file")
     args = ap.parse_args()
 
-    from models.checkpoint import load_model
-    from models.export import export_dir, export_onnx, load_parity, pool_images
-    from models.quantize import quantize_export
+    from core.exports import export_dir, export_onnx, load_parity, pool_images, quantize_export
+    from core.registry import load_model
 
     report: dict = {"machine": {"cpu": platform.processor() or platform.machine(),
                                 "cores": os.cpu_count(), "torch": torch.__version__,
@@ -181,15 +180,17 @@ def main() -> int:
         if not REAL.is_dir():
             print(f"real data not found at {REAL}; pass --workspace", file=sys.stderr)
             return 2
-        from models.train import TrainConfig, train
+        from core.training import train_and_promote
+        from models.train import TrainConfig
 
         root = Path(args.work or tempfile.mkdtemp(prefix="bench-latency-")) / "ws"
         per_set = tuple(int(v) for v in args.per_set.split(","))
         ws = build_real_workspace(root, args.size, per_set)  # type: ignore[arg-type]
         print(f"workspace {root} built in {time.perf_counter() - t0:.0f} s", flush=True)
         t1 = time.perf_counter()
-        result = train(ws, TrainConfig(epochs=args.epochs, image_size=args.size, pretrained=False,
-                                       num_threads=max(int(t) for t in args.threads.split(","))))
+        result = train_and_promote(ws, TrainConfig(
+            epochs=args.epochs, image_size=args.size, pretrained=False,
+            num_threads=max(int(t) for t in args.threads.split(",")))).train
         report["training"] = {"epochs": args.epochs, "seconds": round(time.perf_counter() - t1),
                               "train_images": result.train_images, "val_acc": result.val_acc,
                               "per_set": per_set}

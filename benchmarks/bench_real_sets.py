@@ -68,8 +68,8 @@ def prepare(name: str, root: Path, image_size: int, max_train: int | None, seed:
 
 
 def run_set(name: str, args: argparse.Namespace, root: Path) -> dict:
-    from models.evaluate import evaluate
-    from models.train import TrainConfig, train
+    from core.training import train_and_promote
+    from models.train import TrainConfig
 
     attr = ATTRIBUTE[name]
     ws = prepare(name, root, args.image_size, args.max_train, args.seed)
@@ -78,10 +78,10 @@ def run_set(name: str, args: argparse.Namespace, root: Path) -> dict:
         test_labels = [v[attr] for v in store.current_labels(split="test").values() if attr in v]
     majority = Counter(test_labels).most_common(1)[0][1] / len(test_labels)
     load_before = load_avg()
-    res = train(ws, TrainConfig(epochs=args.epochs, image_size=args.image_size,
-                                num_threads=args.threads, pretrained=False, seed=args.seed,
-                                patience=args.patience))
-    report = evaluate(ws, res.model_id)
+    outcome = train_and_promote(ws, TrainConfig(epochs=args.epochs, image_size=args.image_size,
+                                                num_threads=args.threads, pretrained=False,
+                                                seed=args.seed, patience=args.patience))
+    res, report = outcome.train, outcome.evaluation.to_dict()
     head = report["heads"][attr]
     out = {"attribute": attr, "labelled_by_split": counts, "epochs": res.epochs_run,
            "best_epoch": res.best_epoch, "seconds": round(res.seconds, 1),

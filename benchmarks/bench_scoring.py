@@ -94,7 +94,7 @@ def make_model(ws: Workspace, size: int) -> int:
 
 
 def clear_exports(ws: Workspace, model_id: int) -> None:
-    from models.export import export_dir
+    from core.exports import export_dir
 
     folder = export_dir(ws, model_id)
     for f in folder.glob("*.onnx"):
@@ -116,7 +116,8 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from core.queue import build_queue
-    from models.export import FP32_NAME, INT8_NAME, export_dir, export_onnx
+    from core.exports import export_dir, export_onnx
+    from models.export import FP32_NAME, INT8_NAME
 
     root = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench_scoring_"))
     t0 = time.perf_counter()
@@ -137,7 +138,7 @@ def main() -> None:
     fp32.replace(keep)  # hide exports for the torch run
     if "int8" in args.backends and not (folder / (INT8_NAME + ".keep")).exists():
         from models.quantize import quantize_onnx
-        from models.export import pool_images
+        from core.exports import pool_images
 
         _, calib = pool_images(ws, 64, seed=1)
         quantize_onnx(keep, folder / (INT8_NAME + ".keep"), calib, args.size)

@@ -35,11 +35,16 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from core.annotator import simulate_labels  # noqa: E402
+from data.demo import create_demo_pool  # noqa: E402
+from data.sampling import sample_first_batch  # noqa: E402
 from data.schema import DEFAULT_SCHEMA  # noqa: E402
+from data.workspace import Workspace, WorkspaceConfig  # noqa: E402
 from data.preprocess import resize_square  # noqa: E402
 from data.transforms import apply_albumentations, train_transform  # noqa: E402
 from models.network import MultiHeadResNet  # noqa: E402
-from models.train import bf16_supported, masked_loss  # noqa: E402
+from core.training import train_and_promote  # noqa: E402
+from models.train import TrainConfig, bf16_supported, train_one_epoch  # noqa: E402
 
 
 def load_avg() -> str:
@@ -98,27 +103,26 @@ def _random_batches(size: int, batch: int):
 
 def _time_steps(batches, *, channels_last: bool, bf16: bool, steps: int, warmup: int,
                 batch: int, size: int) -> float:
-    """Images per second over ``steps`` optimizer steps after ``warmup`` untimed ones."""
+    """Images per second over ``steps`` optimizer steps after ``warmup`` untimed ones.
+
+    The steps are the project's own :func:`models.train.train_one_epoch` (the batches are drawn
+    lazily inside it, so input-pipeline cost is timed too).
+    """
     torch.manual_seed(0)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    model = MultiHeadResNet(DEFAULT_SCHEMA).to(memory_format=fmt).train()
+    model = MultiHeadResNet(DEFAULT_SCHEMA).to(memory_format=fmt)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, weight_decay=5e-4)
     y = torch.stack([torch.randint(0, DEFAULT_SCHEMA.num_classes(a), (batch,))
                      for a in DEFAULT_SCHEMA.attributes], dim=1)
-    attrs = list(DEFAULT_SCHEMA.attributes)
-    t0 = 0.0
-    for k in range(warmup + steps):
-        if k == warmup:
-            t0 = time.perf_counter()
-        x = next(batches).contiguous(memory_format=fmt)
-        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else torch.autocast("cpu", enabled=False)
-        with ctx:
-            logits = model(x)
-        loss, _ = masked_loss(logits, y, attrs)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return steps * batch / (time.perf_counter() - t0)
+    cpu = torch.device("cpu")
+
+    def run(n: int):
+        return train_one_epoch(model, ((next(batches), y) for _ in range(n)), opt,
+                               DEFAULT_SCHEMA.attributes, cpu, use_bf16=bf16,
+                               channels_last=channels_last)
+    run(warmup)
+    stats = run(steps)
+    return stats.images / stats.seconds
 
 
 def _time_pipeline(batches, n_batches: int, batch: int) -> float:
@@ -171,13 +175,6 @@ def throughput(args: argparse.Namespace) -> dict:
 # -- recipe ------------------------------------------------------------------------------------
 
 def recipe(args: argparse.Namespace) -> dict:
-    from data.sampling import sample_first_batch
-    from data.workspace import Workspace, WorkspaceConfig
-    from data.demo import create_demo_pool
-    from core.annotator import simulate_labels
-    from models.evaluate import evaluate
-    from models.train import TrainConfig, train
-
     root = Path(args.workspace or tempfile.mkdtemp(prefix="bench_train_"))
     ws = Workspace(root).init(WorkspaceConfig(cache_size=args.image_size))
     out: dict = {"workspace": str(root), "machine": machine(), "threads": args.threads,
@@ -194,10 +191,10 @@ def recipe(args: argparse.Namespace) -> dict:
     def run(config: TrainConfig) -> dict:
         load_before = load_avg()
         cpu0 = resource.getrusage(resource.RUSAGE_SELF)
-        res = train(ws, config)
+        outcome = train_and_promote(ws, config)  # train, test evaluation, promotion
         cpu1 = resource.getrusage(resource.RUSAGE_SELF)
         cpu_s = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
-        report = evaluate(ws, res.model_id)
+        res, report = outcome.train, outcome.evaluation.to_dict()
         return {"seconds": res.seconds, "cpu_seconds": cpu_s, "epochs": res.epochs_run, "best_epoch": res.best_epoch,
                 "train_images": res.train_images, "val_images": res.val_images,
                 "images_per_s": res.images_per_s, "bf16": res.bf16, "origin": res.origin,
