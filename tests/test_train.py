@@ -24,7 +24,6 @@ from core.training import TrainingOutcome, train_and_promote
 from data.dataset import SplitData
 from data.progress import Progress
 from models import train as model_train
-from models.evaluate import evaluate_split
 from models.train import TrainConfig, class_weight_tensors, masked_loss
 
 PALETTE = {"red": (200, 30, 30), "blue": (30, 40, 200), "white": (235, 235, 235),

@@ -13,6 +13,7 @@ from core.acquisition import SAMPLING, STRATEGIES, parse_weights
 from core.commands.project import require_workspace
 from core.diversity import METHODS as DIVERSITY_METHODS
 from data.errors import UserError
+from data.progress import Progress
 from data.workspace import Workspace
 
 
@@ -90,13 +91,13 @@ def _weights(text: str | None) -> dict[str, float] | None:
         raise UserError(f"--weights: {exc}") from None
 
 
-def _bar(desc: str) -> tuple[Callable[[float, str], None], Callable[[], None]]:
+def _bar(desc: str) -> tuple[Callable[[Progress], None], Callable[[], None]]:
 
     bar = tqdm(total=1000, desc=desc, unit="‰", dynamic_ncols=True, leave=False)
 
-    def update(fraction: float, message: str) -> None:
-        bar.update(int(fraction * 1000) - bar.n)
-        bar.set_postfix_str(message, refresh=False)
+    def update(progress: Progress) -> None:
+        bar.update(int(progress.fraction * 1000) - bar.n)
+        bar.set_postfix_str(progress.message, refresh=False)
     return update, bar.close
 
 
@@ -199,7 +200,10 @@ def cmd_round(args: argparse.Namespace, ws: Workspace) -> int:
     finally:
         close()
     if rep.status != "succeeded":
-        print(f"round {rep.status}; nothing recorded, the previous model stays current")
+        if rep.model_id is not None:  # cancelled while scoring: training had already promoted
+            print(f"round {rep.status}; model {rep.model_id} is current, no round was recorded")
+        else:
+            print(f"round {rep.status}; nothing recorded, the previous model stays current")
         return 1
     if args.json:
         print(json.dumps({"round": rep.round_number, **rep.record}, indent=2))
