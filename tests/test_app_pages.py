@@ -153,6 +153,31 @@ def test_train_page_shows_running_job_and_its_loss_curve(trained: Workspace, mon
             s.update_job(job_id, status="cancelled")
 
 
+@pytest.mark.parametrize("promoted", [None, 7])
+def test_train_page_says_which_model_is_current_after_a_cancel(trained: Workspace, monkeypatch,
+                                                              promoted) -> None:
+    """Defect 1: a train job cancelled after it promoted its model must not claim the previous
+    model stays current (the job logs {"promoted": id} when it made its model current)."""
+    from core.jobs import start_job
+    job_id = start_job(trained, "train", {"epochs": 1}, spawn=False)
+    entries = [{"phase": "epoch", "epoch": 1, "epochs": 1, "step": 4, "steps": 4,
+                "train_loss": 1.5, "val_loss": 1.7, "x": 1.0}]
+    entries += [{"promoted": promoted}] if promoted else []
+    with trained.store() as s:
+        for entry in entries:
+            s.update_job(job_id, log_entry=entry)
+        s.update_job(job_id, status="cancelled", message="cancelled")
+    at = run_page(trained, monkeypatch, "4_Train.py")
+    assert_clean(at)
+    captions = " ".join(c.value for c in at.caption)
+    if promoted:
+        assert f"Model #{promoted} had already been made current." in captions
+        assert "previous model stays current" not in captions
+    else:
+        assert "The previous model stays current." in captions
+    assert any(m.label == "Epoch" and m.value == "1/1" for m in at.metric)
+
+
 def test_evaluate_page_shows_confusion_and_per_class_tables(trained: Workspace, monkeypatch) -> None:
     at = run_page(trained, monkeypatch, "5_Evaluate.py")
     assert len(at.tabs) == 3
