@@ -62,12 +62,22 @@ def function_imports(tree: ast.AST) -> list[tuple[int, str]]:
     return sorted(set(found))
 
 
-def _documented_lazy(lines: list[str], line: int) -> bool:
-    """The import block holding ``line`` is preceded by a ``# Lazy:`` comment line."""
-    k = line - 2
-    while k >= 0 and lines[k].lstrip().startswith(("from ", "import ")):
-        k -= 1
-    return k >= 0 and lines[k].lstrip().startswith("# Lazy:")
+def _lazy_lines(tree: ast.AST, lines: list[str]) -> set[int]:
+    """Lines of imports whose run of consecutive import statements follows a ``# Lazy:`` line."""
+    ok: set[int] = set()
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if not isinstance(body, list):
+            continue
+        run: list[ast.stmt] = []
+        for stmt in [*body, None]:
+            if isinstance(stmt, (ast.Import, ast.ImportFrom)):
+                run.append(stmt)
+                continue
+            if run and lines[run[0].lineno - 2].lstrip().startswith("# Lazy:"):
+                ok.update(r.lineno for r in run)
+            run = []
+    return ok
 
 
 def in_function_imports(root: Path = ROOT) -> list[str]:
@@ -76,9 +86,10 @@ def in_function_imports(root: Path = ROOT) -> list[str]:
         for path in sorted((root / layer).rglob("*.py")):
             text = path.read_text(encoding="utf-8")
             rel = path.relative_to(root).as_posix()
-            lines = text.splitlines()
-            for line, module in function_imports(ast.parse(text, filename=str(path))):
-                if rel.startswith(LAZY_ALLOWED) and _documented_lazy(lines, line):
+            tree = ast.parse(text, filename=str(path))
+            lazy = _lazy_lines(tree, text.splitlines())
+            for line, module in function_imports(tree):
+                if rel.startswith(LAZY_ALLOWED) and line in lazy:
                     continue
                 bad.append(f"{rel}:{line} imports {module} inside a function")
     return bad
