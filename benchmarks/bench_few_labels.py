@@ -555,8 +555,8 @@ def finetune(data: SetData, pixels: np.ndarray, pool_picks: Sequence[int], *, sp
 
     from data.cache import ImageCache
     from data.workspace import Workspace, WorkspaceConfig
-    from models.evaluate import evaluate
-    from models.train import TrainConfig, train
+    from core.training import train_and_promote
+    from models.train import TrainConfig
 
     ws = Workspace(workdir / f"ft_{data.name}_{spec}_{seed}_{len(pool_picks)}_{semi}_"
                    f"{time.time_ns()}").init(WorkspaceConfig(cache_size=size))
@@ -593,8 +593,8 @@ def finetune(data: SetData, pixels: np.ndarray, pool_picks: Sequence[int], *, sp
     if weights and kind != "random":
         kwargs["weights" if "weights" in config_fields else "checkpoint"] = str(weights)
     t = time.perf_counter()
-    result = train(ws, TrainConfig(**kwargs))
-    report = evaluate(ws, result.model_id, save=False)
+    outcome = train_and_promote(ws, TrainConfig(**kwargs))  # train, evaluate on test, promote
+    result, report = outcome.train, outcome.evaluation.to_dict()
     return {"accuracy": report["heads"][data.attribute]["accuracy"], "origin": result.origin,
             "seconds": round(time.perf_counter() - t, 1), "train_images": result.train_images,
             "val_images": result.val_images}

@@ -121,14 +121,13 @@ class Templates:
         elif state == "trained":
             import torch
 
-            from models.evaluate import evaluate
-            from models.train import TrainConfig, train
+            from core.training import train_and_promote
+            from models.train import TrainConfig
             old = torch.get_num_threads()
             torch.set_num_threads(1)
             try:
-                result = train(ws, TrainConfig(epochs=2, batch_size=16, image_size=32,
-                                               pretrained=False, num_threads=1))
-                evaluate(ws, result.model_id)
+                train_and_promote(ws, TrainConfig(epochs=2, batch_size=16, image_size=32,
+                                                  pretrained=False, num_threads=1))
             finally:
                 torch.set_num_threads(old)
         elif state == "queued":

@@ -14,7 +14,8 @@ from data.cache import ImageCache
 from data.workspace import Workspace, WorkspaceConfig
 from models.semi import (FixMatchTerm, confident_pseudo_labels, load_unlabelled_pool,
                          spread_labels, unlabelled_loss)
-from models.train import TrainConfig, train
+from core.training import train_and_promote
+from models.train import TrainConfig
 from tests.test_train import add_images
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -107,7 +108,7 @@ def test_fixmatch_training_never_writes_a_pseudo_label(semi_pool: Workspace) -> 
     before = _label_tables(semi_pool)
     config = TrainConfig(epochs=2, batch_size=8, image_size=32, pretrained=False,
                          num_threads=1, semi_supervised="fixmatch", semi_threshold=0.1)
-    result = train(semi_pool, config)
+    result = train_and_promote(semi_pool, config).train
     assert result.status == "succeeded"
     assert _label_tables(semi_pool) == before
     shares = [h["pseudo_labelled_share"] for h in result.history]
@@ -130,8 +131,8 @@ def test_cli_semi_supervised_flag_and_bad_method(semi_pool: Workspace, capsys) -
     with pytest.raises(SystemExit):
         cli_main(["--workspace", str(semi_pool.root), "train", "--semi-supervised", "magic"])
     with pytest.raises(Exception, match="semi-supervised"):
-        train(semi_pool, TrainConfig(epochs=1, image_size=32, pretrained=False,
-                                     semi_supervised="magic"))
+        train_and_promote(semi_pool, TrainConfig(epochs=1, image_size=32, pretrained=False,
+                                                 semi_supervised="magic"))
 
 
 def test_fixmatch_term_is_none_without_unlabelled_images(tmp_path: Path) -> None:
