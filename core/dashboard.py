@@ -11,6 +11,7 @@ from typing import Any, Mapping
 
 from core.acquisition import score_name
 from core.queue import queue_items
+from core.refit_status import overlay_predictions
 from data.balance import plan_orientation_balance
 from data.evalset import fingerprint
 from data.schema import LabelSchema
@@ -154,6 +155,5 @@ def queue_view(ws: Workspace, round_number: int | None = None) -> list[dict[str,
              "scores": {n: v[it.image_id] for n, v in per_head.items() if it.image_id in v}}
             for it in items]
     if rnd is not None and rnd["record"].get("reranked"):
-        from core.refit_status import overlay_predictions  # the head refit's view of a re-ranked batch
-        rows = overlay_predictions(ws, rows)
+        rows = overlay_predictions(ws, rows)  # the head refit's view of a re-ranked batch
     return rows

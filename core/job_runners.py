@@ -20,6 +20,8 @@ from core.jobs import JobCancelled, JobConflict, JobContext, job_in_this_process
 from core.latency import measure_model
 from core.loop import simulate_pending
 from core.queue import build_queue
+from core.refit import refit_and_rerank
+from core.refit_status import DEFAULT_EVERY, due
 from core.training import evaluate_and_record, train_and_promote
 from cvat_bridge import service
 from data.demo import create_demo_pool
@@ -265,9 +267,6 @@ def run_refit(ws: Workspace, params: dict, ctx: JobContext) -> dict[str, Any]:
     the order the annotators see is never more than one refit behind.
     """
     _threads()
-    from core.refit import refit_and_rerank
-    from core.refit_status import DEFAULT_EVERY, due
-
     every = int(params.get("every", DEFAULT_EVERY))
     options = {k: params[k] for k in ("backbone", "class_weight", "strategy") if params.get(k)}
     runs = 0

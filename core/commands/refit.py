@@ -26,6 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def cmd_refit(args: argparse.Namespace, ws: Workspace) -> int:
     require_workspace(ws)
+    # Lazy: torch and sklearn load only when a command needs them, so `--help` stays fast.
     from core.refit import refit_and_rerank
 
     record = refit_and_rerank(ws, backbone=args.backbone,
