@@ -29,6 +29,7 @@ from data.errors import UserError
 from data.progress import CancelFn, ProgressFn
 from data.workspace import Workspace
 from core.registry import load_model
+from models.backbones import WeightsOrigin
 from models.checkpoint import load_checkpoint, schema_from_meta
 from models.evaluate import EvaluationReport, evaluate_split
 from models.network import MultiHeadResNet
@@ -113,7 +114,14 @@ def _warm_start(ws: Workspace, config: TrainConfig
     if meta["classes"] != {a: list(schema.classes[a]) for a in schema.attributes}:
         raise UserError(f"cannot warm-start: model {current['id']} was trained on other class "
                         "lists than the project's schema; train without --warm-start")
-    return model, f"warm start from model {current['id']}", int(current["id"])
+    name = model.backbone_name
+    if name != config.backbone:
+        log.info("warm start keeps model %s's backbone %s", current["id"], name)
+    first = model.weights_origin.detail if model.weights_origin else "unrecorded"
+    origin = WeightsOrigin(name, "checkpoint", f"warm start from model {current['id']} "
+                                               f"(its backbone started from: {first})")
+    model.weights_origin = origin
+    return model, origin.sentence(), int(current["id"])
 
 
 def _semi_term(ws: Workspace, config: TrainConfig, train_data: SplitData) -> FixMatchTerm | None:
@@ -141,8 +149,12 @@ def _write_report(report: EvaluationReport, folder: Path) -> None:
 
 def promote(ws: Workspace, checkpoint: Path, *, round_id: int | None, parent_id: int | None,
             params: dict[str, Any], metrics: dict[str, Any],
-            evaluation: EvaluationReport | None) -> int:
+            evaluation: EvaluationReport | None, backbone: str = "resnet18",
+            weights_origin: dict[str, Any] | None = None) -> int:
     """Record a finished model and make it current, in one transaction; returns its id.
+
+    ``backbone`` and ``weights_origin`` (``WeightsOrigin.to_dict()``) fill the models table's
+    columns of the same names, so the Models page can say what each model was built on.
 
     The evaluation report is written beside the weights inside the same transaction, so a
     failure to write it leaves nothing recorded.
@@ -151,7 +163,8 @@ def promote(ws: Workspace, checkpoint: Path, *, round_id: int | None, parent_id:
     with ws.store() as store:
         with store.transaction():
             model_id = store.add_model(rel_path, round_id=round_id, parent_id=parent_id,
-                                       params=params, metrics=metrics, make_current=True)
+                                       params=params, metrics=metrics, make_current=True,
+                                       backbone=backbone, weights_origin=weights_origin)
             if evaluation is not None:
                 evaluation.model_id = model_id
                 _write_report(evaluation, checkpoint.parent)
@@ -206,7 +219,9 @@ def train_and_promote(ws: Workspace, config: TrainConfig | None = None, *,
             metrics[eval_split] = evaluation.summary()
         params = _params(result, config)
         model_id = promote(ws, checkpoint, round_id=round_id, parent_id=parent_id,
-                           params=params, metrics=metrics, evaluation=evaluation)
+                           params=params, metrics=metrics, evaluation=evaluation,
+                           backbone=result.backbone or config.backbone,
+                           weights_origin=result.weights_origin)
     except BaseException:
         shutil.rmtree(run_dir, ignore_errors=True)
         raise
@@ -218,7 +233,9 @@ def train_and_promote(ws: Workspace, config: TrainConfig | None = None, *,
 
 def _params(result: TrainResult, config: TrainConfig) -> dict[str, Any]:
     return config.to_dict() | {"epochs_planned": config.effective_epochs(),
-                               "origin": result.origin, "train_images": result.train_images,
+                               "origin": result.origin, "backbone": result.backbone,
+                               "weights_origin": result.weights_origin,
+                               "train_images": result.train_images,
                                "train_examples": result.train_examples,
                                "val_images": result.val_images, "bf16": result.bf16}
 

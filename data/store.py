@@ -204,6 +204,12 @@ MIGRATIONS: list[str] = [
         added_at REAL NOT NULL
     );
     """,
+    # 4: each model records its backbone and where the backbone's starting weights came from
+    # (JSON {backbone, kind, detail}; '{}' = not recorded). Models before this were ResNet18.
+    """
+    ALTER TABLE models ADD COLUMN backbone TEXT NOT NULL DEFAULT 'resnet18';
+    ALTER TABLE models ADD COLUMN weights_origin TEXT NOT NULL DEFAULT '{}';
+    """,
 ]
 
 # Ids travel to SQLite as one JSON array (``json_each``), never as one bound parameter per id:
@@ -694,15 +700,17 @@ class ProjectStore:
     # -- models ---------------------------------------------------------------------------
     def add_model(self, path: str, *, round_id: int | None = None, parent_id: int | None = None,
                   params: Mapping[str, Any] | None = None, metrics: Mapping[str, Any] | None = None,
-                  make_current: bool = True) -> int:
+                  make_current: bool = True, backbone: str = "resnet18",
+                  weights_origin: Mapping[str, Any] | None = None) -> int:
         with self.transaction():
             if make_current:
                 self.conn.execute("UPDATE models SET is_current=0")
             cur = self.conn.execute(
                 "INSERT INTO models(path, round_id, parent_id, status, is_current, params, metrics,"
-                " created_at) VALUES (?,?,?,?,?,?,?,?)",
+                " created_at, backbone, weights_origin) VALUES (?,?,?,?,?,?,?,?,?,?)",
                 (path, round_id, parent_id, "ready", int(make_current),
-                 json.dumps(dict(params or {})), json.dumps(dict(metrics or {})), _now()))
+                 json.dumps(dict(params or {})), json.dumps(dict(metrics or {})), _now(),
+                 backbone, json.dumps(dict(weights_origin or {}))))
         return int(cur.lastrowid)
 
     def set_model_metrics(self, model_id: int, metrics: Mapping[str, Any]) -> None:
@@ -720,6 +728,7 @@ class ProjectStore:
             d = dict(r)
             d["params"] = json.loads(d["params"])
             d["metrics"] = json.loads(d["metrics"])
+            d["weights_origin"] = json.loads(d["weights_origin"])
             out.append(d)
         return out
 

@@ -7,8 +7,10 @@ folder is fsynced so the rename itself survives a crash. A reader therefore sees
 the new one, never half of one.
 
 A checkpoint is ``{"model_state": state_dict, "meta": {...}}`` with plain-typed meta (schema
-class lists, image size, training params, where the initial weights came from), so it loads with
-``torch.load(weights_only=True)`` and rebuilds its heads without the workspace's schema file.
+class lists, image size, training params, the backbone's name and where its initial weights came
+from), so it loads with ``torch.load(weights_only=True)`` and rebuilds the right architecture and
+heads without the workspace's schema file. Checkpoints written before backbones were selectable
+have no ``backbone`` entry: they are ResNet18.
 """
 from __future__ import annotations
 
@@ -18,11 +20,12 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-from torchvision.models import resnet18
 
 from data.errors import UserError
 from data.schema import LabelSchema
-from models.network import MultiHeadResNet
+from models.backbones import (BACKBONES, DEFAULT_BACKBONE, FEATURE_DIMS, Backbone, WeightsOrigin,
+                              build_architecture)
+from models.network import MultiHeadNet
 
 CHECKPOINT_NAME = "model.pt"
 FORMAT_VERSION = 1
@@ -61,8 +64,14 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
 
 
 def model_meta(schema: LabelSchema, image_size: int, *, params: Mapping[str, Any] | None = None,
-               origin: str = "", extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The plain-typed metadata stored beside the weights."""
+               origin: str = "", extra: Mapping[str, Any] | None = None,
+               backbone: str = DEFAULT_BACKBONE,
+               weights_origin: WeightsOrigin | None = None) -> dict[str, Any]:
+    """The plain-typed metadata stored beside the weights.
+
+    ``origin`` is the human sentence; ``weights_origin`` the structured record (backbone, kind,
+    detail) that the models table and the ONNX metadata carry as well.
+    """
     meta: dict[str, Any] = {
         "format": FORMAT_VERSION,
         "attributes": list(schema.attributes),
@@ -70,15 +79,31 @@ def model_meta(schema: LabelSchema, image_size: int, *, params: Mapping[str, Any
         "image_size": int(image_size),
         "params": dict(params or {}),
         "origin": origin,
+        "backbone": backbone,
+        "weights_origin": weights_origin.to_dict() if weights_origin is not None else None,
     }
     meta.update(extra or {})
     return meta
 
 
-def save_checkpoint(path: str | Path, model: MultiHeadResNet, meta: Mapping[str, Any]) -> Path:
-    """Atomically write ``model``'s weights (standard memory format) and ``meta``."""
+def meta_backbone(meta: Mapping[str, Any]) -> str:
+    """The backbone a checkpoint was built on (ResNet18 for checkpoints older than the field)."""
+    return str(meta.get("backbone") or DEFAULT_BACKBONE)
+
+
+def save_checkpoint(path: str | Path, model: MultiHeadNet, meta: Mapping[str, Any]) -> Path:
+    """Atomically write ``model``'s weights (standard memory format) and ``meta``.
+
+    The backbone name is taken from the model itself (the architecture the weights fit), and its
+    weights origin too when ``meta`` has none, so a checkpoint can always be rebuilt.
+    """
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    return atomic_torch_save({"model_state": state, "meta": dict(meta)}, path)
+    meta = dict(meta)
+    meta["backbone"] = getattr(model, "backbone_name", DEFAULT_BACKBONE)
+    origin = getattr(model, "weights_origin", None)
+    if meta.get("weights_origin") is None and origin is not None:
+        meta["weights_origin"] = origin.to_dict()
+    return atomic_torch_save({"model_state": state, "meta": meta}, path)
 
 
 def schema_from_meta(meta: Mapping[str, Any]) -> LabelSchema:
@@ -88,7 +113,7 @@ def schema_from_meta(meta: Mapping[str, Any]) -> LabelSchema:
 
 
 def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu"
-                    ) -> tuple[MultiHeadResNet, dict[str, Any]]:
+                    ) -> tuple[MultiHeadNet, dict[str, Any]]:
     """Rebuild the network from a checkpoint file; returns ``(model in eval mode, meta)``."""
     path = Path(path)
     if not path.is_file():
@@ -97,7 +122,14 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     if not isinstance(blob, dict) or "model_state" not in blob or "meta" not in blob:
         raise UserError(f"{path} is not a Car Grouping checkpoint (no model_state/meta)")
     meta = dict(blob["meta"])
-    model = MultiHeadResNet(schema_from_meta(meta), backbone=resnet18(weights=None))
+    name = meta_backbone(meta)
+    if name not in BACKBONES:
+        raise UserError(f"{path} was trained on backbone {name!r}, which this version does not "
+                        f"know (known: {', '.join(BACKBONES)})")
+    origin = WeightsOrigin.from_dict(meta.get("weights_origin")) or WeightsOrigin(
+        name, "checkpoint", str(meta.get("origin") or "unrecorded"))
+    model = MultiHeadNet(schema_from_meta(meta), backbone=Backbone(
+        name, build_architecture(name), FEATURE_DIMS[name], origin))
     model.load_state_dict(blob["model_state"])
     model.eval()
     return model, meta

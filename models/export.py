@@ -10,11 +10,13 @@ per-head argmax agreement within thresholds). A failing file is kept beside it a
 
 The ONNX contract other parts rely on (CVAT auto-annotation, pool scoring, the Jetson bundle):
 - input ``image``: float32 N x 3 x S x S, normalised as in :mod:`data.preprocess`, dynamic N;
-- outputs: one logits tensor per attribute, named by the attribute, plus ``embedding`` (N x 512,
-  the penultimate features);
+- outputs: one logits tensor per attribute, named by the attribute, plus ``embedding`` (N x D,
+  the penultimate features: D = 512 for ResNet18, 1280 for EfficientNet-Lite0);
 - ``metadata_props``: ``cargroup.schema`` (JSON {attribute: [class names]}),
   ``cargroup.preprocess`` (JSON size/mean/std/scale/channel order/layout/resize), model id and
-  creation info, and the parity figures. A consumer needs nothing else.
+  creation info, ``cargroup.backbone`` and ``cargroup.weights_origin`` (JSON backbone/kind/detail:
+  where the backbone's starting weights came from), and the parity figures. A consumer needs
+  nothing else.
 """
 from __future__ import annotations
 
@@ -35,10 +37,12 @@ from torch import nn
 
 from data.errors import UserError
 from data.preprocess import IMAGENET_MEAN, IMAGENET_STD, normalise_batch
-from models.network import MultiHeadResNet
-from models.onnx_contract import (EMBEDDING_NAME, INPUT_NAME, META_CREATED, META_EXPORTER,
-                                  META_MODEL_ID, META_OUTPUTS, META_PARITY, META_PRECISION,
-                                  META_PREPROCESS, META_SCHEMA)
+from models.backbones import DEFAULT_BACKBONE
+from models.network import MultiHeadNet
+from models.onnx_contract import (EMBEDDING_NAME, INPUT_NAME, META_BACKBONE, META_CREATED,
+                                  META_EXPORTER, META_MODEL_ID, META_OUTPUTS, META_PARITY,
+                                  META_PRECISION, META_PREPROCESS, META_SCHEMA,
+                                  META_WEIGHTS_ORIGIN)
 from models.onnx_runtime import OnnxClassifier
 
 log = logging.getLogger(__name__)
@@ -99,9 +103,9 @@ class ParityReport:
 
 
 class _OnnxHeads(nn.Module):
-    """Tuple-returning view of :class:`MultiHeadResNet` (ONNX outputs are positional)."""
+    """Tuple-returning view of :class:`MultiHeadNet` (ONNX outputs are positional)."""
 
-    def __init__(self, model: MultiHeadResNet) -> None:
+    def __init__(self, model: MultiHeadNet) -> None:
         super().__init__()
         self.model = model
 
@@ -135,9 +139,10 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     return {p.key: p.value for p in proto.metadata_props}
 
 
-def export_metadata(model: MultiHeadResNet, image_size: int, model_id: int | None,
+def export_metadata(model: MultiHeadNet, image_size: int, model_id: int | None,
                     extra: Mapping[str, Any] | None = None) -> dict[str, str]:
     """The metadata a published export carries (see module docstring)."""
+    origin = getattr(model, "weights_origin", None)
     props = {
         META_SCHEMA: json.dumps({a: list(model.class_names[a]) for a in model.attributes}),
         META_PREPROCESS: json.dumps(preprocess_spec(image_size)),
@@ -146,6 +151,8 @@ def export_metadata(model: MultiHeadResNet, image_size: int, model_id: int | Non
         META_CREATED: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         META_EXPORTER: f"torch {torch.__version__} / onnx {onnx.__version__} / opset {ONNX_OPSET}",
         META_PRECISION: "fp32",
+        META_BACKBONE: getattr(model, "backbone_name", DEFAULT_BACKBONE),
+        META_WEIGHTS_ORIGIN: json.dumps(origin.to_dict() if origin is not None else None),
     }
     for k, v in (extra or {}).items():
         props[k] = v if isinstance(v, str) else json.dumps(v)
@@ -153,10 +160,10 @@ def export_metadata(model: MultiHeadResNet, image_size: int, model_id: int | Non
 
 
 # -- export and parity -------------------------------------------------------------------------
-def torch_to_onnx(model: MultiHeadResNet, path: str | Path, image_size: int) -> Path:
+def torch_to_onnx(model: MultiHeadNet, path: str | Path, image_size: int) -> Path:
     """Trace the model to ONNX with a dynamic batch axis (no metadata, no checks).
 
-    The TorchScript-based exporter is used on purpose: it lowers ResNet18 to plain opset-17 ops
+    The TorchScript-based exporter is used on purpose: it lowers both backbones to plain opset-17 ops
     (Conv with BatchNorm folded, Gemm) that TensorRT 8.x on JetPack parses, and it needs no
     onnxscript.
     """
@@ -173,13 +180,13 @@ def torch_to_onnx(model: MultiHeadResNet, path: str | Path, image_size: int) -> 
     return path
 
 
-def _torch_outputs(model: MultiHeadResNet, batch: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def _torch_outputs(model: MultiHeadNet, batch: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
     with torch.no_grad():
         logits, emb = model.eval().forward_with_embedding(torch.from_numpy(batch))
     return {a: v.numpy() for a, v in logits.items()}, emb.numpy()
 
 
-def check_parity(model: MultiHeadResNet, onnx_path: str | Path, images: np.ndarray, image_size: int,
+def check_parity(model: MultiHeadNet, onnx_path: str | Path, images: np.ndarray, image_size: int,
                  *, max_abs_diff: float = DEFAULT_MAX_ABS_DIFF,
                  min_agreement: float = DEFAULT_MIN_AGREEMENT, batch_size: int = 32) -> ParityReport:
     """Run PyTorch and onnxruntime on the same uint8 NHWC images and compare per head.
@@ -222,7 +229,7 @@ def check_parity(model: MultiHeadResNet, onnx_path: str | Path, images: np.ndarr
                         threshold_min_agreement=min_agreement, failures=failures)
 
 
-def publish_onnx(model: MultiHeadResNet, out_dir: str | Path, parity_images: np.ndarray,
+def publish_onnx(model: MultiHeadNet, out_dir: str | Path, parity_images: np.ndarray,
                  image_size: int, *, model_id: int | None = None,
                  extra_metadata: Mapping[str, Any] | None = None,
                  max_abs_diff: float = DEFAULT_MAX_ABS_DIFF,

@@ -1,7 +1,10 @@
-"""Three-head ResNet18: one shared torchvision backbone, one linear softmax head per attribute.
+"""Multi-head network: one shared backbone (see :mod:`models.backbones`), one linear softmax
+head per attribute.
 
 Heads are sized from the :class:`~data.schema.LabelSchema`, and ``forward`` returns a dict of
-logits keyed by attribute name, so adding a class to the schema never touches this file.
+logits keyed by attribute name, so adding a class to the schema never touches this file. The
+backbone is any feature extractor mapping ``(N, 3, H, W)`` to ``(N, D)``; the model remembers the
+backbone's name and where its starting weights came from, so checkpoints and exports can say so.
 """
 from __future__ import annotations
 
@@ -10,13 +13,12 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torchvision.models import ResNet18_Weights, resnet18
 
 from data.schema import LabelSchema
+from models.backbones import (DEFAULT_BACKBONE, Backbone, WeightsOrigin, build_architecture,
+                              load_backbone)
 
 log = logging.getLogger(__name__)
-
-
 
 class HeadDict(nn.ModuleDict):
     """A ModuleDict keyed by attribute name that accepts any name.
@@ -53,24 +55,40 @@ class HeadDict(nn.ModuleDict):
         return list(self._modules.values())
 
 
-class MultiHeadResNet(nn.Module):
-    """ResNet18 features -> dropout -> {attribute: Linear(512, K_attribute)}."""
+class MultiHeadNet(nn.Module):
+    """Backbone features -> dropout -> {attribute: Linear(feature_dim, K_attribute)}.
+
+    ``backbone`` is a :class:`~models.backbones.Backbone` (name, module, feature size, origin),
+    a bare feature module with a ``feature_dim`` attribute, or a torchvision-style classifier
+    whose ``fc`` is replaced by the identity; None gives a randomly initialised ResNet18.
+    """
 
     def __init__(self, schema: LabelSchema, *, dropout: float = 0.2,
-                 backbone: nn.Module | None = None) -> None:
+                 backbone: Backbone | nn.Module | None = None) -> None:
         super().__init__()
         self.attributes = list(schema.attributes)
         self.class_names = {a: list(schema.classes[a]) for a in self.attributes}
-        net = backbone if backbone is not None else resnet18(weights=None)
-        feat_dim = net.fc.in_features
-        net.fc = nn.Identity()
+        self.backbone_name = DEFAULT_BACKBONE
+        self.weights_origin: WeightsOrigin | None = None
+        if backbone is None:
+            backbone = Backbone(DEFAULT_BACKBONE, build_architecture(DEFAULT_BACKBONE), 512,
+                                WeightsOrigin(DEFAULT_BACKBONE, "random", "random init"))
+        if isinstance(backbone, Backbone):
+            net, feat_dim = backbone.module, backbone.feature_dim
+            self.backbone_name, self.weights_origin = backbone.name, backbone.origin
+        elif isinstance(getattr(backbone, "fc", None), nn.Linear):
+            net, feat_dim = backbone, backbone.fc.in_features
+            net.fc = nn.Identity()
+        else:
+            net, feat_dim = backbone, int(getattr(backbone, "feature_dim"))
+        self.feature_dim = int(feat_dim)
         self.backbone = net
         self.dropout = nn.Dropout(dropout)
         self.heads = HeadDict(
-            {a: nn.Linear(feat_dim, schema.num_classes(a)) for a in self.attributes})
+            {a: nn.Linear(self.feature_dim, schema.num_classes(a)) for a in self.attributes})
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Penultimate-layer features (N, 512), used for diversity sampling."""
+        """Penultimate-layer features (N, feature_dim), used for diversity sampling."""
         return self.backbone(x)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -83,33 +101,22 @@ class MultiHeadResNet(nn.Module):
         return {a: head(feats) for a, head in self.heads.items()}, emb
 
 
-def build_model(schema: LabelSchema, *, pretrained: bool = True,
-                checkpoint: str | Path | None = None, dropout: float = 0.2) -> tuple[MultiHeadResNet, str]:
-    """Create the network; returns (model, a sentence saying where the weights came from).
+#: The network was ResNet18-only; the old name stays so existing code and tests keep working.
+MultiHeadResNet = MultiHeadNet
 
-    Pretrained ImageNet weights come through torchvision's weights API. With no network (as on
-    the build machines) that fails; we log one clear warning and continue from random init, or
-    from ``checkpoint`` (a local torchvision-style ResNet18 state dict or one of our checkpoints).
+
+def build_model(schema: LabelSchema, *, backbone: str = DEFAULT_BACKBONE, pretrained: bool = True,
+                weights: str | Path | None = None, checkpoint: str | Path | None = None,
+                dropout: float = 0.2) -> tuple[MultiHeadNet, WeightsOrigin]:
+    """Create the network; returns (model, where the backbone's weights came from).
+
+    ``weights`` (``checkpoint`` is its old name) is a local file, verified against the
+    backbone's architecture (a wrong file raises UserError). Without it, ``pretrained`` loads the
+    ImageNet weights (see :func:`models.backbones.load_backbone`); when they cannot be loaded the
+    origin's kind is ``random`` and one warning is logged. Deciding whether random init is
+    acceptable is the caller's job (training refuses it unless ``pretrained=False``).
     """
-    origin = "random init"
-    backbone = resnet18(weights=None)
-    if checkpoint is not None:
-        state = torch.load(Path(checkpoint), map_location="cpu", weights_only=True)
-        state = state.get("model_state", state) if isinstance(state, dict) else state
-        backbone_state = {k.removeprefix("backbone."): v for k, v in state.items()
-                          if not k.startswith(("heads.", "fc."))}
-        missing, _ = backbone.load_state_dict(backbone_state, strict=False)
-        if [m for m in missing if not m.startswith("fc.")]:
-            raise ValueError(f"checkpoint {checkpoint} is not a ResNet18 state dict")
-        origin = f"backbone from local checkpoint {checkpoint}"
-    elif pretrained:
-        try:
-            backbone = resnet18(weights=ResNet18_Weights.IMAGENET1K_V1)
-            origin = "ImageNet-pretrained (torchvision IMAGENET1K_V1)"
-        except Exception as exc:  # offline: URLError, OSError, hash mismatch...
-            log.warning("ImageNet weights could not be loaded (%s: %s); training from random "
-                        "init. Pass a local checkpoint to start from pretrained weights.",
-                        type(exc).__name__, exc)
-            origin = "random init (pretrained weights unavailable offline)"
-    model = MultiHeadResNet(schema, dropout=dropout, backbone=backbone)
-    return model, origin
+    path = weights if weights is not None else checkpoint
+    bb = load_backbone(backbone, pretrained=pretrained, weights_path=path)
+    model = MultiHeadNet(schema, dropout=dropout, backbone=bb)
+    return model, bb.origin

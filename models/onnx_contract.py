@@ -20,7 +20,9 @@ META_OUTPUTS = "cargroup.outputs"
 META_PARITY = "cargroup.parity"
 META_PRECISION = "cargroup.precision"
 META_QUANTIZATION = "cargroup.quantization"
+META_BACKBONE = "cargroup.backbone"            # backbone name, e.g. resnet18, efficientnet_lite0
+META_WEIGHTS_ORIGIN = "cargroup.weights_origin"  # JSON {backbone, kind, detail}: starting weights
 
 __all__ = ["INPUT_NAME", "EMBEDDING_NAME", "META_SCHEMA", "META_PREPROCESS", "META_MODEL_ID",
            "META_CREATED", "META_EXPORTER", "META_OUTPUTS", "META_PARITY", "META_PRECISION",
-           "META_QUANTIZATION", "softmax"]
+           "META_QUANTIZATION", "META_BACKBONE", "META_WEIGHTS_ORIGIN", "softmax"]

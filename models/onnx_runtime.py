@@ -59,16 +59,19 @@ class OnnxClassifier:
         if missing:
             raise ValueError(f"{self.path} has no output(s) {missing}")
         self._outputs = [*self.attributes, EMBEDDING_NAME]
+        dim = next(o.shape for o in self.session.get_outputs() if o.name == EMBEDDING_NAME)[-1]
+        #: Feature size of the backbone (512 ResNet18, 1280 EfficientNet-Lite0).
+        self.embedding_dim = int(dim) if isinstance(dim, int) else 512
 
     def run(self, batch: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """Normalised float32 (N, 3, S, S) -> ({attribute: logits (N, K)}, embedding (N, 512))."""
+        """Normalised float32 (N, 3, S, S) -> ({attribute: logits (N, K)}, embedding (N, D))."""
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         values = self.session.run(self._outputs, {self.input_name: batch})
         return dict(zip(self.attributes, values[:-1])), values[-1]
 
     def predict(self, images: np.ndarray, batch_size: int = 64,
                 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """uint8 RGB (N, H, W, 3) -> ({attribute: probabilities (N, K)}, embedding (N, 512)).
+        """uint8 RGB (N, H, W, 3) -> ({attribute: probabilities (N, K)}, embedding (N, D)).
 
         Images are resized and normalised by :func:`data.preprocess.normalise_batch`, the one
         preprocessing shared with training.
@@ -85,7 +88,7 @@ class OnnxClassifier:
             embs.append(emb)
         if not embs:
             return ({a: np.zeros((0, len(self.schema[a])), np.float32) for a in self.attributes},
-                    np.zeros((0, 512), np.float32))
+                    np.zeros((0, self.embedding_dim), np.float32))
         return {a: np.concatenate(p) for a, p in probs.items()}, np.concatenate(embs)
 
     def labels(self, probs: dict[str, np.ndarray]) -> list[dict[str, tuple[str, float]]]:

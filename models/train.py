@@ -38,6 +38,7 @@ from data.errors import UserError
 from data.progress import CancelFn, Progress, ProgressFn
 from data.schema import LabelSchema
 from data.transforms import apply_albumentations, eval_transform, train_transform
+from models.backbones import WeightsOrigin, offline_advice
 from models.checkpoint import CHECKPOINT_NAME, model_meta, save_checkpoint
 from models.evaluate import predict_arrays
 from models.network import MultiHeadResNet, build_model
@@ -61,8 +62,10 @@ class TrainConfig:
     class_weights: bool = False         # inverse-frequency cross-entropy weights per head
     seed: int = 0
     num_threads: int | None = None      # torch intra-op threads; None: leave torch's default
-    pretrained: bool = True             # ImageNet weights via torchvision (offline: random init)
-    checkpoint: str | None = None       # local ResNet18/our checkpoint to start the backbone from
+    pretrained: bool = True             # ImageNet weights; False: random init on purpose
+    checkpoint: str | None = None       # old name of ``weights``
+    backbone: str = "resnet18"          # models.backbones.BACKBONES (warm start keeps the current)
+    weights: str | None = None          # local weights file for the backbone (verified)
     channels_last: bool = True
     num_workers: int = 0                # DataLoader workers; 0 is fastest on 2 cores
     patience: int | None = None         # stop after this many epochs without val improvement
@@ -108,6 +111,8 @@ class TrainResult:
     origin: str = ""
     warm_started_from: int | None = None
     bf16: bool = False
+    backbone: str = ""
+    weights_origin: dict[str, str] = field(default_factory=dict)
 
     @property
     def cancelled(self) -> bool:
@@ -257,6 +262,22 @@ def train_one_epoch(model: MultiHeadResNet, loader: DataLoader, optimiser: torch
     return _EpochStats(loss_sum / max(seen, 1), seen, time.perf_counter() - start)
 
 
+def fresh_model(schema: LabelSchema, config: TrainConfig) -> tuple[MultiHeadResNet, WeightsOrigin]:
+    """A fresh network on ``config.backbone`` and where its backbone's weights came from.
+
+    Random init happens only when asked (``pretrained=False``): when pretrained weights were
+    asked for but cannot be loaded, this refuses with the ways out rather than training a
+    network that is barely better than the majority class.
+    """
+    model, origin = build_model(schema, backbone=config.backbone, pretrained=config.pretrained,
+                                weights=config.weights or config.checkpoint)
+    if config.pretrained and not origin.pretrained:
+        raise UserError(f"pretrained weights for {config.backbone} are not available "
+                        f"({origin.detail}). {offline_advice(config.backbone)} To train from "
+                        "random init anyway, turn pretrained weights off (--no-pretrained).")
+    return model, origin
+
+
 def make_dataset(train_data: SplitData, schema: LabelSchema, config: TrainConfig
                  ) -> tuple[LabelledImageDataset, dict[str, dict[str, int]] | None]:
     """The training dataset (augmented, optionally flip-balanced) and the balance plan's counts."""
@@ -277,9 +298,10 @@ def train(train_data: SplitData, val_data: SplitData, schema: LabelSchema, out_d
     """Train on ``train_data``, keep the best checkpoint by ``val_data`` loss in ``out_dir``.
 
     ``initial_model`` (a warm start, with ``origin`` saying where it came from) replaces the
-    fresh ImageNet-initialised network; ``semi`` (built by the caller from the unlabelled pool
-    when ``config.semi_supervised`` asks for it) adds the unlabelled loss. ``progress`` receives a :class:`data.progress.Progress`
-    after every step and epoch; its ``details`` are ``{phase ("step"/"epoch"), epoch, epochs,
+    fresh network from :func:`fresh_model` (which refuses a silent random init); ``semi``
+    (built by the caller from the unlabelled pool when ``config.semi_supervised`` asks for it)
+    adds the unlabelled loss. ``progress`` receives a :class:`data.progress.Progress` after
+    every step and epoch; its ``details`` are ``{phase ("step"/"epoch"), epoch, epochs,
     step, steps, train_loss, val_loss, val_acc, images_per_s, best_val_loss}`` (val fields of
     the latest finished epoch). ``should_cancel`` is polled every step; a cancelled run returns
     ``TrainResult(status="cancelled")``. The caller owns ``out_dir`` (and deletes it on failure).
@@ -309,18 +331,21 @@ def train(train_data: SplitData, val_data: SplitData, schema: LabelSchema, out_d
 
 
 def _run(train_data: SplitData, val_data: SplitData, schema: LabelSchema, out_dir: Path,
-         config: TrainConfig, initial_model: MultiHeadResNet | None, origin: str | None,
+         config: TrainConfig, given_model: MultiHeadResNet | None, origin: str | None,
          semi: FixMatchTerm | None, progress: ProgressFn | None, should_cancel: CancelFn | None,
          started: float) -> TrainResult:
     seed_everything(config.seed)
     device = resolve_device(config.device)
     use_bf16 = bf16_supported(device) if config.bf16 is None else bool(config.bf16)
     dataset, balance = make_dataset(train_data, schema, config)
-    if initial_model is None:
-        model, origin = build_model(schema, pretrained=config.pretrained,
-                                    checkpoint=config.checkpoint)
+    if given_model is None:
+        model, weights_origin = fresh_model(schema, config)
     else:
-        model, origin = initial_model, origin or "given model"
+        model = given_model
+        weights_origin = getattr(model, "weights_origin", None) or WeightsOrigin(
+            getattr(model, "backbone_name", config.backbone), "checkpoint",
+            origin or "given model")
+    origin = origin or weights_origin.sentence()
     fmt = torch.channels_last if config.channels_last else torch.contiguous_format
     model.to(device=device, memory_format=fmt)
     weights = None
@@ -339,8 +364,10 @@ def _run(train_data: SplitData, val_data: SplitData, schema: LabelSchema, out_di
     params = config.to_dict() | {"epochs_planned": epochs, "origin": origin,
                                  "train_images": len(train_data), "train_examples": len(dataset),
                                  "val_images": len(val_data), "bf16": use_bf16,
-                                 "device": str(device)}
-    meta = model_meta(schema, config.image_size, params=params, origin=origin)
+                                 "device": str(device), "backbone": weights_origin.backbone,
+                                 "weights_origin": weights_origin.to_dict()}
+    meta = model_meta(schema, config.image_size, params=params, origin=origin,
+                      backbone=weights_origin.backbone, weights_origin=weights_origin)
     history: list[dict[str, Any]] = []
     best_loss: float | None = None
     best_epoch: int | None = None
@@ -408,7 +435,8 @@ def _run(train_data: SplitData, val_data: SplitData, schema: LabelSchema, out_di
         status="succeeded", path=str(ckpt_path), epochs_run=len(history), best_epoch=best_epoch,
         best_val_loss=best_loss, val_acc=best_acc, history=history, seconds=seconds,
         images_per_s=images_per_s, train_images=len(train_data), train_examples=len(dataset),
-        val_images=len(val_data), balance=balance, origin=origin, bf16=use_bf16)
+        val_images=len(val_data), balance=balance, origin=origin, bf16=use_bf16,
+        backbone=weights_origin.backbone, weights_origin=weights_origin.to_dict())
 
 
 def training_metrics(result: TrainResult) -> dict[str, Any]:

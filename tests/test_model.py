@@ -14,7 +14,6 @@ from data.errors import UserError
 from data.schema import DEFAULT_SCHEMA, LabelSchema
 from core.registry import load_model
 from models import checkpoint as ckpt
-from models import network
 from models.network import MultiHeadResNet, build_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,19 +43,22 @@ def test_heads_sized_from_custom_schema() -> None:
 
 
 def test_pretrained_unavailable_warns_once_and_uses_random_init(monkeypatch, caplog) -> None:
-    real = network.resnet18
+    import urllib.error
 
-    def offline(*, weights=None):
-        if weights is not None:
-            raise OSError("no network")
-        return real(weights=None)
+    import torchvision.models._api as tv_api
 
-    monkeypatch.setattr(network, "resnet18", offline)
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(tv_api, "load_state_dict_from_url", offline)
     with caplog.at_level("WARNING"):
         model, origin = build_model(DEFAULT_SCHEMA, pretrained=True)
-    assert "random init" in origin
-    assert [r for r in caplog.records if "ImageNet weights could not be loaded" in r.message]
-    assert isinstance(model, MultiHeadResNet)
+    assert origin.kind == "random" and not origin.pretrained
+    assert "random init" in origin.detail and "ImageNet weights could not be loaded" in origin.detail
+    warnings = [r for r in caplog.records if "ImageNet weights for resnet18 could not be loaded"
+                in r.getMessage()]
+    assert len(warnings) == 1 and "efficientnet_lite0" in warnings[0].getMessage()
+    assert isinstance(model, MultiHeadResNet) and model.weights_origin == origin
 
 
 def test_checkpoint_roundtrip_keeps_weights_and_meta(tmp_path: Path) -> None:

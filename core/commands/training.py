@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from typing import Any
 
 from tqdm import tqdm
@@ -28,10 +29,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="top up left/right-type orientation pairs with mirrored copies")
     p.add_argument("--class-weights", action="store_true",
                    help="inverse-frequency class weights in each head's loss")
+    p.add_argument("--backbone", default="resnet18",
+                   help="resnet18 (default; ImageNet weights from torchvision's cache/download or "
+                        "--weights) or efficientnet_lite0 (ImageNet weights ship with it: works "
+                        "offline)")
+    p.add_argument("--weights", "--checkpoint", dest="weights", default=None, metavar="PATH",
+                   help="local weights file for the backbone (e.g. torchvision's "
+                        "resnet18-f37072fd.pth, or one of our model.pt); verified before use")
     p.add_argument("--no-pretrained", action="store_true",
-                   help="do not try to load ImageNet weights (random init)")
-    p.add_argument("--checkpoint", default=None,
-                   help="local ResNet18 state dict (or one of our checkpoints) to start from")
+                   help="train from random init on purpose (without it, missing pretrained "
+                        "weights are an error, not a silent random init)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--patience", type=int, default=None,
@@ -84,6 +91,7 @@ def cmd_train(args: argparse.Namespace, ws: Workspace) -> int:
     require_workspace(ws)
     # Lazy: torch loads only when a command needs it, so `--help` and `status` stay fast.
     from core.training import train_and_promote
+    from models.backbones import weights_status
     from models.evaluate import format_report
     from models.train import TrainConfig
 
@@ -93,16 +101,27 @@ def cmd_train(args: argparse.Namespace, ws: Workspace) -> int:
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         warm_start=args.warm_start, balance_orientation=args.balance_orientation,
         class_weights=args.class_weights, pretrained=not args.no_pretrained,
-        checkpoint=args.checkpoint, seed=args.seed, num_threads=args.threads,
+        backbone=args.backbone, weights=args.weights, seed=args.seed, num_threads=args.threads,
         patience=args.patience, bf16=False if args.no_bf16 else None,
         semi_supervised=args.semi_supervised, semi_threshold=args.semi_threshold,
         semi_weight=args.semi_weight)
+    if args.warm_start:
+        before = "warm start from the current model's weights (if there is one)"
+    else:
+        before = weights_status(args.backbone, args.weights,
+                                pretrained=not args.no_pretrained).sentence()
+    # With --json, stdout carries only the JSON document; the origin lines go to stderr.
+    say = sys.stderr if args.json else sys.stdout
+    print(f"weights before training: {before}", file=say, flush=True)
     bar = _Bar()
     try:
         outcome = train_and_promote(ws, config, progress=None if args.json else bar,
                                     evaluate_test=not args.no_eval)
     finally:
         bar.close()
+    if outcome.promoted:
+        print(f"weights after training: model {outcome.model_id} started from "
+              f"{outcome.train.origin}", file=say, flush=True)
     if args.json:
         print(json.dumps(outcome.to_dict(), indent=2))
         return 0 if outcome.promoted else 1

@@ -15,7 +15,8 @@ import zipfile
 from pathlib import Path
 
 from models.export import ExportError, read_metadata
-from models.onnx_contract import META_CREATED, META_MODEL_ID, META_OUTPUTS, META_PREPROCESS, META_SCHEMA
+from models.onnx_contract import (META_BACKBONE, META_CREATED, META_MODEL_ID, META_OUTPUTS,
+                                  META_PREPROCESS, META_SCHEMA, META_WEIGHTS_ORIGIN)
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -40,7 +41,9 @@ def write_bundle_folder(onnx_path: str | Path, folder: str | Path) -> Path:
     labels = {"attributes": json.loads(meta[META_SCHEMA]),
               "outputs": json.loads(meta.get(META_OUTPUTS, "[]")),
               "model_id": meta.get(META_MODEL_ID, ""),
-              "created_at": meta.get(META_CREATED, "")}
+              "created_at": meta.get(META_CREATED, ""),
+              "backbone": meta.get(META_BACKBONE, "resnet18"),
+              "weights_origin": json.loads(meta.get(META_WEIGHTS_ORIGIN) or "null")}
     (folder / "labels.json").write_text(json.dumps(labels, indent=2), encoding="utf-8")
     (folder / "preprocess.json").write_text(json.dumps(json.loads(meta[META_PREPROCESS]), indent=2),
                                             encoding="utf-8")
