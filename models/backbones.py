@@ -240,8 +240,8 @@ def _shape_mismatches(state: Mapping[str, torch.Tensor], expected: Mapping[str, 
             and tuple(getattr(state[k], "shape", ())) != tuple(v.shape)]
 
 
-def verify_state(name: str, state: Mapping[str, torch.Tensor], *, source: str
-                 ) -> "OrderedDict[str, torch.Tensor]":
+def verify_state(name: str, state: Mapping[str, torch.Tensor], *, source: str,
+                 suggest: bool = True) -> "OrderedDict[str, torch.Tensor]":
     """``state`` restricted to ``name``'s feature extractor, or a UserError saying what is wrong.
 
     Strict: every tensor of the architecture must be present with its exact shape; the only
@@ -256,13 +256,14 @@ def verify_state(name: str, state: Mapping[str, torch.Tensor], *, source: str
     missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
     wrong = _shape_mismatches(state, expected)
     if extra or missing or wrong:
-        guess = next((other for other in BACKBONES if other != name
+        guess = next((other for other in BACKBONES if suggest and other != name
                       and _fits(other, state)), None)
         hint = (f"; it looks like {LABELS[guess]} weights: use --backbone {guess}" if guess else "")
         detail = ", ".join(f"{len(v)} {what} (e.g. {v[0]})" for what, v in
                            (("missing", missing), ("unexpected", extra), ("wrong-shape", wrong))
                            if v)
-        raise UserError(f"{source} is not a {LABELS[name]} state dict: {detail}{hint}")
+        article = "an" if LABELS[name][0] in "AEIOU" else "a"
+        raise UserError(f"{source} is not {article} {LABELS[name]} state dict: {detail}{hint}")
     out: OrderedDict[str, torch.Tensor] = OrderedDict()
     for key, ref in expected.items():
         if key in state:
@@ -287,7 +288,7 @@ def _normalise_keys(name: str, state: Mapping[str, torch.Tensor]) -> Mapping[str
 
 def _fits(name: str, state: Mapping[str, torch.Tensor]) -> bool:
     try:
-        verify_state(name, _normalise_keys(name, state), source="")
+        verify_state(name, _normalise_keys(name, state), source="", suggest=False)
     except UserError:
         return False
     return True
