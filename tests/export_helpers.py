@@ -4,6 +4,9 @@ Why trained (a few SGD steps) rather than random init: parity and int8 agreement
 meaningful when BatchNorm statistics and heads carry real values and the logits are not all
 near-ties. Images are colour patches with noise so the color head learns something in seconds;
 the other heads see random labels (partial labels, as in real projects).
+
+``backbone`` picks the network under the heads: ResNet18 from random init (as before) or
+EfficientNet-Lite0 from its shipped ImageNet weights, so every export path is tested on both.
 """
 from __future__ import annotations
 
@@ -16,8 +19,11 @@ import torch
 from data.workspace import Workspace, WorkspaceConfig
 from data.cache import ImageCache
 from data.preprocess import normalise_batch
+from models.backbones import load_backbone
 from models.checkpoint import model_meta, save_checkpoint
-from models.network import MultiHeadResNet
+from models.network import MultiHeadNet
+
+BACKBONES = ("resnet18", "efficientnet_lite0")
 
 SIZE = 64
 # Class colours for the first few color classes of the default schema.
@@ -35,7 +41,8 @@ def make_images(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarra
     return np.clip(base, 0, 255).astype(np.uint8), cls
 
 
-def make_trained_workspace(root: Path, n: int = 180, steps: int = 25, seed: int = 0) -> tuple[Workspace, int]:
+def make_trained_workspace(root: Path, n: int = 180, steps: int = 25, seed: int = 0,
+                           backbone: str = "resnet18") -> tuple[Workspace, int]:
     """Pool of ``n`` images (train/val/test round robin), colour labels, a trained current model."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -53,7 +60,8 @@ def make_trained_workspace(root: Path, n: int = 180, steps: int = 25, seed: int 
                 nbytes=SIZE * SIZE * 3, split=splits[i % 3], cache_row=row)
             store.add_label(image_id, {"color": colors[cls[i]]}, source="import")
 
-    model = MultiHeadResNet(schema)
+    model = MultiHeadNet(schema, backbone=load_backbone(
+        backbone, pretrained=backbone != "resnet18"))
     train_idx = np.arange(0, n, 3)
     x = torch.from_numpy(normalise_batch(images[train_idx], SIZE))
     y = torch.from_numpy(cls[train_idx])
@@ -71,7 +79,9 @@ def make_trained_workspace(root: Path, n: int = 180, steps: int = 25, seed: int 
         opt.step()
     model.eval()
     rel = Path("models") / "m_export" / "model.pt"
-    save_checkpoint(ws.root / rel, model, model_meta(schema, SIZE, origin="test: few SGD steps"))
+    origin = model.weights_origin
+    save_checkpoint(ws.root / rel, model, model_meta(
+        schema, SIZE, origin="test: few SGD steps", backbone=backbone, weights_origin=origin))
     with ws.store() as store:
-        model_id = store.add_model(str(rel))
+        model_id = store.add_model(str(rel), backbone=backbone, weights_origin=origin.to_dict())
     return ws, model_id

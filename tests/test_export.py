@@ -1,5 +1,5 @@
 """ONNX export: parity gate (passes on a trained model, refuses a tampered file), metadata
-round trip, OnnxClassifier predictions, find_export and the CLI."""
+round trip, OnnxClassifier predictions, find_export and the CLI; each on both backbones."""
 from __future__ import annotations
 
 import json
@@ -21,16 +21,17 @@ from core.registry import load_model
 from data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from models.onnx_runtime import OnnxClassifier, softmax
 from tests.conftest import require_shared_real
-from tests.export_helpers import SIZE, make_trained_workspace
+from tests.export_helpers import BACKBONES, SIZE, make_trained_workspace
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> tuple[Workspace, int]:
+@pytest.fixture(scope="module", params=BACKBONES)
+def trained(request, tmp_path_factory) -> tuple[Workspace, int]:
     torch.set_num_threads(1)
-    return make_trained_workspace(tmp_path_factory.mktemp("export") / "ws")
+    return make_trained_workspace(tmp_path_factory.mktemp("export") / "ws",
+                                  backbone=request.param)
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +76,18 @@ def test_metadata_round_trips(trained, exported) -> None:
     assert clf.schema == schema and clf.image_size == SIZE
 
 
+def test_metadata_records_backbone_and_weights_origin(trained, exported) -> None:
+    ws, model_id = trained
+    meta = ex.read_metadata(exported)
+    with ws.store() as store:
+        row = next(m for m in store.models() if m["id"] == model_id)
+    assert meta[ex.META_BACKBONE] == row["backbone"]
+    origin = json.loads(meta[ex.META_WEIGHTS_ORIGIN])
+    assert origin == row["weights_origin"] and origin["backbone"] == row["backbone"]
+    expected_kind = "imagenet-package" if row["backbone"] == "efficientnet_lite0" else "random"
+    assert origin["kind"] == expected_kind
+
+
 def test_graph_has_named_outputs_and_dynamic_batch(trained, exported) -> None:
     ws, _ = trained
     graph = onnx.load(str(exported), load_external_data=False).graph
@@ -92,7 +105,7 @@ def test_onnx_classifier_matches_pytorch_at_any_batch_size(trained, exported) ->
     probs, emb = clf.predict(images, batch_size=10)  # batches of 10, 10, 3
     with torch.no_grad():
         logits, t_emb = model.forward_with_embedding(torch.from_numpy(normalise_batch(images, SIZE)))
-    assert emb.shape == (23, 512)
+    assert emb.shape == (23, model.feature_dim) and clf.embedding_dim == model.feature_dim
     np.testing.assert_allclose(emb, t_emb.numpy(), atol=1e-3, rtol=1e-4)
     for a in ws.schema.attributes:
         assert probs[a].shape == (23, ws.schema.num_classes(a))

@@ -26,17 +26,17 @@ from models.jetson.bundle import BUNDLE_FILES
 from data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from models.onnx_runtime import OnnxClassifier
 from tests.conftest import SHARED_REAL
-from tests.export_helpers import SIZE, make_trained_workspace
+from tests.export_helpers import BACKBONES, SIZE, make_trained_workspace
 
 SPEC = common.Preprocess(size=SIZE, mean=IMAGENET_MEAN, std=IMAGENET_STD)
 
 
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
+@pytest.fixture(scope="module", params=BACKBONES)
+def bundle(request, tmp_path_factory):
     """(workspace, model id, extracted bundle folder, folder of test images as PNG files)."""
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("jetson")
-    ws, model_id = make_trained_workspace(root / "ws", n=60, steps=10)
+    ws, model_id = make_trained_workspace(root / "ws", n=60, steps=10, backbone=request.param)
     cx.export_onnx(ws, parity_images=16)
     zip_path = build_jetson_bundle(ws, model_id, root / "out")
     with zipfile.ZipFile(zip_path) as zf:
@@ -145,6 +145,10 @@ def test_bundle_contents(bundle) -> None:
     req = (folder / "requirements-jetson.txt").read_text()
     assert "pycuda" in req and "tensorrt" in req
     assert "build_engine.py" in (folder / "README.md").read_text()
+    info = json.loads((folder / "labels.json").read_text())
+    with ws.store() as store:
+        row = next(m for m in store.models() if m["id"] == model_id)
+    assert info["backbone"] == row["backbone"] and info["weights_origin"] == row["weights_origin"]
 
 
 def test_bundle_needs_published_export(tmp_path) -> None:
