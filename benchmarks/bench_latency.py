@@ -2,10 +2,13 @@
 
     nice .venv/bin/python benchmarks/bench_latency.py                  # real sets, brief training
     nice .venv/bin/python benchmarks/bench_latency.py --workspace DIR  # a workspace's current model
+    nice .venv/bin/python benchmarks/bench_latency.py --backbone efficientnet_lite0  # Lite0 beside it
 
 Default: builds a workspace from ``../shared/data/real`` (color, type, orientation; each set
 labels one head; GTI orientation frames split by contiguous blocks, color by its own train/test
-column), trains the product's network briefly from scratch (no pretrained weights offline),
+column), trains the product's network briefly on ``--backbone`` (ResNet18 from scratch unless
+``--weights`` or torch's hub cache has its ImageNet file; EfficientNet-Lite0 from its shipped
+ImageNet weights),
 exports it through ``models.export`` (parity gate) and ``models.quantize`` (int8 QDQ, calibrated
 on pool images, per-head test accuracy fp32 vs int8). Then times, in this one process, the three
 backends at batch 1 and batch 64 with the same intra-op thread count: untimed warm-up calls, then
@@ -156,6 +159,8 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=128, help="input size (default: 128, the product's)")
     ap.add_argument("--per-set", default="1200,150,300", help="train,val,test images per real set")
     ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--backbone", default="resnet18", help="resnet18 or efficientnet_lite0")
+    ap.add_argument("--weights", default=None, help="local weights file for the backbone")
     ap.add_argument("--calibration", type=int, default=300)
     ap.add_argument("--threads", default="1,2", help="intra-op thread counts to time (default: 1,2)")
     ap.add_argument("--runs-b1", type=int, default=200)
@@ -181,6 +186,7 @@ def main() -> int:
             print(f"real data not found at {REAL}; pass --workspace", file=sys.stderr)
             return 2
         from core.training import train_and_promote
+        from models.backbones import weights_status
         from models.train import TrainConfig
 
         root = Path(args.work or tempfile.mkdtemp(prefix="bench-latency-")) / "ws"
@@ -188,18 +194,23 @@ def main() -> int:
         ws = build_real_workspace(root, args.size, per_set)  # type: ignore[arg-type]
         print(f"workspace {root} built in {time.perf_counter() - t0:.0f} s", flush=True)
         t1 = time.perf_counter()
+        status = weights_status(args.backbone, args.weights)
+        print(f"backbone weights: {status.sentence()}", flush=True)
         result = train_and_promote(ws, TrainConfig(
-            epochs=args.epochs, image_size=args.size, pretrained=False,
+            epochs=args.epochs, image_size=args.size, backbone=args.backbone,
+            weights=args.weights, pretrained=status.pretrained,
             num_threads=max(int(t) for t in args.threads.split(",")))).train
         report["training"] = {"epochs": args.epochs, "seconds": round(time.perf_counter() - t1),
                               "train_images": result.train_images, "val_acc": result.val_acc,
                               "per_set": per_set}
-        report["model"] = (f"trained from scratch here: {args.epochs} epochs on {result.train_images} "
+        report["model"] = (f"{result.origin}; trained here: {args.epochs} epochs on {result.train_images} "
                            f"real images ({per_set} train/val/test per set), {args.size} px")
         print(f"trained in {report['training']['seconds']} s: val acc {result.val_acc}", flush=True)
 
     model, meta = load_model(ws)
     model.eval()
+    report["backbone"] = meta.get("backbone", "resnet18")
+    report["weights_origin"] = meta.get("weights_origin")
     size = int(meta.get("image_size", args.size))
     model_id = int(meta["model_id"])
     fp32 = export_onnx(ws, model_id, parity_images=64)
@@ -219,7 +230,7 @@ def main() -> int:
     report["load_avg_end"] = load_avg()
     report["files"] = {"fp32_bytes": fp32.stat().st_size, "int8_bytes": int8.stat().st_size,
                        "folder": str(export_dir(ws, model_id))}
-    print(f"\nmodel: {report['model']}; input {size} px; "
+    print(f"\nmodel: {report['model']}; backbone {report['backbone']}; input {size} px; "
           f"parity max|d| {report['parity']['max_abs_diff']}")
     print(latency_table(rows))
     print(f"\nONNX sizes: fp32 {report['files']['fp32_bytes'] / 2**20:.1f} MiB, "

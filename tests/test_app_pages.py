@@ -380,3 +380,35 @@ def test_label_page_serves_the_evaluation_set_first(tmp_path: Path, monkeypatch)
     assert_clean(at)
     assert at.selectbox[0].value == draw.round_number      # not the newer training batch
     assert at.session_state["label_image"] in draw.queued
+
+
+def test_train_page_warns_on_random_init_and_offers_lite0_in_one_click(
+        trained: Workspace, monkeypatch, tmp_path) -> None:
+    """Offline without ResNet18's ImageNet file: a loud warning and one click to Lite0."""
+    import torch
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
+    started = []
+    monkeypatch.setattr(ui, "start_job", lambda ws, kind, params: started.append((kind, params)) or 1)
+    at = run_page(trained, monkeypatch, "4_Train.py")
+    at.radio[0].set_value("scratch").run()
+    assert_clean(at)
+    assert at.selectbox(key="train_backbone").value == "resnet18"
+    assert any("RANDOM INIT" in w.value for w in at.warning)
+    switch = next(b for b in at.button if b.label == "Use EfficientNet-Lite0 (ImageNet, offline)")
+    switch.click().run()
+    assert at.selectbox(key="train_backbone").value == "efficientnet_lite0"
+    assert not any("RANDOM INIT" in w.value for w in at.warning)
+    assert any("ImageNet-pretrained" in s.value for s in at.success)
+    next(b for b in at.button if b.label == "Retrain").click().run()
+    assert started[-1][1]["backbone"] == "efficientnet_lite0" and started[-1][1]["pretrained"]
+
+
+def test_train_page_refuses_a_wrong_weights_file(trained: Workspace, monkeypatch, tmp_path) -> None:
+    import torch
+    bad = tmp_path / "not_resnet.pth"
+    torch.save({"x.weight": torch.zeros(1)}, bad)
+    at = run_page(trained, monkeypatch, "4_Train.py")
+    at.radio[0].set_value("scratch").run()
+    at.text_input[0].input(str(bad)).run()
+    assert any("not a ResNet18 state dict" in e.value for e in at.error)

