@@ -725,22 +725,23 @@ class ProjectStore:
     def models(self) -> list[dict[str, Any]]:
         out = []
         for r in self.conn.execute("SELECT * FROM models ORDER BY id"):
-            d = dict(r)
-            d["params"] = json.loads(d["params"])
-            d["metrics"] = json.loads(d["metrics"])
-            d["weights_origin"] = json.loads(d["weights_origin"])
-            out.append(d)
+            out.append(self._model_row(r))
         return out
+
+    @staticmethod
+    def _model_row(row: sqlite3.Row) -> dict[str, Any]:
+        """A models row with its JSON columns decoded."""
+        d = dict(row)
+        for key in ("params", "metrics", "weights_origin"):
+            d[key] = json.loads(d[key])
+        return d
 
     def current_model(self) -> dict[str, Any] | None:
         row = self.conn.execute(
             "SELECT * FROM models WHERE is_current=1 ORDER BY id DESC LIMIT 1").fetchone()
         if row is None:
             return None
-        d = dict(row)
-        d["params"] = json.loads(d["params"])
-        d["metrics"] = json.loads(d["metrics"])
-        return d
+        return self._model_row(row)
 
     # -- predictions and scores -----------------------------------------------------------
     def save_predictions(self, model_id: int, rows: Iterable[tuple[int, str, str, float]]) -> None:

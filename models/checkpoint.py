@@ -64,14 +64,19 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
 
 
 def model_meta(schema: LabelSchema, image_size: int, *, params: Mapping[str, Any] | None = None,
-               origin: str = "", extra: Mapping[str, Any] | None = None,
+               origin: str | WeightsOrigin = "", extra: Mapping[str, Any] | None = None,
                backbone: str = DEFAULT_BACKBONE,
                weights_origin: WeightsOrigin | None = None) -> dict[str, Any]:
     """The plain-typed metadata stored beside the weights.
 
     ``origin`` is the human sentence; ``weights_origin`` the structured record (backbone, kind,
-    detail) that the models table and the ONNX metadata carry as well.
+    detail) that the models table and the ONNX metadata carry as well. A :class:`WeightsOrigin`
+    passed as ``origin`` (what ``build_model`` returns) fills both.
     """
+    if isinstance(origin, WeightsOrigin):
+        weights_origin = weights_origin or origin
+        backbone = origin.backbone
+        origin = origin.sentence()
     meta: dict[str, Any] = {
         "format": FORMAT_VERSION,
         "attributes": list(schema.attributes),

@@ -392,3 +392,12 @@ def test_cli_json_keeps_stdout_pure_json(tmp_path: Path, capsys) -> None:
     result = json.loads(captured.out)
     assert result["weights_origin"]["kind"] == "random" and result["backbone"] == "resnet18"
     assert "weights before training: resnet18: random init" in captured.err
+
+
+def test_current_model_row_decodes_origin(tmp_path: Path) -> None:
+    origin = bb.WeightsOrigin("resnet18", "imagenet-file", "weights from local file x")
+    with ProjectStore(tmp_path / "p.db") as store:
+        store.add_model("m/a.pt", weights_origin=origin.to_dict())
+        current = store.current_model()
+    assert current["backbone"] == "resnet18"
+    assert bb.WeightsOrigin.from_dict(current["weights_origin"]) == origin
