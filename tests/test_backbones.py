@@ -335,14 +335,22 @@ def _pool(tmp_path: Path):
 
 
 def test_training_refuses_silent_random_init_offline(tmp_path: Path, hub_dir, no_network) -> None:
+    from core.training import load_splits, train_and_promote
     from models.train import TrainConfig, train
 
     ws = _pool(tmp_path)
+    config = TrainConfig(epochs=1, batch_size=16, image_size=32, num_threads=1)
     with pytest.raises(UserError, match=r"not available.*efficientnet_lite0.*--no-pretrained"):
-        train(ws, TrainConfig(epochs=1, batch_size=16, image_size=32, num_threads=1))
+        train_and_promote(ws, config)
     with ws.store() as store:
         assert store.models() == []
     assert not list(ws.models_dir.iterdir())
+    # the plain models-level function refuses the same way and writes nothing in its folder
+    train_data, val_data = load_splits(ws, "train", "val")
+    out = tmp_path / "plain"
+    with pytest.raises(UserError, match=r"not available"):
+        train(train_data, val_data, ws.schema, out, config)
+    assert not out.exists() or not list(out.iterdir())
 
 
 @needs_lite0
@@ -361,7 +369,9 @@ def test_lite0_training_stores_origin_everywhere(tmp_path: Path, capsys) -> None
         (row,) = store.models()
     assert row["backbone"] == "efficientnet_lite0"
     assert row["weights_origin"]["kind"] == "imagenet-package"
-    model, meta = ckpt.load_model(ws)
+    from core.registry import load_model
+
+    model, meta = load_model(ws)
     assert meta["backbone"] == "efficientnet_lite0"
     assert meta["weights_origin"]["kind"] == "imagenet-package"
     assert model.backbone_name == "efficientnet_lite0"
