@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from data.cache import ImageCache
-from data.dataset import SplitData, encode_targets, load_split
+from data.dataset import SplitData, encode_targets, load_split, load_unlabelled_pool
 from data.errors import UserError
 from data.progress import CancelFn, ProgressFn
 from data.workspace import Workspace
@@ -129,12 +129,13 @@ def _semi_term(ws: Workspace, config: TrainConfig, train_data: SplitData) -> Fix
     if config.semi_supervised != "fixmatch":
         return None
     targets = encode_targets(train_data.labels, ws.schema)
-    with ws.store() as store:  # pseudo-labels stay in memory, never stored
-        semi = FixMatchTerm.from_store(
-            store, _cache(ws), ws.schema, labelled_targets=targets,
-            image_size=config.image_size, batch_size=config.batch_size,
-            threshold=config.semi_threshold, weight=config.semi_weight,
-            max_images=config.semi_max_images, seed=config.seed)
+    with ws.store() as store:  # read only: pseudo-labels stay in memory, never stored
+        pool = load_unlabelled_pool(store, ws.schema, max_images=config.semi_max_images,
+                                    seed=config.seed)
+    semi = FixMatchTerm.build(pool, _cache(ws), ws.schema, labelled_targets=targets,
+                              image_size=config.image_size, batch_size=config.batch_size,
+                              threshold=config.semi_threshold, weight=config.semi_weight,
+                              seed=config.seed)
     if semi is None:
         log.warning("semi-supervised: no unlabelled train images; supervised only")
     return semi

@@ -131,3 +131,34 @@ class LabelledImageDataset(Dataset):
         image = self.transform(self.raw_image(index))
         tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))
         return tensor, torch.from_numpy(self.targets[index])
+
+
+@dataclass
+class UnlabelledPool:
+    """Train-split images that miss at least one attribute: cache rows + per-head masks."""
+
+    image_ids: list[int]
+    cache_rows: np.ndarray           # (N,) int64
+    missing: np.ndarray              # (N, n_attributes) bool
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+
+def load_unlabelled_pool(store: ProjectStore, schema: LabelSchema, *, split: str = "train",
+                         max_images: int | None = None, seed: int = 0) -> UnlabelledPool:
+    """Images of ``split`` with at least one attribute unlabelled (read-only on the store).
+
+    Only the train split: using val/test images, even unlabelled, would let the evaluation
+    images shape the model. ``max_images`` keeps a seeded random subset (memory and time).
+    """
+    labels = store.current_labels(split=split)
+    records = [r for r in store.images(split=split) if r.cache_row is not None]
+    targets = encode_targets([labels.get(r.id, {}) for r in records], schema)
+    missing = targets == MISSING
+    keep = np.flatnonzero(missing.any(axis=1))
+    if max_images is not None and len(keep) > max_images:
+        keep = np.sort(np.random.default_rng(seed).choice(keep, int(max_images), replace=False))
+    return UnlabelledPool(image_ids=[records[i].id for i in keep],
+                          cache_rows=np.array([records[i].cache_row for i in keep], np.int64),
+                          missing=missing[keep])

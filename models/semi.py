@@ -29,9 +29,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from data.cache import ImageCache
-from data.dataset import MISSING, encode_targets
+from data.dataset import UnlabelledPool
 from data.schema import LabelSchema
-from data.store import ProjectStore
 from data.transforms import normalised, strong_augmentations, weak_augmentations
 
 SEMI_METHODS: tuple[str, ...] = ("none", "fixmatch")
@@ -78,37 +77,6 @@ def unlabelled_loss(strong_logits: Mapping[str, torch.Tensor],
 
 
 # -- the unlabelled pool -----------------------------------------------------------------------
-
-@dataclass
-class UnlabelledPool:
-    """Train-split images that miss at least one attribute: cache rows + per-head masks."""
-
-    image_ids: list[int]
-    cache_rows: np.ndarray           # (N,) int64
-    missing: np.ndarray              # (N, n_attributes) bool
-
-    def __len__(self) -> int:
-        return len(self.image_ids)
-
-
-def load_unlabelled_pool(store: ProjectStore, schema: LabelSchema, *, split: str = "train",
-                         max_images: int | None = None, seed: int = 0) -> UnlabelledPool:
-    """Images of ``split`` with at least one attribute unlabelled (read-only on the store).
-
-    Only the train split: using val/test images, even unlabelled, would let the evaluation
-    images shape the model. ``max_images`` keeps a seeded random subset (memory and time).
-    """
-    labels = store.current_labels(split=split)
-    records = [r for r in store.images(split=split) if r.cache_row is not None]
-    targets = encode_targets([labels.get(r.id, {}) for r in records], schema)
-    missing = targets == MISSING
-    keep = np.flatnonzero(missing.any(axis=1))
-    if max_images is not None and len(keep) > max_images:
-        keep = np.sort(np.random.default_rng(seed).choice(keep, int(max_images), replace=False))
-    return UnlabelledPool(image_ids=[records[i].id for i in keep],
-                          cache_rows=np.array([records[i].cache_row for i in keep], np.int64),
-                          missing=missing[keep])
-
 
 class TwoViewDataset(Dataset):
     """Items ``(weak view, strong view, missing mask)`` of the unlabelled pool, read lazily.
@@ -158,12 +126,14 @@ class FixMatchTerm:
     totals: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @classmethod
-    def from_store(cls, store: ProjectStore, cache: ImageCache, schema: LabelSchema, *,
-                   labelled_targets: np.ndarray, image_size: int, batch_size: int,
-                   threshold: float = DEFAULT_THRESHOLD, weight: float = 1.0,
-                   max_images: int | None = None, seed: int = 0) -> "FixMatchTerm | None":
-        """None when the pool has fewer than 2 eligible images (nothing to learn from)."""
-        pool = load_unlabelled_pool(store, schema, max_images=max_images, seed=seed)
+    def build(cls, pool: UnlabelledPool, cache: ImageCache, schema: LabelSchema, *,
+              labelled_targets: np.ndarray, image_size: int, batch_size: int,
+              threshold: float = DEFAULT_THRESHOLD, weight: float = 1.0,
+              seed: int = 0) -> "FixMatchTerm | None":
+        """None when the pool has fewer than 2 eligible images (nothing to learn from).
+
+        ``pool`` comes from :func:`data.dataset.load_unlabelled_pool` (core reads the store).
+        """
         if len(pool) < 2:  # BatchNorm cannot train on a batch of one image
             return None
         dataset = TwoViewDataset(pool, cache, image_size, seed=seed)

@@ -109,3 +109,14 @@ def test_the_check_sees_an_in_function_import(tmp_path):
     assert sorted(in_function_imports(tmp_path)) == [
         "core/commands/c.py:6 imports models.m inside a function",
         "models/m.py:2 imports data.x inside a function"]
+
+
+def test_models_never_reach_the_store():
+    """models/ gets arrays, paths and configs; reading or writing the store is core's job."""
+    bad = []
+    for path in sorted((ROOT / "models").rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        bad += [f"{path.relative_to(ROOT)}:{line} imports {module}"
+                for line, module in imported_modules(tree)
+                if module in ("data.store", "data.workspace")]
+    assert bad == []

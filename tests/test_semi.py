@@ -12,7 +12,8 @@ import torch
 from core.cli import main as cli_main
 from data.cache import ImageCache
 from data.workspace import Workspace, WorkspaceConfig
-from models.semi import (FixMatchTerm, confident_pseudo_labels, load_unlabelled_pool,
+from data.dataset import load_unlabelled_pool
+from models.semi import (FixMatchTerm, confident_pseudo_labels,
                          spread_labels, unlabelled_loss)
 from core.training import train_and_promote
 from models.train import TrainConfig
@@ -142,9 +143,10 @@ def test_fixmatch_term_is_none_without_unlabelled_images(tmp_path: Path) -> None
         for i in ids:  # fully label every attribute of the default schema
             store.add_label(i, {"color": "red", "type": "sedan", "orientation": "front"},
                             source="simulated")
-        term = FixMatchTerm.from_store(store, ImageCache(ws.cache_dir, 32), ws.schema,
-                                       labelled_targets=np.zeros((6, 3), np.int64),
-                                       image_size=32, batch_size=4)
+        pool = load_unlabelled_pool(store, ws.schema)
+    term = FixMatchTerm.build(pool, ImageCache(ws.cache_dir, 32), ws.schema,
+                              labelled_targets=np.zeros((6, 3), np.int64),
+                              image_size=32, batch_size=4)
     assert term is None
 
 
