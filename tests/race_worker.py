@@ -110,12 +110,14 @@ def train_then_queue(ws_dir: str, started: str, release: str) -> None:
     """A training job with ``then_queue``; training is faked, the ranking waits for ``release``."""
     import core.job_runners as runners
     import core.queue as queue
-    import models.train as train_mod
+    from types import SimpleNamespace
+
     from core.jobs import run_job, start_job
     from data.workspace import Workspace
 
-    train_mod.train = lambda ws, config, **kwargs: {"model_id": 1}
-    runners._evaluate = lambda ws, model_id: {}
+    runners.train_and_promote = lambda ws, config, **kwargs: SimpleNamespace(
+        cancelled=False, model_id=1, train=None, evaluation=None,
+        evaluation_skipped="faked training")
     real = queue.select
 
     def held_select(*args, **kwargs):

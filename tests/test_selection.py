@@ -153,7 +153,7 @@ def test_choose_auto_rule():
 
 def _scored(ws, ids, model_id, probs, emb):
     from core.scoring import PoolScores
-    from models.checkpoint import model_record, resolve_model_path
+    from core.registry import model_record, resolve_model_path
 
     folder = resolve_model_path(ws, model_record(ws, model_id)["path"]).parent
     names = {a: list(ws.schema.classes[a]) for a in ws.schema.attributes}
