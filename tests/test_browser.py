@@ -304,9 +304,9 @@ def test_retrain_and_see_the_new_accuracy(launch, page) -> None:
     url, ws = launch("labelled")
     open_page(page, url, "Train", "Retrain")
     set_number(page, "Epochs", 2)
-    page.get_by_text("ImageNet weights").click()  # offline machines: skip the download attempt
+    page.get_by_text("Pretrained weights", exact=True).click()  # offline: ResNet18 from random init, said loudly
     settle(page)
-    page.get_by_role("button", name="Retrain").click()
+    page.get_by_role("button", name="Retrain", exact=True).click()
     page.get_by_text("· training ·", exact=False).first.wait_for()
     # a second tab (and so a reload) shows the same job, read from the store
     other = page.context.new_page()
@@ -339,21 +339,27 @@ def test_queue_rank_and_grid(launch, page) -> None:
     url, ws = launch("trained")
     open_page(page, url, "Queue", "Rank next batch")
     set_number(page, "Batch size", 12)
-    click_and_wait(page, "Rank next batch", "images ranked by entropy")
-    page.get_by_text("12 images, highest priority first", exact=False).first.wait_for()
+    # `auto` is the default; with a 30-label model it picks typicality and says why
+    click_and_wait(page, "Rank next batch", "images ranked by auto (typiclust)")
+    page.get_by_text("typicality: only", exact=False).first.wait_for()
+    sizes = _round_sizes(ws)  # 12, or every candidate left when fewer (val and test stay out)
+    size = sizes[max(sizes)]
+    assert 0 < size <= 12
+    page.get_by_text(f"{size} images, highest priority first", exact=False).first.wait_for()
     shoot(page, "queue")
     with ws.store() as store:
-        assert store.latest_round()["strategy"] == "entropy"
+        assert store.latest_round()["strategy"] == "auto"
         assert not {it["image_id"] for it in store.round_items(store.latest_round()["number"])} & set(
             store.eval_set_ids())
 
 
 def test_label_page_preselects_the_models_guess(launch, page) -> None:
     url, ws = launch("queued")
-    number = max(_round_sizes(ws))
+    sizes = _round_sizes(ws)
+    number = max(sizes)
     open_page(page, url, "Label", "Save & next")
     page.get_by_text("pre-selected by the model", exact=False).first.wait_for()
-    page.get_by_text(f"0 of 12 images in round {number} labelled").first.wait_for()
+    page.get_by_text(f"0 of {sizes[number]} images in round {number} labelled").first.wait_for()
     shoot(page, "label")
 
 
