@@ -40,7 +40,7 @@ from core.scoring import (DEFAULT_MC_PASSES, MissingMeasure, PoolScores, Scoring
                           model_embeddings, pool_scores_for, score_pool)
 from core.selection import choose_auto
 from data.errors import UserError
-from data.progress import ProgressFn
+from data.progress import CancelFn, ProgressFn
 from data.workspace import Workspace
 
 ROUND_KIND = "al"
@@ -156,7 +156,7 @@ def select(scores: np.ndarray, top_k: int, *, embeddings: np.ndarray | None = No
 
 def _load_or_score(ws: Workspace, model_id: int, candidates: Sequence[int], *, rescore: bool,
                    needs: str | None, progress: ProgressFn | None,
-                   should_cancel: Callable[[], bool] | None,
+                   should_cancel: CancelFn | None,
                    score_kwargs: Mapping[str, Any]) -> tuple[PoolScores, bool, str | None]:
     """Saved scores for the candidates, scoring again when they are missing, stale, or lack the
     measure ``needs`` (BALD from a pass without MC-dropout). Returns (scores, scored_now, note)."""
@@ -224,7 +224,7 @@ def build_queue(ws: Workspace, strategy: str = "entropy", top_k: int = 200,
                 sampling: str | None = None, beta: float = 1.0, backbone: str | None = None,
                 seed: int = 0, model_id: int | None = None, record: bool = True,
                 rescore: bool = False, progress: ProgressFn | None = None,
-                should_cancel: Callable[[], bool] | None = None,
+                should_cancel: CancelFn | None = None,
                 score_kwargs: Mapping[str, Any] | None = None) -> QueueResult:
     """Rank the candidates and (with ``record``) save the batch as the next round.
 

@@ -31,7 +31,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -45,7 +45,7 @@ from data.cache import ImageCache
 from data.preprocess import normalise_batch
 from core.exports import find_export
 from core.registry import load_model, model_record, resolve_model_path
-from data.progress import Progress, ProgressFn
+from data.progress import CancelFn, Progress, ProgressFn
 from models.onnx_contract import softmax
 from models.onnx_runtime import OnnxClassifier
 
@@ -154,7 +154,7 @@ def choose_backend(ws: Workspace, model: torch.nn.Module, model_id: int, image_s
 def score_images(backend: TorchBackend | OnnxBackend, cache: ImageCache, cache_rows: Sequence[int],
                  heads: HeadParams, *, batch_size: int = 256, mc_passes: int = DEFAULT_MC_PASSES,
                  seed: int = 0, progress: ProgressFn | None = None,
-                 should_cancel: Callable[[], bool] | None = None,
+                 should_cancel: CancelFn | None = None,
                  ) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, np.ndarray], dict[str, float]]:
     """Batches from the cache through ``backend``; returns (probs, embeddings, bald, timings).
 
@@ -207,7 +207,7 @@ def score_pool(ws: Workspace, model_id: int | None = None, *, image_ids: Sequenc
                backend: str = "auto", prefer_int8: bool = True, batch_size: int = 256,
                mc_passes: int = DEFAULT_MC_PASSES, seed: int = 0, threads: int | None = None,
                save: bool = True, progress: ProgressFn | None = None,
-               should_cancel: Callable[[], bool] | None = None) -> PoolScores:
+               should_cancel: CancelFn | None = None) -> PoolScores:
     """Score the unlabelled pool (default: every unlabelled image outside the test split).
 
     With ``save`` the predictions and scores go to the store and the arrays to the model
