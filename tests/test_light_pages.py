@@ -14,8 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PROJECT = ("data", "models", "cvat_bridge", "core", "ui", "signin")
 # Pages that still need torch to draw, and why (see docs/ARCHITECTURE.md, "Torch-free pages").
 NEEDS_TORCH = {
-    "4_Train.py": "models.backbones.weights_status checks a named weights file with torch",
-    "7_Export.py": "export file names and reports live in models.export / models.quantize",
+    "4_Train.py": "models.backbones.weights_status finds torch's hub cache and checks a named "
+                  "weights file with torch",
 }
 
 
