@@ -37,7 +37,7 @@ import torch  # noqa: E402
 
 from core.annotator import simulate_labels  # noqa: E402
 from data.demo import create_demo_pool  # noqa: E402
-from data.sampling import sample_first_batch  # noqa: E402
+from core.rounds import sample_first_batch  # noqa: E402
 from data.schema import DEFAULT_SCHEMA  # noqa: E402
 from data.workspace import Workspace, WorkspaceConfig  # noqa: E402
 from data.preprocess import resize_square  # noqa: E402

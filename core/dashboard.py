@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from core.acquisition import score_name
-from core.queue import queue_items
+from core.queue_view import queue_items
 from core.refit_status import overlay_predictions
 from data.balance import plan_orientation_balance
 from data.evalset import fingerprint

@@ -14,9 +14,8 @@ from typing import Any, Mapping
 
 from scipy.stats import binomtest
 
-from data.evalset import (DEFAULT_PER_CLASS, EvalSetDraw, draw_eval_set, eval_settings,
-                          fingerprint)
-from data.sampling import sample_first_batch
+from core.rounds import draw_eval_set, sample_first_batch
+from data.evalset import DEFAULT_PER_CLASS, EvalSetDraw, eval_settings, fingerprint
 from data.schema import LabelSchema
 from data.store import ProjectStore
 

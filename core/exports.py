@@ -15,6 +15,8 @@ from data.cache import ImageCache
 from data.dataset import encode_targets
 from data.schema import LabelSchema
 from data.workspace import Workspace
+from core.export_files import (export_dir, find_export, load_int8_report,  # noqa: F401
+                               load_parity)
 from core.registry import load_model
 from models import export as onnx_export
 from models import quantize
@@ -24,11 +26,6 @@ from models.jetson import bundle
 from models.network import MultiHeadResNet
 from models.onnx_runtime import OnnxClassifier
 from models.quantize import DEFAULT_CALIBRATION, DEFAULT_MAX_DROP, Int8Report, QuantizationError
-
-
-def export_dir(ws: Workspace, model_id: int) -> Path:
-    """Where every export of one model lives."""
-    return ws.exports_dir / f"model_{int(model_id)}"
 
 
 def resolve_model_id(ws: Workspace, model_id: int | None) -> int:
@@ -79,18 +76,6 @@ def export_onnx(ws: Workspace, model_id: int | None = None, *,
                                        model_id=model_id, max_abs_diff=max_abs_diff,
                                        min_agreement=min_agreement)
     return path
-
-
-def load_parity(ws: Workspace, model_id: int) -> dict[str, Any] | None:
-    return onnx_export.load_parity(export_dir(ws, model_id))
-
-
-def find_export(ws: Workspace, model_id: int, prefer_int8: bool = True) -> Path | None:
-    return onnx_export.find_export(export_dir(ws, model_id), prefer_int8)
-
-
-def load_int8_report(ws: Workspace, model_id: int) -> dict[str, Any] | None:
-    return quantize.load_int8_report(export_dir(ws, model_id))
 
 
 def labelled_test_split(ws: Workspace, schema: Mapping[str, list[str]], n_max: int | None = None,

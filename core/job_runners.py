@@ -81,7 +81,7 @@ def run_demo(ws: Workspace, params: dict, ctx: JobContext) -> dict[str, Any]:
     sample_n = int(params.get("sample", 0))
     result = create_demo_pool(ws, n, seed=int(params.get("seed", 0)),
                               size=int(params.get("size", 96)),
-                              progress=ctx.stage(0.0, 0.95 if sample_n else 1.0, "generating"))
+                              progress=ctx.stage(0.0, 0.95 if sample_n else 1.0, "demo pool"))
     out = {"demo": _plain(result), "summary": result.summary()}
     if sample_n:
         out["sample"] = _sample(ws, sample_n, int(params.get("seed", 0)),
@@ -327,7 +327,8 @@ def run_cvat_push(ws: Workspace, params: dict, ctx: JobContext) -> dict[str, Any
     options = {k: params[k] for k in ("segment_size", "chunk_size", "prefill", "force")
                if params.get(k) is not None}
     ctx.progress(0.01, f"pushing round {params['round_number']} to CVAT", force=True)
-    result = service.push(ws, int(params["round_number"]), progress=ctx.progress, **options)
+    result = service.push(ws, int(params["round_number"]), progress=ctx.stage(0.0, 1.0),
+                          **options)
     return {"result": _plain(result), "message": result.summary()}
 
 
@@ -336,7 +337,7 @@ def run_cvat_pull(ws: Workspace, params: dict, ctx: JobContext) -> dict[str, Any
     ctx.progress(0.01, "exporting tasks from CVAT", force=True)
     task_id = params.get("task_id")
     results = service.pull(ws, None if task_id is None else int(task_id),
-                           progress=ctx.progress,
+                           progress=ctx.stage(0.0, 1.0),
                            retract_deleted=bool(params.get("retract_deleted")))
     lines = [r.summary() for r in results]
     return {"tasks": lines, "message": "; ".join(lines) if lines else "no tasks to pull"}

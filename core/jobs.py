@@ -39,7 +39,7 @@ from core.access import (JOB_ACTIONS, Principal, audit, authorize, cli_principal
 from core.cvat_config import known_secrets, redact
 from data.errors import UserError
 from data.optional import missing_optional
-from data.progress import Progress
+from data.progress import Progress, ProgressFn
 from data.store import ProjectStore
 from data.workspace import Workspace
 
@@ -334,43 +334,17 @@ class JobContext:
         if self.cancelled():
             raise JobCancelled()
 
-    def stage(self, lo: float, hi: float, label: str) -> Callable[..., None]:
-        """A progress callback for another module, mapped onto [lo, hi] of this job.
+    def stage(self, lo: float, hi: float, label: str = "") -> ProgressFn:
+        """A :data:`data.progress.ProgressFn` for another module, mapped onto [lo, hi] of this job.
 
-        Accepts a :class:`data.progress.Progress` (the project's signature) and, from code not
-        yet converted, ``(done, total)``, ``(fraction)``,
-        ``(done, total, message)`` or a dict with ``done``/``total``/``fraction``/``message``.
+        The job's message is ``label: <the stage's text>`` (e.g. ``ingesting: 12/600``).
         """
-        def callback(*args: Any, **kwargs: Any) -> None:
-            frac, msg = _interpret_progress(args, kwargs)
-            self.progress(lo + (hi - lo) * frac if frac is not None else None,
-                          f"{label}: {msg}" if msg else label)
+        def callback(p: Progress) -> None:
+            frac = max(0.0, min(1.0, float(p.fraction)))
+            text = p.text
+            self.progress(lo + (hi - lo) * frac,
+                          (f"{label}: {text}" if text else label) if label else (text or None))
         return callback
-
-
-def _interpret_progress(args: tuple, kwargs: dict) -> tuple[float | None, str | None]:
-    if args and isinstance(args[0], Progress):  # the project's one signature (data.progress)
-        return max(0.0, min(1.0, float(args[0].fraction))), args[0].message or None
-    data: dict[str, Any] = dict(kwargs)
-    rest = list(args)
-    if rest and isinstance(rest[0], Mapping):
-        data.update(rest.pop(0))
-    if rest and isinstance(rest[0], (int, float)) and len(rest) >= 2 and isinstance(rest[1], (int, float)):
-        data.setdefault("done", rest[0])
-        data.setdefault("total", rest[1])
-        rest = rest[2:]
-    elif rest and isinstance(rest[0], (int, float)):
-        data.setdefault("fraction", rest.pop(0))
-    if rest and isinstance(rest[0], str):
-        data.setdefault("message", rest[0])
-    frac = data.get("fraction")
-    done = data.get("done", data.get("n", data.get("step")))
-    total = data.get("total", data.get("steps"))
-    msg = data.get("message") or data.get("stage")
-    if frac is None and isinstance(done, (int, float)) and isinstance(total, (int, float)) and total:
-        frac = done / total
-        msg = msg or f"{int(done)}/{int(total)}"
-    return (None if frac is None else max(0.0, min(1.0, float(frac)))), msg
 
 
 def _load_runner(kind: str) -> Callable[[Workspace, dict, JobContext], Mapping[str, Any] | None]:

@@ -16,14 +16,12 @@ from typing import Any, Callable, Sequence
 import onnxruntime as ort
 import torch
 
-from core.exports import export_dir, load_for_export, pool_images
+from core.export_files import RESULTS_NAME, export_dir, load_results, results_path  # noqa: F401
+from core.exports import load_for_export, pool_images
 from data.preprocess import normalise_batch
 from data.workspace import Workspace
 from models.export import FP32_NAME, INT8_NAME
 from models.onnx_contract import INPUT_NAME
-
-RESULTS_NAME = "latency.json"
-
 
 def time_calls(fn: Callable[[], object], warmup: int, runs: int) -> dict[str, float]:
     """Call ``fn`` ``warmup`` times untimed, then ``runs`` times; milliseconds per call."""
@@ -41,10 +39,6 @@ def time_calls(fn: Callable[[], object], warmup: int, runs: int) -> dict[str, fl
 
 def _median_ms(fn: Callable[[], object], warmup: int, runs: int) -> float:
     return time_calls(fn, warmup, runs)["median_ms"]
-
-
-def results_path(ws: Workspace, model_id: int) -> Path:
-    return export_dir(ws, model_id) / RESULTS_NAME
 
 
 def measure_model(ws: Workspace, model_id: int, *, batches: Sequence[int] = (1, 16),
@@ -89,11 +83,3 @@ def measure_model(ws: Workspace, model_id: int, *, batches: Sequence[int] = (1, 
     path.write_text(json.dumps({"measured_at": time.time(), "image_size": size, "rows": rows},
                                indent=2), encoding="utf-8")
     return rows
-
-
-def load_results(ws: Workspace, model_id: int) -> list[dict[str, Any]]:
-    """The last saved latency rows of a model ([] when never measured)."""
-    path = results_path(ws, model_id)
-    if not path.is_file():
-        return []
-    return list(json.loads(path.read_text(encoding="utf-8")).get("rows", []))

@@ -17,7 +17,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 from core.annotator import simulate_labels
 from core.queue import QueueResult, build_queue
@@ -26,7 +26,7 @@ from core.training import train_and_promote
 from data.datumaro_io import import_datumaro
 from data.errors import UserError
 from data.ingest import load_labels_csv
-from data.progress import Progress, ProgressFn, scaled
+from data.progress import CancelFn, Progress, ProgressFn, scaled
 from data.workspace import Workspace
 from models.train import TrainConfig
 
@@ -134,7 +134,7 @@ def run_round(ws: Workspace, *, labels: str | Path | None = None, simulate: bool
               eval_split: str = "test", seed: int = 0,
               score_kwargs: Mapping[str, Any] | None = None,
               progress: ProgressFn | None = None,
-              should_cancel: Callable[[], bool] | None = None) -> RoundReport:
+              should_cancel: CancelFn | None = None) -> RoundReport:
     """Run one round and record it; returns a :class:`RoundReport`.
 
     - ``labels``: optional labels file to import first (Datumaro zip/json or CSV).

@@ -13,6 +13,8 @@ from typing import Sequence
 import numpy as np
 
 from core import acquisition as acq
+from core.model_records import model_folder
+from data.workspace import Workspace
 
 EMBEDDINGS_FILE = "embeddings.npy"
 EMBEDDING_IDS_FILE = "embedding_ids.npy"
@@ -160,3 +162,8 @@ def load_pool_scores(folder: str | Path) -> PoolScores | None:
             bald=dict(uncertainty.get("bald", {})),
             class_names={a: [str(c) for c in z[f"classes/{a}"]] for a in attrs},
             backend=str(z["meta/backend"]), mc_passes=passes, uncertainty=uncertainty)
+
+
+def pool_scores_for(ws: Workspace, model_id: int) -> PoolScores | None:
+    """The saved scoring pass of ``model_id`` (None when the pool was never scored with it)."""
+    return load_pool_scores(model_folder(ws, model_id))

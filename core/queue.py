@@ -21,12 +21,17 @@ Concurrency: scoring is slow and runs without a lock. The picked batch is then c
 recorded in one IMMEDIATE transaction (:func:`_record`): an image that another round or a label
 took since the candidates were read is dropped and the batch re-selected under the same lock,
 so two rounds never share an image. The check is an indexed look-up of the K picks, so
-recording costs the same at 10k or 1M images.
+recording costs the same at 10k or 1M images. Everything a re-pick needs (scores, embeddings,
+the covered set) is loaded before the transaction opens: a re-pick is arithmetic over candidate
+rows and reads no file while it holds the write lock.
+
+The read-only queries (candidates, covered images, label counts, stored batches, ``auto``'s
+reason) live in :mod:`core.queue_view`, which does not import torch; they are re-exported here.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -35,33 +40,18 @@ from core import acquisition as acq
 from core import typicality as typ
 from core.diversity import METHODS as DIVERSITY_METHODS
 from core.diversity import select_diverse
-from core.embeddings import pool_embeddings
+from core.embeddings import PoolEmbeddings, pool_embeddings
+from core.queue_view import (EXCLUDED_SPLITS, QueueItem, auto_reason,  # noqa: F401 - re-exported
+                             candidate_ids, covered_ids, label_counts, queue_items, round_reason,
+                             training_label_count)
 from core.scoring import (DEFAULT_MC_PASSES, MissingMeasure, PoolScores, ScoringError,
                           model_embeddings, pool_scores_for, score_pool)
 from core.selection import choose_auto
 from data.errors import UserError
-from data.progress import ProgressFn
+from data.progress import CancelFn, ProgressFn
 from data.workspace import Workspace
 
 ROUND_KIND = "al"
-EXCLUDED_SPLITS = ("val", "test")
-
-
-@dataclass
-class QueueItem:
-    """One queued image as the UI shows it."""
-
-    image_id: int
-    rank: int
-    score: float
-    name: str
-    path: str
-    split: str
-    predictions: dict[str, tuple[str, float]] = field(default_factory=dict)
-    scores: dict[str, float] = field(default_factory=dict)   # e.g. {"entropy:color": 0.7}
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass
@@ -81,44 +71,6 @@ class QueueResult:
     @property
     def image_ids(self) -> list[int]:
         return [it.image_id for it in self.items]
-
-
-def candidate_ids(ws: Workspace) -> list[int]:
-    """Unlabelled, not yet queued images outside the validation and test splits and the
-    evaluation set."""
-    with ws.store() as store:
-        evaluation = set(store.eval_set_ids())   # test-split already; kept out explicitly too
-        return [i for i in store.unlabelled_ids(exclude_splits=EXCLUDED_SPLITS, exclude_queued=True)
-                if i not in evaluation]
-
-
-def covered_ids(ws: Workspace) -> list[int]:
-    """Images of the candidate splits already labelled or queued (the set a batch adds to)."""
-    with ws.store() as store:
-        taken = store.labelled_ids() | store.queued_ids()
-        return [r.id for r in store.images() if r.id in taken and r.split not in EXCLUDED_SPLITS]
-
-
-def training_label_count(ws: Workspace) -> int:
-    """Labelled images outside the test split: what the model learns from."""
-    with ws.store() as store:
-        test = {r.id for r in store.images(split="test")}
-        return sum(1 for i in store.labelled_ids() if i not in test)
-
-
-def label_counts(ws: Workspace) -> dict[str, dict[str, int]]:
-    """{attribute: {class: n}} over current labels outside the test split (what training sees)."""
-    with ws.store() as store:
-        test = {r.id for r in store.images(split="test")}
-        labels = store.current_labels()
-    counts: dict[str, dict[str, int]] = {}
-    for image_id, values in labels.items():
-        if image_id in test:
-            continue
-        for a, v in values.items():
-            counts.setdefault(a, {})
-            counts[a][v] = counts[a].get(v, 0) + 1
-    return counts
 
 
 def rank_scores(strategy: acq.Strategy, pool: PoolScores | None, n: int, *,
@@ -156,7 +108,7 @@ def select(scores: np.ndarray, top_k: int, *, embeddings: np.ndarray | None = No
 
 def _load_or_score(ws: Workspace, model_id: int, candidates: Sequence[int], *, rescore: bool,
                    needs: str | None, progress: ProgressFn | None,
-                   should_cancel: Callable[[], bool] | None,
+                   should_cancel: CancelFn | None,
                    score_kwargs: Mapping[str, Any]) -> tuple[PoolScores, bool, str | None]:
     """Saved scores for the candidates, scoring again when they are missing, stale, or lack the
     measure ``needs`` (BALD from a pass without MC-dropout). Returns (scores, scored_now, note)."""
@@ -187,35 +139,54 @@ def _load_or_score(ws: Workspace, model_id: int, candidates: Sequence[int], *, r
     return pool.subset([index[int(c)] for c in candidates]), True, note
 
 
-def _typicality_pick(ws: Workspace, name: str, candidates: Sequence[int], top_k: int, *,
-                     backbone: str | None, seed: int, progress: ProgressFn | None,
-                     ) -> tuple[np.ndarray, dict[str, Any], list[str]]:
-    """TypiClust or ProbCover on the pool's pretrained embeddings; candidate rows in pick order."""
+@dataclass
+class _TypicalityInput:
+    """Everything typicality selection needs, loaded once before the write transaction."""
+
+    candidates: np.ndarray          # (n, D) embeddings of the candidates, candidate order
+    labelled: np.ndarray | None     # embeddings of the covered images (labelled or queued)
+    info: dict[str, Any]
+    notes: list[str]
+
+
+def _typicality_input(ws: Workspace, candidates: Sequence[int], *, backbone: str | None,
+                      progress: ProgressFn | None) -> _TypicalityInput:
+    """Load (or compute) the pool's pretrained embeddings and take the candidates' and the
+    covered images' rows. Slow the first time; runs outside any transaction."""
     try:
-        emb = pool_embeddings(ws, backbone, progress=progress)
+        emb: PoolEmbeddings = pool_embeddings(ws, backbone, progress=progress)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    covered = [i for i in covered_ids(ws) if i in set(emb.ids.tolist())]
+    known = set(emb.ids.tolist())
+    covered = [i for i in covered_ids(ws) if i in known]
     try:
         cand = emb.take(candidates)
     except KeyError:
         raise UserError("some candidate images have no cached pixels; re-ingest them") from None
-    lab = emb.take(covered) if covered else None
     info: dict[str, Any] = {"backbone": emb.backbone, "origin": emb.origin.kind,
                             "origin_detail": emb.origin.detail, "embedded_now": emb.computed,
                             "covered": len(covered)}
+    notes = [] if emb.pretrained else [
+        f"the embeddings come from a random-init {emb.backbone} (no pretrained weights could "
+        "be loaded), so this selection is close to random"]
+    return _TypicalityInput(cand, emb.take(covered) if covered else None, info, notes)
+
+
+def _typicality_select(ws: Workspace, name: str, data: _TypicalityInput, rows: np.ndarray,
+                       top_k: int, *, seed: int) -> np.ndarray:
+    """TypiClust or ProbCover over candidate rows ``rows`` (arrays only, no I/O); returns
+    candidate row indices in pick order."""
+    cand = data.candidates[rows]
+    lab = data.labelled
     if name == "probcover":
         n_classes = max(ws.schema.num_classes(a) for a in ws.schema.attributes)
         everything = cand if lab is None else np.concatenate([lab, cand])
         delta = typ.choose_delta(everything, n_classes, seed=seed)
-        info["delta"] = round(delta, 4)
+        data.info.setdefault("delta", round(delta, 4))
         picks = typ.probcover(cand, top_k, labelled=lab, delta=delta, seed=seed)
     else:
         picks = typ.typiclust(cand, top_k, labelled=lab, seed=seed)
-    notes = [] if emb.pretrained else [
-        f"the embeddings come from a random-init {emb.backbone} (no pretrained weights could "
-        "be loaded), so this selection is close to random"]
-    return picks, info, notes
+    return rows[np.asarray(picks, dtype=np.int64)]
 
 
 def build_queue(ws: Workspace, strategy: str = "entropy", top_k: int = 200,
@@ -224,7 +195,7 @@ def build_queue(ws: Workspace, strategy: str = "entropy", top_k: int = 200,
                 sampling: str | None = None, beta: float = 1.0, backbone: str | None = None,
                 seed: int = 0, model_id: int | None = None, record: bool = True,
                 rescore: bool = False, progress: ProgressFn | None = None,
-                should_cancel: Callable[[], bool] | None = None,
+                should_cancel: CancelFn | None = None,
                 score_kwargs: Mapping[str, Any] | None = None) -> QueueResult:
     """Rank the candidates and (with ``record``) save the batch as the next round.
 
@@ -310,16 +281,17 @@ def build_queue(ws: Workspace, strategy: str = "entropy", top_k: int = 200,
     rarity_info: dict[str, Any] | None = None
     embed_info: dict[str, Any] | None = None
     if run.kind == "typicality":
-        first, embed_info, more = _typicality_pick(ws, run.name, candidates, top_k,
-                                                   backbone=backbone, seed=seed, progress=progress)
-        notes += more
+        typ_input = _typicality_input(ws, candidates, backbone=backbone, progress=progress)
+        embed_info = typ_input.info
+        notes += typ_input.notes
         scores = np.full(len(candidates), np.nan)
 
         def pick(rows: np.ndarray) -> np.ndarray:
-            """Re-pick among candidate rows ``rows`` (only after a race lost some picks)."""
-            sub, _, _ = _typicality_pick(ws, run.name, [candidates[i] for i in rows], top_k,
-                                         backbone=backbone, seed=seed, progress=None)
-            return rows[sub]
+            """Select among candidate rows ``rows`` from the embeddings loaded above: a re-pick
+            inside the recording transaction (after a race lost some picks) reads no file."""
+            return _typicality_select(ws, run.name, typ_input, rows, top_k, seed=seed)
+
+        first = pick(np.arange(len(candidates)))
     else:
         try:
             scores = rank_scores(run, pool, len(candidates), weights=weights, seed=seed)
@@ -433,47 +405,3 @@ def _record(ws: Workspace, candidates: Sequence[int], picked: np.ndarray,
                                     scores=[float(scores[i]) for i in picked] if store_scores else None,
                                     params=params, model_id=model_id)
     return picked, number
-
-
-def auto_reason(ws: Workspace) -> str:
-    """What ``auto`` would pick now and why, without scoring (for the Queue page's controls)."""
-    n = training_label_count(ws)
-    with ws.store() as store:
-        current = store.current_model()
-    choice = choose_auto(n, current is not None)
-    if choice.strategy != "typiclust" or current is None:
-        pool = pool_scores_for(ws, int(current["id"])) if current is not None else None
-        if pool is None:
-            return ("decided when ranking: the current model's scores come first "
-                    f"({n} training labels)")
-        wanted = set(candidate_ids(ws))
-        rows = [r for r, i in enumerate(pool.image_ids) if int(i) in wanted]
-        if not rows:
-            return choice.reason
-        mean_h = float(acq.combine_mean(pool.subset(rows).per_head("entropy")).mean())
-        choice = choose_auto(n, True, mean_h)
-    return choice.reason
-
-
-def round_reason(ws: Workspace, round_number: int) -> str:
-    """The reason ``auto`` recorded for a round ('' for other strategies)."""
-    with ws.store() as store:
-        params = store.round(round_number).get("params") or {}
-    return str((params.get("auto") or {}).get("reason", ""))
-
-
-def queue_items(ws: Workspace, round_number: int | None = None) -> list[QueueItem]:
-    """The stored batch of a round (default: the latest) with the model's predictions, for the UI."""
-    with ws.store() as store:
-        rnd = store.round(round_number) if round_number is not None else store.latest_round()
-        if rnd is None:
-            return []
-        items = store.round_items(int(rnd["number"]))
-        ids = [int(it["image_id"]) for it in items]
-        records = {r.id: r for r in store.images(ids)}
-        preds = store.predictions(int(rnd["model_id"]), ids) if rnd.get("model_id") else {}
-    return [QueueItem(image_id=i, rank=int(it["rank"]),
-                      score=float(it["score"]) if it["score"] is not None else float("nan"),
-                      name=records[i].name, path=records[i].path, split=records[i].split,
-                      predictions=preds.get(i, {}))
-            for it, i in zip(items, ids)]

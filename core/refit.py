@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -45,10 +45,10 @@ from core.pool_scores import PoolScores
 from core.refit_status import (BACKEND, DEFAULT_STRATEGY, HEAD_REFIT_ID, META_KEY,
                                RERANK_STRATEGIES, RefitRecord, complete_rounds, refit_dir)
 from data.errors import UserError
+from data.progress import CancelFn, ProgressFn
 from data.workspace import Workspace
 from models.heads import DEFAULT_C, fit_heads
 
-Progress = Callable[[float, str], None]
 
 
 def _strategy_for(name: str | None, default: str) -> acq.Strategy:
@@ -80,8 +80,8 @@ def _accuracy(probs: Mapping[str, np.ndarray], classes: Mapping[str, list[str]],
 def refit_and_rerank(ws: Workspace, *, embeddings: PoolEmbeddings | None = None,
                      backbone: str | None = None, class_weight: str | None = None,
                      C: float = DEFAULT_C, strategy: str = DEFAULT_STRATEGY,
-                     rerank: bool = True, progress: Progress | None = None,
-                     should_cancel: Callable[[], bool] | None = None) -> RefitRecord:
+                     rerank: bool = True, progress: ProgressFn | None = None,
+                     should_cancel: CancelFn | None = None) -> RefitRecord:
     """Refit the heads on the train split's labels and re-rank every open batch's remainder.
 
     ``embeddings`` may be given (tests, benchmarks); otherwise the cached pool embeddings of

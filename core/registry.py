@@ -3,38 +3,18 @@
 Why here: :mod:`models` works on files and arrays only; which models exist and which one is
 current live in the project store, which only :mod:`core` reads for models and writes.
 Promotion (making a model current) happens in exactly one place, :func:`core.training.promote`.
+The torch-free part (rows and paths) lives in :mod:`core.model_records`, re-exported here.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from data.errors import UserError
+from core.model_records import model_record, resolve_model_path  # noqa: F401 - re-exported
 from data.workspace import Workspace
 from models.checkpoint import load_checkpoint
 from models.network import MultiHeadResNet
-
-
-def resolve_model_path(ws: Workspace, stored_path: str) -> Path:
-    """Model paths are stored relative to the workspace root so a workspace can be moved."""
-    p = Path(stored_path)
-    return p if p.is_absolute() else ws.root / p
-
-
-def model_record(ws: Workspace, model_id: int | None = None) -> dict[str, Any]:
-    """The store's row for ``model_id`` (default: the current model), or a UserError."""
-    with ws.store() as store:
-        if model_id is None:
-            record = store.current_model()
-            if record is None:
-                raise UserError("no trained model yet; run `python -m core train` first")
-            return record
-        for record in store.models():
-            if record["id"] == model_id:
-                return record
-    raise UserError(f"no model with id {model_id}")
 
 
 def load_model(ws: Workspace, model_id: int | None = None, *,

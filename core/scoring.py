@@ -31,7 +31,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -39,13 +39,14 @@ import torch
 from core import acquisition as acq
 from core.pool_scores import (EMBEDDING_IDS_FILE, EMBEDDINGS_FILE, MEASURES,  # noqa: F401
                               POOL_SCORES_FILE, MissingMeasure, PoolScores, ScoringError,
-                              load_pool_scores)
+                              load_pool_scores, pool_scores_for)
 from data.workspace import Workspace
 from data.cache import ImageCache
 from data.preprocess import normalise_batch
 from core.exports import find_export
-from core.registry import load_model, model_record, resolve_model_path
-from data.progress import Progress, ProgressFn
+from core.model_records import model_folder
+from core.registry import load_model
+from data.progress import CancelFn, Progress, ProgressFn
 from models.onnx_contract import softmax
 from models.onnx_runtime import OnnxClassifier
 
@@ -154,7 +155,7 @@ def choose_backend(ws: Workspace, model: torch.nn.Module, model_id: int, image_s
 def score_images(backend: TorchBackend | OnnxBackend, cache: ImageCache, cache_rows: Sequence[int],
                  heads: HeadParams, *, batch_size: int = 256, mc_passes: int = DEFAULT_MC_PASSES,
                  seed: int = 0, progress: ProgressFn | None = None,
-                 should_cancel: Callable[[], bool] | None = None,
+                 should_cancel: CancelFn | None = None,
                  ) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, np.ndarray], dict[str, float]]:
     """Batches from the cache through ``backend``; returns (probs, embeddings, bald, timings).
 
@@ -207,7 +208,7 @@ def score_pool(ws: Workspace, model_id: int | None = None, *, image_ids: Sequenc
                backend: str = "auto", prefer_int8: bool = True, batch_size: int = 256,
                mc_passes: int = DEFAULT_MC_PASSES, seed: int = 0, threads: int | None = None,
                save: bool = True, progress: ProgressFn | None = None,
-               should_cancel: Callable[[], bool] | None = None) -> PoolScores:
+               should_cancel: CancelFn | None = None) -> PoolScores:
     """Score the unlabelled pool (default: every unlabelled image outside the test split).
 
     With ``save`` the predictions and scores go to the store and the arrays to the model
@@ -254,11 +255,6 @@ def score_pool(ws: Workspace, model_id: int | None = None, *, image_ids: Sequenc
     return result
 
 
-def pool_scores_for(ws: Workspace, model_id: int) -> PoolScores | None:
-    """The saved scoring pass of ``model_id`` (None when the pool was never scored with it)."""
-    return load_pool_scores(_model_folder(ws, model_id))
-
-
 def model_embeddings(ws: Workspace, model_id: int, image_ids: Sequence[int], *,
                      backend: str = "auto", threads: int | None = None,
                      batch_size: int = 256) -> np.ndarray:
@@ -279,7 +275,7 @@ def model_embeddings(ws: Workspace, model_id: int, image_ids: Sequence[int], *,
     if pool is not None:
         index = {int(i): r for r, i in enumerate(pool.image_ids)}
         found.update({i: pool.embeddings[index[i]] for i in want if i in index})
-    folder = _model_folder(ws, model_id)
+    folder = model_folder(ws, model_id)
     extra_path = folder / COVERED_EMBEDDINGS_FILE
     extra_ids, extra_vecs = np.zeros(0, np.int64), None
     if extra_path.is_file():
@@ -308,7 +304,3 @@ def model_embeddings(ws: Workspace, model_id: int, image_ids: Sequence[int], *,
         np.savez(tmp, ids=all_ids, vectors=all_vecs.astype(np.float32))
         tmp.replace(extra_path)
     return np.stack([np.asarray(found[i], dtype=np.float32) for i in want])
-
-
-def _model_folder(ws: Workspace, model_id: int) -> Path:
-    return resolve_model_path(ws, model_record(ws, model_id)["path"]).parent

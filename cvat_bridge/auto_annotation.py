@@ -42,7 +42,7 @@ import onnx
 from cvat_sdk import models
 
 from cvat_bridge.client import CvatError, translate_errors
-from cvat_bridge.progress import StageProgress
+from cvat_bridge.progress import ProgressFn, StageProgress
 from data.schema import DEFAULT_SCHEMA
 from models.onnx_contract import META_SCHEMA
 from models.onnx_runtime import OnnxClassifier
@@ -151,7 +151,7 @@ def detect(context: cvataa.DetectionFunctionContext,
 
 def prefill_task(conn: Any, task_id: int, *, model_path: str | Path | None = None,
                  conf_threshold: float | None = None, clear_existing: bool = False,
-                 progress: Any = None) -> int:
+                 progress: ProgressFn | None = None) -> int:
     """Run cvat-sdk's ``annotate_task`` with our model on an open bridge connection.
 
     Returns the number of tags the task holds afterwards. ``conf_threshold`` leaves unsure

@@ -3,16 +3,17 @@
 cvat-sdk reports uploads (``Task.upload_data(pbar=...)``), downloads (``export_dataset(pbar=...)``)
 and auto-annotation (``annotate_task(pbar=...)``) to a :class:`cvat_sdk.core.progress.ProgressReporter`.
 :class:`StageProgress` is one such reporter that maps the SDK's "n of total" onto a slice
-``[lo, hi]`` of the whole job and calls ``callback(fraction, message)``, so the app's job panel
-moves with the bytes actually sent instead of sitting at a fixed 5 %.
+``[lo, hi]`` of the whole job and calls the project's one progress callback
+(:mod:`data.progress`) with ``Progress(fraction, message, done=n, total=of)``, so the app's job
+panel moves with the bytes actually sent instead of sitting at a fixed 5 %.
 """
 from __future__ import annotations
 
-from typing import Callable
-
 from cvat_sdk.core.progress import BaseProgressReporter
 
-ProgressFn = Callable[[float, str], None]
+from data.progress import Progress, ProgressFn, report
+
+__all__ = ["ProgressFn", "StageProgress", "report"]
 
 
 class StageProgress(BaseProgressReporter):
@@ -56,13 +57,8 @@ class StageProgress(BaseProgressReporter):
     def _emit(self, desc: str | None = None) -> None:
         if self.callback is None:
             return
-        text = self.message
         if self.total:
-            text += f" ({min(self.done, self.total)}/{self.total})"
-        self.callback(self.fraction(), text)
-
-
-def report(callback: ProgressFn | None, fraction: float, message: str) -> None:
-    """Report a fixed point between the SDK-driven stages (connecting, writing the store)."""
-    if callback is not None:
-        callback(fraction, message)
+            self.callback(Progress(self.fraction(), self.message,
+                                   done=min(self.done, self.total), total=self.total))
+        else:
+            self.callback(Progress(self.fraction(), self.message))

@@ -28,6 +28,7 @@ from cvat_bridge.pull import task_status
 from cvat_bridge.push import push_round
 from cvat_bridge.settings import CvatSettings, load_settings
 from cvat_bridge.spec import compare_labels, default_project_name, find_project
+from data.progress import ProgressFn
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +103,8 @@ def status(ws: Any, task_id: int | None = None, *, settings: CvatSettings | None
 
 
 def pull(ws: Any, task_id: int | None = None, *, settings: CvatSettings | None = None,
-         retract_deleted: bool = False, progress: Any = None):
-    """Pull labels; ``progress(fraction, message)`` follows the SDK's download hooks."""
+         retract_deleted: bool = False, progress: ProgressFn | None = None):
+    """Pull labels; ``progress(Progress)`` (:mod:`data.progress`) follows the SDK's download hooks."""
     with open_connection(ws, settings) as conn, ws.store() as store:
         return pull_tasks(conn, ws, store, task_id, retract_deleted=retract_deleted,
                           progress=progress)
@@ -118,7 +119,7 @@ def forget(ws: Any, task_id: int, *, settings: CvatSettings | None = None):
 
 def prefill(ws: Any, task_id: int, *, model_path: str | Path | None = None,
             conf_threshold: float | None = None, clear_existing: bool = False,
-            settings: CvatSettings | None = None, progress: Any = None):
+            settings: CvatSettings | None = None, progress: ProgressFn | None = None):
     """Pre-label a CVAT task with our ONNX model (cvat_bridge.auto_annotation.prefill_task)."""
     with open_connection(ws, settings) as conn:
         return prefill_task(conn, task_id, model_path=model_path, conf_threshold=conf_threshold,

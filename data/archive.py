@@ -19,8 +19,10 @@ import tarfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 from zlib import error as zlibError  # noqa: N812 - raised by damaged gzip streams
+
+from data.progress import ProgressFn, report
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 DONE_MARKER = ".extracted"
@@ -210,7 +212,7 @@ def _extract_zip(archive: Path, ex: _Extractor) -> None:
 
 
 def extract_archive(archive: Path, pools_dir: Path, *, limits: ExtractLimits | None = None,
-                    progress: Callable[[str], None] | None = None) -> ExtractResult:
+                    progress: ProgressFn | None = None) -> ExtractResult:
     """Extract ``archive`` safely into ``pools_dir/<stem>-<hash12>``; reuse a finished one."""
     archive = Path(archive)
     limits = limits or ExtractLimits()
@@ -229,8 +231,7 @@ def extract_archive(archive: Path, pools_dir: Path, *, limits: ExtractLimits | N
         shutil.rmtree(root)
     root.mkdir(parents=True)
     ex = _Extractor(root, limits)
-    if progress:
-        progress(f"extracting {archive.name}")
+    report(progress, 0.0, f"extracting {archive.name}")
     try:
         if archive.name.lower().endswith(".zip"):
             _extract_zip(archive, ex)

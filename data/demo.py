@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from data.ingest import ingest
+from data.progress import Progress, ProgressFn, scaled
 from data.schema import DEFAULT_CLASSES
 
 # -- classes and default (street-like, imbalanced) frequencies ---------------------------------
@@ -433,7 +434,7 @@ def demo_name(index: int) -> str:
 
 def generate_demo_images(out_dir: str | Path, n: int, *, seed: int = 0, size: int = 96,
                          frequencies: Mapping[str, Mapping[str, float]] | None = None,
-                         progress: Callable[[int, int], None] | None = None,
+                         progress: ProgressFn | None = None,
                          workers: int | None = None) -> dict[str, dict[str, str]]:
     """Write ``n`` JPEG crops into ``out_dir``; returns {relative path: full ground truth}.
 
@@ -465,7 +466,7 @@ def generate_demo_images(out_dir: str | Path, n: int, *, seed: int = 0, size: in
             tmp.replace(out / name)
             truth[name] = dict(label)
             if progress is not None:
-                progress(i + 1, n)
+                progress(Progress.counted(i + 1, n))
     finally:
         if pool is not None:
             pool.terminate()
@@ -492,12 +493,14 @@ MANIFEST = ".demo.json"
 
 def create_demo_pool(ws: "Workspace", n: int, *, seed: int = 0, size: int = 96,  # noqa: F821
                      frequencies: Mapping[str, Mapping[str, float]] | None = None,
-                     progress: Callable[[int, int], None] | None = None) -> "IngestReport":  # noqa: F821
+                     progress: ProgressFn | None = None) -> "IngestReport":  # noqa: F821
     """Generate a demo pool into ``ws.pools_dir/demo-<seed>`` and ingest it with ground truth.
 
     The folder keeps a manifest of its parameters: asking again for the same pool reuses the
     images (and ingestion then adds nothing); different parameters get their own folder.
-    ``progress`` is called as (done, total) over generation then ingestion.
+    ``progress`` gets ``Progress`` over two stages, ``generating`` (first half, skipped when the
+    images exist) then ``ingesting``; each counts the pool's ``n`` images, so a 600-image pool
+    shows 600/600 twice, never 1200.
     """
     params = {"n": n, "seed": seed, "size": size,
               "frequencies": _normalised_frequencies(frequencies)}
@@ -509,18 +512,19 @@ def create_demo_pool(ws: "Workspace", n: int, *, seed: int = 0, size: int = 96, 
             tag = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]
             folder = ws.pools_dir / f"demo-{seed}-n{n}-s{size}-{tag}"
             manifest = folder / MANIFEST
-    if manifest.is_file():
+    generated = not manifest.is_file()
+    if not generated:
         truth = json.loads(manifest.read_text(encoding="utf-8"))["truth"]
     else:
         if not ws.exists:
             ws.init()
-        gen_progress = (lambda d, t: progress(d, 2 * t)) if progress else None
+        gen_progress = scaled(progress, 0.0, 0.5, "generating")
         truth = generate_demo_images(folder, n, seed=seed, size=size, frequencies=frequencies,
                                      progress=gen_progress)
         tmp = folder / ".demo.json.tmp"
         tmp.write_text(json.dumps({"params": params, "truth": truth}), encoding="utf-8")
         tmp.replace(manifest)
-    ing_progress = (lambda d, t: progress(t + d, 2 * t)) if progress else None
+    ing_progress = scaled(progress, 0.5 if generated else 0.0, 1.0, "ingesting")
     return ingest(ws, folder, ground_truth=truth, progress=ing_progress)
 
 

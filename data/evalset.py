@@ -2,8 +2,8 @@
 
 Why an explicit set: the held-out images used to be "whatever part of round 0 fell in the test
 split", about 20 images on the app's default demo, so the learning curve was noise. Here the user
-picks a size per class; the set is drawn once (seeded), recorded as a labelling round of kind
-``eval`` that the Label page serves before any training batch, and its membership is stored in
+picks a size per class; the set is drawn once (seeded), recorded (by ``core.rounds.draw_eval_set``; this module only plans the draw) as a labelling
+round of kind ``eval`` that the Label page serves before any training batch, and its membership is stored in
 the ``eval_set`` table. Members stay members, so every point of the learning curve is measured on
 the same images.
 
@@ -39,7 +39,7 @@ class EvalSetError(ValueError):
 
 @dataclass(frozen=True)
 class EvalSetDraw:
-    """What one call to :func:`draw_eval_set` did."""
+    """What one call to ``core.rounds.draw_eval_set`` did."""
 
     per_class: int
     target: int                 # per_class x max classes of any head
@@ -72,47 +72,52 @@ def eval_settings(store: ProjectStore) -> dict[str, Any] | None:
     return json.loads(raw) if raw else None
 
 
-def draw_eval_set(store: ProjectStore, schema: LabelSchema, per_class: int = DEFAULT_PER_CLASS,
-                  *, seed: int = 0) -> EvalSetDraw:
-    """Grow the evaluation set to ``per_class x max classes`` test-split images (never shrink).
+@dataclass(frozen=True)
+class EvalSetPlan:
+    """What a draw would do (read only; ``core.rounds.draw_eval_set`` records it)."""
+
+    per_class: int
+    target: int
+    members: list[int]          # current members, draw order
+    chosen: list[int]           # test images to add, in labelling order
+    to_queue: list[int]         # of those, the ones that need a label and wait in no round
+    available: int              # test-split images in the pool
+
+
+def plan_eval_set(store: ProjectStore, schema: LabelSchema, per_class: int = DEFAULT_PER_CLASS,
+                  *, seed: int = 0) -> EvalSetPlan:
+    """Which test images grow the evaluation set to ``per_class x max classes`` (never shrink).
 
     Draw order, which is also the labelling order: test images that already carry a label
     (an older project's test set, imported labels) first, by id; then test images already
-    waiting in a round; then a seeded random sample of the rest. The members that still need
-    a label and are not waiting in a round yet are recorded as a new round of kind ``eval``.
-    Calling again with the same or a smaller size adds nothing.
+    waiting in a round; then a seeded random sample of the rest. The chosen images that still
+    need a label and are not waiting in a round yet are the ones to queue. Reads only: the
+    caller holds the write transaction that records the plan.
     """
     if per_class < 1:
         raise EvalSetError("the evaluation set needs at least 1 image per class")
     target = eval_target(schema, per_class)
-    with store.transaction():
-        members = store.eval_set_ids()
-        test_ids = [r.id for r in store.images(split="test")]
-        if not test_ids:
-            raise EvalSetError("the pool has no test-split images to evaluate on; ingest more "
-                               "images or raise the test fraction before ingesting")
-        member_set = set(members)
-        labelled = store.labelled_ids()
-        queued = store.queued_ids()
-        free = [i for i in test_ids if i not in member_set]
-        first = [i for i in free if i in labelled]
-        waiting = [i for i in free if i not in labelled and i in queued]
-        rest = [i for i in free if i not in labelled and i not in queued]
-        random.Random(seed).shuffle(rest)
-        wanted = max(0, target - len(members))
-        chosen = (first + waiting + rest)[:wanted]
-        added = store.add_to_eval_set(chosen)
-        to_queue = [i for i in added if i not in labelled and i not in queued]
-        number = None
-        if to_queue:
-            number = store.create_round(to_queue, kind=EVAL_ROUND_KIND, strategy="random",
-                                        params={"per_class": per_class, "seed": seed,
-                                                "target": target})
-        previous = eval_settings(store) or {}
-        store.set_meta(META_KEY, json.dumps({"per_class": max(per_class,
-                                                              previous.get("per_class", 0)),
-                                             "seed": seed, "target": max(target,
-                                                                         previous.get("target", 0))}))
-    return EvalSetDraw(per_class=per_class, target=target, size=len(members) + len(added),
-                       added=added, queued=to_queue, round_number=number,
+    members = store.eval_set_ids()
+    test_ids = [r.id for r in store.images(split="test")]
+    if not test_ids:
+        raise EvalSetError("the pool has no test-split images to evaluate on; ingest more "
+                           "images or raise the test fraction before ingesting")
+    member_set = set(members)
+    labelled = store.labelled_ids()
+    queued = store.queued_ids()
+    free = [i for i in test_ids if i not in member_set]
+    first = [i for i in free if i in labelled]
+    waiting = [i for i in free if i not in labelled and i in queued]
+    rest = [i for i in free if i not in labelled and i not in queued]
+    random.Random(seed).shuffle(rest)
+    chosen = (first + waiting + rest)[:max(0, target - len(members))]
+    return EvalSetPlan(per_class=per_class, target=target, members=members, chosen=chosen,
+                       to_queue=[i for i in chosen if i not in labelled and i not in queued],
                        available=len(test_ids))
+
+
+def settings_after(store: ProjectStore, plan: EvalSetPlan, seed: int) -> str:
+    """The ``eval_set`` meta value after recording ``plan`` (sizes only grow)."""
+    previous = eval_settings(store) or {}
+    return json.dumps({"per_class": max(plan.per_class, previous.get("per_class", 0)),
+                       "seed": seed, "target": max(plan.target, previous.get("target", 0))})

@@ -23,12 +23,13 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from hashlib import sha256
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 
 from data.errors import UserError
 from data.optional import missing_optional
+from data.progress import Progress, ProgressFn
 from data.schema import LabelSchema
 from data.splits import assign_split
 from data.workspace import Workspace
@@ -39,7 +40,6 @@ from data.images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, ImageRejected, dec
 from data.preprocess import resize_square
 
 GroundTruth = Mapping[str, Mapping[str, str]]
-Progress = Callable[[int, int], None]
 
 DEFAULT_BATCH = 512          # images per database transaction
 DEFAULT_BLOCK = 50           # frames per split group for --group-by source
@@ -255,8 +255,8 @@ def _stored_path(full: Path, ws: Workspace) -> str:
     return full.relative_to(ws.root).as_posix() if full.is_relative_to(ws.root) else str(full)
 
 
-def resolve_source(ws: Workspace, source: Path, *, limits: ExtractLimits | None = None
-                   ) -> tuple[Path, list[tuple[str, str]]]:
+def resolve_source(ws: Workspace, source: Path, *, limits: ExtractLimits | None = None,
+                   progress: ProgressFn | None = None) -> tuple[Path, list[tuple[str, str]]]:
     """The folder to scan for ``source`` (extracting an archive first) and extraction rejects."""
     source = Path(source).expanduser()
     if not source.exists():
@@ -267,14 +267,14 @@ def resolve_source(ws: Workspace, source: Path, *, limits: ExtractLimits | None 
         raise IngestError(f"{source} is neither a folder nor a {'/'.join(ARCHIVE_SUFFIXES)} archive")
     ws.pools_dir.mkdir(parents=True, exist_ok=True)
     try:
-        result = extract_archive(source, ws.pools_dir, limits=limits)
+        result = extract_archive(source, ws.pools_dir, limits=limits, progress=progress)
     except ArchiveError as exc:
         raise IngestError(str(exc)) from None
     return result.root, [(f"{source.name}:{name}", reason) for name, reason in result.skipped]
 
 
 def ingest(ws: Workspace, source: Path, *, ground_truth: GroundTruth | None = None,
-           group_keys: Mapping[str, str] | None = None, progress: Progress | None = None,
+           group_keys: Mapping[str, str] | None = None, progress: ProgressFn | None = None,
            workers: int | None = None, batch_size: int = DEFAULT_BATCH,
            max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = DEFAULT_MIN_SIDE,
            exclude: Iterable[Path] = (), limits: ExtractLimits | None = None) -> IngestReport:
@@ -282,14 +282,15 @@ def ingest(ws: Workspace, source: Path, *, ground_truth: GroundTruth | None = No
 
     ``ground_truth`` ({relative path: {attribute: class}}) is stored hidden for the simulated
     annotator; ``group_keys`` ({relative path: key}) decide the split instead of the content
-    hash. Both are keyed by path relative to the source root. Returns an IngestReport.
+    hash. Both are keyed by path relative to the source root. ``progress`` gets
+    ``Progress.counted(files done, files)`` (see :mod:`data.progress`). Returns an IngestReport.
     """
     start = time.perf_counter()
     source = Path(source).expanduser()
     schema = ws.schema
     truth = {rel: schema.normalise_label(values, item=rel)
              for rel, values in (ground_truth or {}).items()}
-    root, rejects = resolve_source(ws, source, limits=limits)
+    root, rejects = resolve_source(ws, source, limits=limits, progress=progress)
     report = IngestReport(source=str(source), rejects=list(rejects))
     files = _walk(root, {Path(p).resolve() for p in exclude})
     report.files = len(files)
@@ -364,7 +365,7 @@ def ingest(ws: Workspace, source: Path, *, ground_truth: GroundTruth | None = No
             if len(pending) >= batch_size or len(pending_rejects) >= batch_size:
                 flush()
             if progress is not None:
-                progress(done, len(files))
+                progress(Progress.counted(done, len(files)))
         flush()
         report.ground_truth += _apply_truth_updates(store, known, truth_updates, truth_fills)
     except KeyboardInterrupt:

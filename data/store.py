@@ -17,7 +17,8 @@ Tables (see ``MIGRATIONS``):
 - ``jobs``: background-job state (training, scoring, ...).
 - ``image_counts``: images per split, kept by triggers, so status costs the same at any pool size;
   ``labels.is_current`` (also kept by a trigger) marks each image's current version, so
-  "current labels" is an index scan instead of a MAX() per label.
+  "current labels" is an index scan instead of a MAX() per label; ``labels.split`` (kept by
+  triggers) copies the image's split so label counts per split never read the pool's rows.
 - ``cvat_tasks`` + ``cvat_task_items``: which images went to which CVAT task.
 - ``eval_set``: the evaluation set, test-split images in draw (= labelling) order. A member is
   never removed once labelled, so every model is measured on the same images.
@@ -209,6 +210,21 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE models ADD COLUMN backbone TEXT NOT NULL DEFAULT 'resnet18';
     ALTER TABLE models ADD COLUMN weights_origin TEXT NOT NULL DEFAULT '{}';
+    """,
+    # 5 (task arch): each label row carries its image's split, kept by triggers, so status, the
+    # queue's label counts and its covered set read the labels alone and never touch the pool's
+    # rows: their cost follows the number of labels, not of images (flat from 10k to 1M).
+    """
+    ALTER TABLE labels ADD COLUMN split TEXT;
+    UPDATE labels SET split = (SELECT i.split FROM images i WHERE i.id = labels.image_id);
+    CREATE TRIGGER labels_split_insert AFTER INSERT ON labels BEGIN
+        UPDATE labels SET split = (SELECT i.split FROM images i WHERE i.id = NEW.image_id)
+            WHERE id = NEW.id;
+    END;
+    CREATE TRIGGER labels_split_move AFTER UPDATE OF split ON images BEGIN
+        UPDATE labels SET split = NEW.split WHERE image_id = NEW.id;
+    END;
+    CREATE INDEX labels_current_split ON labels(split, source) WHERE is_current = 1;
     """,
 ]
 
@@ -406,6 +422,11 @@ class ProjectStore:
         rows = self.conn.execute(sql + " ORDER BY id", args).fetchall()
         return [self._image(r) for r in rows]
 
+    def split_ids(self, split: str) -> list[int]:
+        """Ids of one split, by id: read from the ``images_split`` index alone (no pool rows)."""
+        return [int(r[0]) for r in self.conn.execute(
+            "SELECT id FROM images INDEXED BY images_split WHERE split=? ORDER BY id", (split,))]
+
     def image_by_name(self, name: str) -> list[ImageRecord]:
         rows = self.conn.execute("SELECT * FROM images WHERE name=? ORDER BY id", (name,))
         return [self._image(r) for r in rows]
@@ -503,6 +524,46 @@ class ProjectStore:
         return {int(r[0]) for r in self.conn.execute(
             "SELECT l.image_id FROM labels l WHERE l.is_current=1 AND "
             "EXISTS (SELECT 1 FROM label_values v WHERE v.label_id=l.id)")}
+
+    # Labels carry their image's split (migration 5), so these read the labels alone.
+    _HAS_VALUES = "EXISTS (SELECT 1 FROM label_values v WHERE v.label_id=l.id)"
+
+    @staticmethod
+    def _not_in(column: str, splits: Sequence[str]) -> str:
+        return f" AND {column} NOT IN ({','.join('?' * len(splits))})" if splits else ""
+
+    def labelled_count(self, *, exclude_splits: Iterable[str] = ()) -> int:
+        """How many images hold a current label with values, outside ``exclude_splits``.
+
+        Cost follows the number of labels, not of images (no pool row is read).
+        """
+        skip = tuple(exclude_splits)
+        return int(self.conn.execute(
+            f"SELECT COUNT(*) FROM labels l WHERE l.is_current=1 AND {self._HAS_VALUES}"
+            + self._not_in("l.split", skip), skip).fetchone()[0])
+
+    def label_value_counts(self, *, exclude_splits: Iterable[str] = ()) -> dict[str, dict[str, int]]:
+        """{attribute: {class: n}} over current labels outside ``exclude_splits`` (one aggregate)."""
+        skip = tuple(exclude_splits)
+        out: dict[str, dict[str, int]] = {}
+        for attr, value, n in self.conn.execute(
+                "SELECT v.attribute, v.value, COUNT(*) FROM labels l CROSS JOIN label_values v "
+                "ON v.label_id=l.id WHERE l.is_current=1" + self._not_in("l.split", skip)
+                + " GROUP BY 1, 2", skip):
+            out.setdefault(attr, {})[value] = int(n)
+        return out
+
+    def covered_ids(self, *, exclude_splits: Iterable[str] = ()) -> list[int]:
+        """Images labelled (current label with values) or queued in a round, outside
+        ``exclude_splits``, by id. Cost follows labels + queued images, not the pool."""
+        skip = tuple(exclude_splits)
+        rows = self.conn.execute(
+            f"SELECT l.image_id FROM labels l WHERE l.is_current=1 AND {self._HAS_VALUES}"
+            + self._not_in("l.split", skip)
+            + " UNION SELECT q.image_id FROM (SELECT DISTINCT image_id FROM round_items) q "
+            "CROSS JOIN images i ON i.id=q.image_id WHERE 1" + self._not_in("i.split", skip)
+            + " ORDER BY 1", skip + skip)
+        return [int(r[0]) for r in rows]
 
     # -- ground truth (hidden; for the simulated annotator) --------------------------------
     def set_ground_truth(self, image_id: int, values: Mapping[str, str]) -> None:
@@ -849,22 +910,22 @@ class ProjectStore:
     def status_counts(self) -> dict[str, Any]:
         """Counts for ``status``: images by split, labelled by source, rounds, rejects.
 
-        Label counts are SQL aggregates over the current label versions (their cost follows
-        the number of labels); pool counts come from ``image_counts``, kept by triggers.
+        Label counts are SQL aggregates over the current label versions, which carry their
+        image's split (their cost follows the number of labels); pool counts come from
+        ``image_counts``, kept by triggers. Nothing here reads a pool row.
         """
         q = self.conn.execute
         by_split = {s: 0 for s in SPLITS}
         by_split.update({r[0]: r[1] for r in q("SELECT split, n FROM image_counts")})
         total = sum(by_split.values())
-        # Current label versions drive every join (CROSS JOIN keeps SQLite from scanning the
-        # pool first); the cost follows the number of labels, not of images.
+        # Current label versions carry their split (migration 5): no pool row is read, so the
+        # cost follows the number of labels, not of images.
         is_current = "l.is_current=1"
         labelled_by_split = {s: 0 for s in SPLITS}
         label_sources: dict[str, int] = {}
         for source, split, has_values, count in q(
-                "SELECT l.source, i.split, EXISTS (SELECT 1 FROM label_values v WHERE "
-                "v.label_id=l.id) AS has_values, COUNT(*) FROM labels l CROSS JOIN images i "
-                f"ON i.id=l.image_id WHERE {is_current} GROUP BY 1, 2, 3"):
+                f"SELECT l.source, l.split, {self._HAS_VALUES} AS has_values, COUNT(*) "
+                f"FROM labels l WHERE {is_current} GROUP BY 1, 2, 3"):
             label_sources[source] = label_sources.get(source, 0) + count
             if has_values:
                 labelled_by_split[split] = labelled_by_split.get(split, 0) + count

@@ -39,6 +39,8 @@ from data.errors import UserError
 from data.preprocess import IMAGENET_MEAN, IMAGENET_STD, normalise_batch
 from models.backbones import DEFAULT_BACKBONE
 from models.network import MultiHeadNet
+from models.export_files import (FP32_NAME, INT8_NAME, PARITY_NAME,  # noqa: F401 - re-exported
+                                 find_export, load_parity)
 from models.onnx_contract import (EMBEDDING_NAME, INPUT_NAME, META_BACKBONE, META_CREATED,
                                   META_EXPORTER, META_MODEL_ID, META_OUTPUTS, META_PARITY,
                                   META_PRECISION, META_PREPROCESS, META_SCHEMA,
@@ -50,9 +52,7 @@ log = logging.getLogger(__name__)
 # Opset 17 is the newest that TensorRT 8.5 (JetPack 5) parses, and ORT runs it everywhere.
 ONNX_OPSET = 17
 
-FP32_NAME = "model.onnx"
-INT8_NAME = "model.int8.onnx"
-PARITY_NAME = "parity.json"
+# File names and the report readers live in models.export_files (no torch), re-exported here.
 
 # Defaults for the parity gate. fp32 ORT vs PyTorch normally differs by ~1e-6 relative to the
 # logits' size; 1e-3 of it already means a different computation, not float rounding.
@@ -267,24 +267,6 @@ def publish_onnx(model: MultiHeadNet, out_dir: str | Path, parity_images: np.nda
         staging.unlink(missing_ok=True)
     log.info("published %s (%s)", final, report.summary())
     return final, report
-
-
-def load_parity(folder: str | Path) -> dict[str, Any] | None:
-    """The last parity report written in an export folder, if any."""
-    path = Path(folder) / PARITY_NAME
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
-
-
-def find_export(folder: str | Path, prefer_int8: bool = True) -> Path | None:
-    """The published ONNX file in an export folder (int8 first when asked and present), else None.
-
-    Only published files are returned: rejected candidates and staging files never are.
-    """
-    order: Sequence[str] = (INT8_NAME, FP32_NAME) if prefer_int8 else (FP32_NAME, INT8_NAME)
-    for name in order:
-        if (Path(folder) / name).is_file():
-            return Path(folder) / name
-    return None
 
 
 def copy_artifacts(paths: Sequence[str | Path], out_dir: str | Path) -> list[Path]:

@@ -27,13 +27,14 @@ from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, 
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from data.preprocess import normalise_batch
-from models.export import INT8_NAME, ExportError, read_metadata, set_metadata
+from models.export import ExportError, read_metadata, set_metadata
+from models.export_files import INT8_NAME, load_int8_report  # noqa: F401 - re-exported
+from models.export_files import INT8_REPORT_NAME as REPORT_NAME
 from models.onnx_contract import INPUT_NAME, META_PARITY, META_PRECISION, META_QUANTIZATION
 from models.onnx_runtime import OnnxClassifier
 
 log = logging.getLogger(__name__)
 
-REPORT_NAME = "int8_report.json"
 DEFAULT_CALIBRATION = 300
 DEFAULT_MIN_AGREEMENT = 0.90     # per head, int8 vs fp32 top-1 on the evaluation images
 DEFAULT_MAX_DROP = 0.02          # per head accuracy drop allowed before refusing
@@ -214,9 +215,3 @@ def publish_int8(fp32_path: str | Path, folder: str | Path, calibration_images: 
     final = folder / INT8_NAME
     os.replace(candidate, final)
     return final, report
-
-
-def load_int8_report(folder: str | Path) -> dict[str, Any] | None:
-    """The int8 report written in an export folder, if any."""
-    path = Path(folder) / REPORT_NAME
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None

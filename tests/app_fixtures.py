@@ -15,7 +15,7 @@ def build_pool(root: Path, *, n: int = 60, first_batch: int = 40, seed: int = 0,
                size: int = 32) -> Workspace:
     """A demo pool (the app's own generator) with round 0 labelled by the simulated annotator."""
     from core.annotator import simulate_labels
-    from data.sampling import sample_first_batch
+    from core.rounds import sample_first_batch
     from data.demo import create_demo_pool
 
     ws = Workspace(root).init(WorkspaceConfig(cache_size=size))

@@ -370,7 +370,7 @@ def test_overview_draws_the_evaluation_set_and_warns_when_small(tmp_path: Path, 
 
 def test_label_page_serves_the_evaluation_set_first(tmp_path: Path, monkeypatch) -> None:
     from app_fixtures import build_pool
-    from data.evalset import draw_eval_set
+    from core.rounds import draw_eval_set
 
     ws = build_pool(tmp_path / "ws")
     with ws.store() as s:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from cvat_helpers import CvatTestServer, add_pool, fast_settings
-from data.sampling import sample_first_batch
+from core.rounds import sample_first_batch
 from cvat_bridge import records
 from cvat_bridge.client import connect
 from cvat_bridge.pull import pull, task_status

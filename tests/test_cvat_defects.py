@@ -277,12 +277,12 @@ def test_push_and_pull_report_real_progress_through_sdk_hooks(workspace):
     with CvatTestServer() as srv, workspace.store() as store, \
             connect(fast_settings(srv.url)) as conn:
         res = push_round(conn, workspace, store, store.create_round(ids, kind="seed"),
-                         progress=lambda f, m: seen.append((f, m)))
+                         progress=lambda p: seen.append((p.fraction, p.message)))
         uploads = [f for f, m in seen if m.startswith("uploading images")]
         assert len(set(uploads)) >= 2 and 0.05 <= min(uploads) < max(uploads) <= 0.85
         srv.set_tags(res.task_id, {s: GOOD for s in _stems(srv, res.task_id)})
         seen.clear()
-        pull(conn, workspace, store, progress=lambda f, m: seen.append((f, m)))
+        pull(conn, workspace, store, progress=lambda p: seen.append((p.fraction, p.message)))
     downloads = [f for f, m in seen if m.startswith("downloading")]
     assert downloads and max(downloads) > min(downloads)
     assert [f for f, _ in seen] == sorted(f for f, _ in seen) and seen[-1][0] == 1.0

@@ -154,9 +154,9 @@ def test_white_is_brighter_than_black_and_red_is_red() -> None:
 def test_create_demo_pool_is_reusable(workspace: Workspace) -> None:
     steps: list[tuple[int, int]] = []
     report = create_demo_pool(workspace, 30, seed=2, size=32,
-                              progress=lambda d, t: steps.append((d, t)))
+                              progress=lambda p: steps.append((p.done, p.total)))
     assert report.added == 30 and report.ground_truth == 30 and not report.rejects
-    assert steps[-1] == (60, 60)                       # generation + ingestion
+    assert steps[-1] == (30, 30)       # each stage counts the pool once (tests/test_progress.py)
     with workspace.store() as store:
         truth = store.ground_truth()
         assert len(truth) == 30

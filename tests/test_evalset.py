@@ -11,9 +11,8 @@ from core.cli import main
 from core.dashboard import learning_curve
 from core.evalset import MAX_INTERVAL_WIDTH, accuracy_interval, eval_set_status, start_labelling
 from core.labeling import default_batch, next_image_id
-from data.evalset import (EVAL_ROUND_KIND, EvalSetError, draw_eval_set, eval_target,
-                          fingerprint)
-from data.sampling import sample_first_batch
+from core.rounds import draw_eval_set, sample_first_batch
+from data.evalset import EVAL_ROUND_KIND, EvalSetError, eval_target, fingerprint
 from data.schema import LabelSchema, default_schema
 from data.store import ProjectStore, StoreError
 from data.workspace import Workspace, WorkspaceConfig

@@ -133,7 +133,8 @@ def test_mixed_folder_ingest_and_idempotent_reingest(workspace: Workspace, tmp_p
                                                      rng: np.random.Generator) -> None:
     folder = make_mixed_folder(tmp_path / "pool", rng)
     seen: list[tuple[int, int]] = []
-    report = ingest(workspace, folder, workers=1, progress=lambda d, t: seen.append((d, t)))
+    report = ingest(workspace, folder, workers=1,
+                    progress=lambda p: seen.append((p.done, p.total)))
     assert report.added == len(GOOD)
     assert report.duplicates == 1 and report.already_known == 0
     assert dict(report.rejects).keys() == BAD.keys()
@@ -364,7 +365,7 @@ KILL_SCRIPT = textwrap.dedent("""
     from data.ingest import ingest
     ws = Workspace({ws!r})
     ingest(ws, Path({src!r}), workers=1, batch_size=10,
-           progress=lambda done, total: time.sleep(0.01))
+           progress=lambda p: time.sleep(0.01))
 """)
 
 

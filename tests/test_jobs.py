@@ -9,7 +9,7 @@ import pytest
 
 from core.cli import main
 from data.errors import UserError
-from core.jobs import (JobConflict, JobContext, _interpret_progress, active_jobs, cancel_job,
+from core.jobs import (JobConflict, JobContext, active_jobs, cancel_job,
                        get_job, latest_job, log_path, reap_stale, run_job, start_job, wait_job)
 from data.workspace import Workspace
 
@@ -128,17 +128,6 @@ def test_context_throttles_progress_but_keeps_log(workspace: Workspace) -> None:
         store.request_cancel(job_id)
         ctx._last_cancel_check = 0
         assert ctx.cancelled()
-
-
-@pytest.mark.parametrize("args, kwargs, expected", [
-    ((3, 4), {}, (0.75, "3/4")),
-    ((0.5,), {}, (0.5, None)),
-    (({"done": 1, "total": 2, "message": "decoding"},), {}, (0.5, "decoding")),
-    ((), {"fraction": 2.0}, (1.0, None)),
-    ((1, 4, "ingest"), {}, (0.25, "ingest")),
-])
-def test_progress_callback_shapes(args, kwargs, expected) -> None:
-    assert _interpret_progress(args, kwargs) == expected
 
 
 def test_cli_job_run_and_jobs_listing(workspace: Workspace, capsys) -> None:

@@ -120,3 +120,27 @@ def test_models_never_reach_the_store():
                 for line, module in imported_modules(tree)
                 if module in ("data.store", "data.workspace")]
     assert bad == []
+
+
+def round_writes_outside_core(root: Path = ROOT) -> list[str]:
+    """Calls of ``create_round`` in data/, models/ or cvat_bridge/: core is the one writer of rounds."""
+    bad = []
+    for layer in ("data", "models", "cvat_bridge", "app"):
+        for path in sorted((root / layer).rglob("*.py")):
+            tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+            for node in ast.walk(tree):
+                if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                        and node.func.attr == "create_round"):
+                    bad.append(f"{path.relative_to(root).as_posix()}:{node.lineno} records a round")
+    return bad
+
+
+def test_only_core_records_rounds():
+    """data.sampling / data.evalset pick images; core.rounds and core.queue record the rounds."""
+    assert round_writes_outside_core() == []
+
+
+def test_the_check_sees_a_round_written_in_data(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "s.py").write_text("def f(store):\n    return store.create_round([1], kind='seed')\n")
+    assert round_writes_outside_core(tmp_path) == ["data/s.py:2 records a round"]

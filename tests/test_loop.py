@@ -8,7 +8,7 @@ import pytest
 
 from core.cli import main
 from core.loop import import_labels_csv, pending_ids, run_round
-from data.sampling import sample_first_batch
+from core.rounds import sample_first_batch
 from tests.al_helpers import make_pool
 
 COLORS = ("red", "blue")

@@ -258,7 +258,7 @@ def test_refit_end_to_end_on_a_demo_pool_changes_the_queue_order(tmp_path, monke
     from core.annotator import simulate_labels
     from core.cli import main
     from data.demo import create_demo_pool
-    from data.sampling import sample_first_batch
+    from core.rounds import sample_first_batch
     from models.backbones import load_backbone
 
     # offline test machine: skip the ImageNet download attempt, keep everything else real

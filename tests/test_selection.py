@@ -217,3 +217,33 @@ def test_auto_switches_to_uncertainty_only_with_enough_labels_and_a_model_that_r
     _scored(workspace, cand, model_id, _probs(workspace, len(cand), 0.999), emb)
     flat = build_queue(workspace, "auto", top_k=3, record=False)
     assert flat.params["auto"]["chose"] == "typiclust" and "too uncertain to rank" in flat.reason
+
+
+def test_typicality_repick_after_a_race_reads_no_embeddings_in_the_transaction(
+        workspace, loader, monkeypatch):
+    """A pick taken by another process is dropped and the batch re-picked under the write lock;
+    the re-pick must reuse the embeddings loaded before the lock (issue 11), not reload them."""
+    import core.queue as queue_mod
+    from data.store import ProjectStore
+
+    ids, _, _ = _colour_pool(workspace)
+    loads: list[str] = []
+    real_embeddings = queue_mod.pool_embeddings
+
+    def counted(ws, *args, **kwargs):
+        loads.append("embeddings")
+        return real_embeddings(ws, *args, **kwargs)
+    monkeypatch.setattr(queue_mod, "pool_embeddings", counted)
+    real_taken = ProjectStore.taken_ids
+    stolen: list[int] = []
+
+    def taken_once(self, picks):
+        picks = list(picks)
+        if not stolen:                       # another round took the first pick meanwhile
+            stolen.append(int(picks[0]))
+            return {stolen[0]}
+        return real_taken(self, picks)
+    monkeypatch.setattr(ProjectStore, "taken_ids", taken_once)
+    res = build_queue(workspace, "typiclust", top_k=3, record=True)
+    assert len(loads) == 1
+    assert stolen and stolen[0] not in res.image_ids and len(res.image_ids) == 3

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from data.sampling import SamplingError, sample_first_batch
+from core.rounds import sample_first_batch
+from data.sampling import SamplingError
 from data.splits import assign_split
 from data.store import ProjectStore
 

@@ -438,7 +438,7 @@ def test_cli_train_without_labels_exits_2(tmp_path: Path, capsys) -> None:
 def test_demo_pool_end_to_end_train_warm_start_and_evaluate(tmp_path: Path) -> None:
     """The real pipeline: demo pool -> round 0 -> simulated labels -> train -> evaluate -> warm."""
     from core.annotator import simulate_labels
-    from data.sampling import sample_first_batch
+    from core.rounds import sample_first_batch
     from data.workspace import WorkspaceConfig
     from data.demo import create_demo_pool
     from core.training import evaluate_and_record

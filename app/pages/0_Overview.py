@@ -15,7 +15,8 @@ from core.labeling import batches  # noqa: E402
 from core.dashboard import learning_curve  # noqa: E402
 from core.evalset import EvalSetStatus, eval_set_status  # noqa: E402
 from data.accounts import audit_entries, audit_users  # noqa: E402
-from data.evalset import DEFAULT_PER_CLASS, draw_eval_set, eval_target  # noqa: E402
+from core.rounds import draw_eval_set  # noqa: E402
+from data.evalset import DEFAULT_PER_CLASS, eval_target  # noqa: E402
 
 
 def eval_per_class_input(key: str, value: int = DEFAULT_PER_CLASS) -> int:

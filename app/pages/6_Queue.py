@@ -12,7 +12,7 @@ import ui  # noqa: E402
 from core import labeling, refit_status as refit  # noqa: E402
 from core.acquisition import STRATEGIES  # noqa: E402
 from core.dashboard import queue_view  # noqa: E402
-from core.queue import auto_reason, round_reason  # noqa: E402
+from core.queue_view import auto_reason, round_reason  # noqa: E402
 
 GRID_COLUMNS = 6
 PAGE_SIZE = 48

@@ -9,9 +9,8 @@ import streamlit as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ui  # noqa: E402
-from core.exports import export_dir, load_int8_report, load_parity  # noqa: E402
-from core.latency import load_results  # noqa: E402
-from models.export import FP32_NAME, INT8_NAME  # noqa: E402
+from core.export_files import export_dir, load_int8_report, load_parity, load_results  # noqa: E402
+from models.export_files import FP32_NAME, INT8_NAME  # noqa: E402
 
 from core.jobs import ACTIVE  # noqa: E402
 

@@ -6,14 +6,12 @@ import json
 import logging
 from typing import Any, Callable
 
-from tqdm import tqdm
-
 from core.acquisition import SAMPLING, STRATEGIES, parse_weights
-
+from core.cli_progress import progress_bar
 from core.commands.project import require_workspace
 from core.diversity import METHODS as DIVERSITY_METHODS
 from data.errors import UserError
-from data.progress import Progress
+from data.progress import ProgressFn
 from data.workspace import Workspace
 
 
@@ -91,13 +89,9 @@ def _weights(text: str | None) -> dict[str, float] | None:
         raise UserError(f"--weights: {exc}") from None
 
 
-def _bar(desc: str) -> tuple[Callable[[Progress], None], Callable[[], None]]:
-
-    bar = tqdm(total=1000, desc=desc, unit="‰", dynamic_ncols=True, leave=False)
-
-    def update(progress: Progress) -> None:
-        bar.update(int(progress.fraction * 1000) - bar.n)
-        bar.set_postfix_str(progress.message, refresh=False)
+def _bar(desc: str) -> tuple[ProgressFn | None, Callable[[], None]]:
+    """A terminal progress bar (none when stderr is not a terminal) and its closer."""
+    update, bar = progress_bar(desc)
     return update, bar.close
 
 

@@ -4,11 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Callable
-
-from tqdm import tqdm
-
 from core.annotator import simulate_labels
+from core.cli_progress import progress_bar
 from core.commands.project import require_workspace
 from core.jobs import job_in_this_process
 from core.labeling import batches
@@ -28,14 +25,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="split unit: each image by content hash (default), or blocks of %d "
                         "consecutive files per CSV source (keeps video frames together)" % 50)
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default 2)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (none is drawn when stderr is not a terminal)")
     p.set_defaults(handler=cmd_ingest)
 
     p = subparsers.add_parser("demo-pool", help="generate and ingest a synthetic vehicle pool")
     p.add_argument("--n", type=int, default=1000, help="number of images (default 1000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=96, help="image side in px (default 96)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (none is drawn when stderr is not a terminal)")
     p.set_defaults(handler=cmd_demo_pool)
 
     p = subparsers.add_parser(
@@ -47,33 +44,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="probability that an attribute gets a wrong class (default 0)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(handler=cmd_label_sim)
-
-
-def _progress_bar(desc: str, quiet: bool) -> tuple[Callable[[int, int], None] | None,
-                                                   Callable[[], None]]:
-    """A (done, total) callback driving one tqdm bar, created lazily, and a closer."""
-    if quiet:
-        return None, lambda: None
-    bar = None
-
-    def update(done: int, total: int) -> None:
-        nonlocal bar
-        if bar is None:
-            bar = tqdm(total=total, desc=desc, unit="img", file=sys.stderr, leave=False,
-                       mininterval=0.5)
-        if bar.total != total:
-            bar.total = total
-        bar.n = done
-        if done >= total:
-            bar.refresh()
-        else:
-            bar.update(0)
-
-    def close() -> None:
-        if bar is not None:
-            bar.close()
-
-    return update, close
 
 
 def _print_report(report) -> None:
@@ -110,7 +80,7 @@ def cmd_ingest(args: argparse.Namespace, ws: Workspace) -> int:
     if not ws.exists:
         ws.init()
         print(f"created workspace at {ws.root}")
-    update, close = _progress_bar("ingest", args.quiet)
+    update, bar = progress_bar("ingest", quiet=args.quiet)
     try:
         # The same lock group as the app's ingest/demo jobs: one pool change at a time.
         with job_in_this_process(ws, "ingest", {"path": str(source), "via": "cli"}) as job:
@@ -118,7 +88,7 @@ def cmd_ingest(args: argparse.Namespace, ws: Workspace) -> int:
                             workers=args.workers, exclude=exclude)
             job.result = {"message": report.summary()}
     finally:
-        close()
+        bar.close()
     _print_report(report)
     if truth and report.files and not report.ground_truth and not report.already_known:
         print("warning: no file matched a row of the labels file (paths are relative to the "
@@ -137,7 +107,7 @@ def cmd_demo_pool(args: argparse.Namespace, ws: Workspace) -> int:
     if not ws.exists:
         ws.init()
         print(f"created workspace at {ws.root}")
-    update, close = _progress_bar("demo pool", args.quiet)
+    update, bar = progress_bar("demo pool", quiet=args.quiet)
     try:
         with job_in_this_process(ws, "demo", {"n": args.n, "seed": args.seed, "size": args.size,
                                               "via": "cli"}) as job:
@@ -145,7 +115,7 @@ def cmd_demo_pool(args: argparse.Namespace, ws: Workspace) -> int:
                                       progress=update)
             job.result = {"message": report.summary()}
     finally:
-        close()
+        bar.close()
     _print_report(report)
     return 0
 

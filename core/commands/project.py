@@ -9,7 +9,8 @@ from pathlib import Path
 
 from core.evalset import eval_set_status, start_labelling, status_line
 from data.errors import UserError
-from data.evalset import DEFAULT_PER_CLASS, EvalSetError, draw_eval_set
+from core.rounds import draw_eval_set
+from data.evalset import DEFAULT_PER_CLASS, EvalSetError
 from data.sampling import SamplingError
 from data.schema import load_schema
 from data.workspace import Workspace, WorkspaceConfig

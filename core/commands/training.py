@@ -9,6 +9,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from core.cli_progress import wants_bars
 from core.commands.project import require_workspace
 from data.progress import Progress
 from data.workspace import Workspace
@@ -73,7 +74,8 @@ class _Bar:
         info = progress.details
         total = info["epochs"] * info["steps"]
         if self.bar is None:
-            self.bar = tqdm(total=total, unit="step", desc="train", dynamic_ncols=True)
+            self.bar = tqdm(total=total, unit="step", desc="train", dynamic_ncols=True,
+                            file=sys.stderr)
         done = (info["epoch"] - 1) * info["steps"] + info["step"]
         self.bar.update(done - self.bar.n)
         post = {"ep": f"{info['epoch']}/{info['epochs']}", "loss": f"{info['train_loss']:.3f}",
@@ -114,8 +116,9 @@ def cmd_train(args: argparse.Namespace, ws: Workspace) -> int:
     say = sys.stderr if args.json else sys.stdout
     print(f"weights before training: {before}", file=say, flush=True)
     bar = _Bar()
-    try:
-        outcome = train_and_promote(ws, config, progress=None if args.json else bar,
+    try:   # a bar only on a terminal (core.cli_progress): never mixed into piped output
+        outcome = train_and_promote(ws, config,
+                                    progress=bar if wants_bars() and not args.json else None,
                                     evaluate_test=not args.no_eval)
     finally:
         bar.close()
