@@ -18,6 +18,7 @@ from core.evalset import start_labelling
 from core.exports import build_jetson_bundle, export_onnx, quantize_export, resolve_model_id
 from core.jobs import JobCancelled, JobConflict, JobContext, job_in_this_process
 from core.latency import measure_model
+from core.labeling import unfinished_rounds, unfinished_text
 from core.loop import simulate_pending
 from core.queue import build_queue
 from core.refit import refit_and_rerank
@@ -197,7 +198,19 @@ def _queue_after_training(ws: Workspace, params: dict, ctx: JobContext,
 
     The training job holds the *model* lock only; the ranking takes the *queue* lock like any
     queue job (and is refused while another one runs), so two rounds never rank at once.
+
+    While any round still has unlabelled images the step is skipped, with the reason in the
+    job's message: a new batch on top would leave the annotators two half-done batches (the
+    older one stranded), and ranking now would pick from a pool that the pending labels are
+    about to change. Ranking by hand on the Queue page stays possible for whoever wants it.
     """
+    with ws.store() as store:
+        open_rounds = unfinished_rounds(store)
+    if open_rounds:
+        reason = (f"{unfinished_text(open_rounds)} (label it first, or rank a batch on the "
+                  "Queue page)")
+        return {"queue": {"skipped": [b.number for b in open_rounds], "reason": reason},
+                "message": f"{message}; no batch queued: {reason}"}
     ctx.progress(0.95, "ranking the next batch with the new model", force=True)
     strategy, top_k = str(params.get("strategy", "entropy")), int(params["then_queue"])
     try:
