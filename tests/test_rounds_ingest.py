@@ -3,6 +3,7 @@ the Label page opens the oldest unfinished round, the Overview lists unfinished 
 ingest at any time, and the manual CVAT zip leaves out already-labelled images as push does."""
 from __future__ import annotations
 
+import sys
 import zipfile
 from pathlib import Path
 
@@ -17,6 +18,10 @@ from data.errors import UserError
 from data.evalset import EVAL_ROUND_KIND
 from data.store import ProjectStore
 from data.workspace import Workspace
+
+APP = Path(__file__).resolve().parents[1] / "app"
+sys.path.insert(0, str(APP))
+import ui  # noqa: E402  - the same module object the pages import
 
 
 def _pool(ws: Workspace, n: int) -> list[int]:
@@ -123,3 +128,69 @@ def test_manual_zip_leaves_out_labelled_images(workspace: Workspace, tmp_path: P
             export_round(workspace, store, number, tmp_path / "r2.zip")
         res = export_round(workspace, store, number, tmp_path / "r3.zip", include_labelled=True)
     assert res.images == 4 and res.skipped_labelled == 0
+
+
+# -- the Overview: unfinished rounds, ingest at any time ------------------------------------------
+def _overview(ws: Workspace, monkeypatch: pytest.MonkeyPatch):
+    from streamlit.testing.v1 import AppTest
+
+    from data.workspace import ENV_WORKSPACE
+    monkeypatch.setenv(ENV_WORKSPACE, str(ws.root))
+    return AppTest.from_file(str(APP / "pages" / "0_Overview.py"), default_timeout=60).run()
+
+
+@pytest.fixture
+def demo_ws(tmp_path: Path) -> Workspace:
+    from data.demo import create_demo_pool
+    from data.workspace import WorkspaceConfig
+
+    ws = Workspace(tmp_path / "ws").init(WorkspaceConfig(cache_size=32))
+    create_demo_pool(ws, 12, seed=0, size=32)
+    with ws.store() as store:
+        ids = [r.id for r in store.images()]
+        store.create_round(ids[:4], kind="seed")
+        store.create_round(ids[4:7], kind="query", strategy="entropy")
+        _label(store, ids[:2])
+    return ws
+
+
+def test_overview_lists_unfinished_rounds(demo_ws: Workspace, monkeypatch) -> None:
+    at = _overview(demo_ws, monkeypatch)
+    assert not at.exception and not at.error
+    assert any(m.value == "##### Unfinished rounds" for m in at.markdown)
+    table = next(d.value for d in at.dataframe if "to label" in d.value.columns)
+    assert table[["round", "to label", "of"]].values.tolist() == [[0, 2, 4], [1, 3, 3]]
+
+
+def test_overview_ingests_into_a_non_empty_pool(demo_ws: Workspace, monkeypatch,
+                                                tmp_path: Path) -> None:
+    from core.jobs import get_job, run_job, start_job
+    from data.demo import generate_demo_images
+
+    folder = tmp_path / "more"
+    generate_demo_images(folder, 5, seed=7, size=32)
+    started = []
+
+    def record(ws, kind, params):
+        started.append((kind, params))
+        return start_job(ws, kind, params, spawn=False)
+    at = _overview(demo_ws, monkeypatch)
+    monkeypatch.setattr(ui, "start_job", record)
+    at.text_input(key="ingest_path_more").input(str(folder)).run()
+    at.button(key="ingest_more").click().run()
+    assert not at.exception and not at.error
+    assert started == [("ingest", {"path": str(folder)})]
+    assert run_job(demo_ws, 1) == "succeeded" and "5 added" in get_job(demo_ws, 1)["message"]
+    # the same folder again: nothing new, duplicates skipped by content hash
+    assert start_job(demo_ws, "ingest", {"path": str(folder)}, spawn=False) == 2
+    assert run_job(demo_ws, 2) == "succeeded" and "0 added" in get_job(demo_ws, 2)["message"]
+    with demo_ws.store() as store:
+        assert store.count_images() == 17
+
+
+def test_overview_offers_ingest_to_maintainers_only(demo_ws: Workspace, monkeypatch) -> None:
+    monkeypatch.setattr(ui, "may", lambda action: action != "ingest")
+    at = _overview(demo_ws, monkeypatch)
+    assert not at.exception
+    assert not [b for b in at.button if b.label == "Ingest"]
+    assert not [e for e in at.expander if "Add images" in e.label]
