@@ -14,7 +14,7 @@ from typing import Any, Mapping
 import torch
 
 from core.dashboard import head_accuracies
-from core.evalset import start_labelling
+from core.evalset import short_sample_text, start_labelling
 from core.exports import build_jetson_bundle, export_onnx, quantize_export, resolve_model_id
 from core.jobs import JobCancelled, JobConflict, JobContext, job_in_this_process
 from core.latency import measure_model
@@ -27,7 +27,7 @@ from core.training import evaluate_and_record, train_and_promote
 from cvat_bridge import service
 from data.demo import create_demo_pool
 from data.errors import UserError
-from data.ingest import ingest
+from data.ingest import empty_source_text, ingest
 from data.progress import Progress
 from data.evalset import DEFAULT_PER_CLASS, EvalSetError
 from data.sampling import SamplingError
@@ -114,7 +114,9 @@ def _eval_text(sample: dict[str, Any]) -> str:
 def run_sample(ws: Workspace, params: dict, ctx: JobContext) -> dict[str, Any]:
     out = _sample(ws, int(params.get("n", 100)), int(params.get("seed", 0)),
                   int(params.get("eval_per_class", DEFAULT_PER_CLASS)))
-    out["message"] = f"round {out['round']}: {out['size']} images to label" + _eval_text(out)
+    n = int(params.get("n", 100))
+    out["message"] = f"round {out['round']}: {out['size']} images to label" + _eval_text(out) + (
+        f"; {short_sample_text(n, out['size'])}" if out["size"] < n else "")
     return out
 
 
@@ -125,6 +127,8 @@ def run_ingest(ws: Workspace, params: dict, ctx: JobContext) -> dict[str, Any]:
         raise UserError("no folder or archive given to ingest")
     report = ingest(ws, Path(path), progress=ctx.stage(0.0, 1.0, "ingesting"),
                     workers=params.get("workers"))
+    if not report.files:
+        raise UserError(empty_source_text(path))
     return {"report": _plain(report), "message": report.summary()}
 
 
