@@ -194,3 +194,13 @@ def test_overview_offers_ingest_to_maintainers_only(demo_ws: Workspace, monkeypa
     assert not at.exception
     assert not [b for b in at.button if b.label == "Ingest"]
     assert not [e for e in at.expander if "Add images" in e.label]
+
+
+def test_label_page_opens_on_the_oldest_unfinished_round(demo_ws: Workspace, monkeypatch) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    from data.workspace import ENV_WORKSPACE
+    monkeypatch.setenv(ENV_WORKSPACE, str(demo_ws.root))
+    at = AppTest.from_file(str(APP / "pages" / "1_Label.py"), default_timeout=60).run()
+    assert not at.exception and not at.error
+    assert at.selectbox(key="label_batch").value == 0        # not the newer round 1
