@@ -81,16 +81,26 @@ def run_child(command: Sequence[str], *, cwd: str | Path,
     ``grace_s`` seconds is killed. Background jobs the app started are not in the group (they
     run in sessions of their own, see core.jobs) and keep running.
     """
-    proc = subprocess.Popen(list(command), cwd=str(cwd), env=None if env is None else dict(env),
-                            start_new_session=True)
     received: list[int] = []
+    started: list[subprocess.Popen] = []
 
     def on_signal(signum: int, _frame: object) -> None:
-        if not received:
-            _stop_group(proc, signal.SIGTERM)
+        if not received and started:
+            _stop_group(started[0], signal.SIGTERM)
         received.append(signum)
 
+    # Handlers first: a signal that arrives while the child starts is not lost.
     previous = {s: signal.signal(s, on_signal) for s in STOP_SIGNALS}
+    try:
+        proc = subprocess.Popen(list(command), cwd=str(cwd),
+                                env=None if env is None else dict(env), start_new_session=True)
+    except BaseException:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        raise
+    started.append(proc)
+    if received:
+        _stop_group(proc, signal.SIGTERM)
     try:
         deadline: float | None = None
         while True:

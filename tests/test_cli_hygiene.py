@@ -147,10 +147,10 @@ def _serving(port: int) -> bool:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
-def test_kill_of_the_app_command_stops_streamlit(tmp_path: Path, signum: int) -> None:
+def test_kill_of_the_app_command_stops_streamlit(tmp_path: Path) -> None:
     """``kill PID`` of ``python -m core app``: the Streamlit child stops too (today it kept
     serving on the port after its parent was gone)."""
+    signum = signal.SIGTERM
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     parent = subprocess.Popen([sys.executable, "-m", "core", "--workspace", str(tmp_path / "W"),
@@ -174,6 +174,46 @@ def test_kill_of_the_app_command_stops_streamlit(tmp_path: Path, signum: int) ->
         assert not any(_alive(c) for c in children), "Streamlit outlived its parent"
         assert not _serving(port)
         assert code == 128 + signum             # the shell's convention for "ended by signal"
+    finally:
+        for pid in [parent.pid, *children]:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        parent.wait(timeout=10)
+        parent.stdout.close()
+
+
+# The supervisor itself, on a plain child (fast): every stop signal, and a child that ignores
+# SIGTERM is killed after the grace period.
+SUPERVISOR = """
+import sys
+from core.serve import run_child
+child = [sys.executable, "-c", sys.argv[1]]
+sys.exit(run_child(child, cwd=".", grace_s=float(sys.argv[2])))
+"""
+SLEEPER = "import time; print('up', flush=True); time.sleep(120)"
+STUBBORN = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+            "print('up', flush=True); time.sleep(120)")
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+@pytest.mark.parametrize("signum,child,grace", [(signal.SIGINT, SLEEPER, 10.0),
+                                                (signal.SIGHUP, SLEEPER, 10.0),
+                                                (signal.SIGTERM, STUBBORN, 0.5)])
+def test_run_child_stops_its_child_on_every_stop_signal(signum: int, child: str,
+                                                        grace: float) -> None:
+    parent = subprocess.Popen([sys.executable, "-c", SUPERVISOR, child, str(grace)], cwd=REPO,
+                              stdout=subprocess.PIPE)
+    children: list[int] = []
+    try:
+        assert parent.stdout.readline().strip() == b"up"
+        children = _children(parent.pid)
+        assert len(children) == 1
+        parent.send_signal(signum)
+        assert parent.wait(timeout=10) == 128 + signum
+        deadline = time.monotonic() + 3
+        while _alive(children[0]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(children[0])
     finally:
         for pid in [parent.pid, *children]:
             if _alive(pid):
