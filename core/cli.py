@@ -56,6 +56,36 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+def check_workspace_path(workspace: Workspace) -> None:
+    """A workspace path that names a file is a user mistake, said in one sentence (left alone,
+    each command failed differently, some with a traceback from ``mkdir``)."""
+    if workspace.root.exists() and not workspace.root.is_dir():
+        raise UserError(f"the workspace {workspace.root} is a file, not a folder; give a folder "
+                        f"with --workspace or ${ENV_WORKSPACE}")
+
+
+# Sub-commands that work but are not for people: left out of --help and of "choose from" lists.
+HIDDEN_COMMANDS = frozenset({"job-run"})
+
+
+class _CommandMap(dict):
+    """The sub-command table, iterated without :data:`HIDDEN_COMMANDS`.
+
+    argparse lists ``choices`` in its "invalid choice ... (choose from ...)" error by iterating
+    them; lookups (``in``, ``[]``) still find the hidden ones, so they parse and run.
+    """
+
+    def __iter__(self):  # type: ignore[override]
+        return (name for name in super().__iter__() if name not in HIDDEN_COMMANDS)
+
+
+def _hide_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Drop hidden commands' help rows. ``help=argparse.SUPPRESS`` states the intent, but
+    Python 3.11's formatter prints it as "==SUPPRESS==" instead of leaving the row out."""
+    subparsers._choices_actions = [a for a in subparsers._choices_actions
+                                   if a.dest not in HIDDEN_COMMANDS]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m core",
@@ -63,8 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workspace", "-w", default=None,
                         help=f"workspace folder (default: ${ENV_WORKSPACE} or ./workspace)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    subparsers.choices = subparsers._name_parser_map = _CommandMap()
     for name in command_modules():
         importlib.import_module(name).register(subparsers)
+    _hide_commands(subparsers)
     return parser
 
 
@@ -73,6 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     workspace = Workspace(args.workspace)
     try:
+        check_workspace_path(workspace)
         code = int(args.handler(args, workspace) or 0)
         if code == 0:
             audit_command(args, workspace)

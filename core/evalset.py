@@ -156,6 +156,12 @@ class FirstBatches:
     seed_ids: list[int]
 
 
+def short_sample_text(asked: int, got: int) -> str:
+    """What to say when the pool had fewer images to sample than asked for."""
+    return (f"asked for {asked} images but only {got} unlabelled images were left to sample; "
+            f"sampled all {got}")
+
+
 def start_labelling(store: ProjectStore, schema: LabelSchema, n: int, *,
                     eval_per_class: int = DEFAULT_PER_CLASS, seed: int = 0) -> FirstBatches:
     """The evaluation set (when the project has none and ``eval_per_class`` > 0), then the random

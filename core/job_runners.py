@@ -14,10 +14,11 @@ from typing import Any, Mapping
 import torch
 
 from core.dashboard import head_accuracies
-from core.evalset import start_labelling
+from core.evalset import short_sample_text, start_labelling
 from core.exports import build_jetson_bundle, export_onnx, quantize_export, resolve_model_id
 from core.jobs import JobCancelled, JobConflict, JobContext, job_in_this_process
 from core.latency import measure_model
+from core.labeling import unfinished_rounds, unfinished_text
 from core.loop import simulate_pending
 from core.queue import build_queue
 from core.refit import refit_and_rerank
@@ -26,7 +27,7 @@ from core.training import evaluate_and_record, train_and_promote
 from cvat_bridge import service
 from data.demo import create_demo_pool
 from data.errors import UserError
-from data.ingest import ingest
+from data.ingest import empty_source_text, ingest
 from data.progress import Progress
 from data.evalset import DEFAULT_PER_CLASS, EvalSetError
 from data.sampling import SamplingError
@@ -113,7 +114,9 @@ def _eval_text(sample: dict[str, Any]) -> str:
 def run_sample(ws: Workspace, params: dict, ctx: JobContext) -> dict[str, Any]:
     out = _sample(ws, int(params.get("n", 100)), int(params.get("seed", 0)),
                   int(params.get("eval_per_class", DEFAULT_PER_CLASS)))
-    out["message"] = f"round {out['round']}: {out['size']} images to label" + _eval_text(out)
+    n = int(params.get("n", 100))
+    out["message"] = f"round {out['round']}: {out['size']} images to label" + _eval_text(out) + (
+        f"; {short_sample_text(n, out['size'])}" if out["size"] < n else "")
     return out
 
 
@@ -124,6 +127,8 @@ def run_ingest(ws: Workspace, params: dict, ctx: JobContext) -> dict[str, Any]:
         raise UserError("no folder or archive given to ingest")
     report = ingest(ws, Path(path), progress=ctx.stage(0.0, 1.0, "ingesting"),
                     workers=params.get("workers"))
+    if not report.files:
+        raise UserError(empty_source_text(path))
     return {"report": _plain(report), "message": report.summary()}
 
 
@@ -197,7 +202,19 @@ def _queue_after_training(ws: Workspace, params: dict, ctx: JobContext,
 
     The training job holds the *model* lock only; the ranking takes the *queue* lock like any
     queue job (and is refused while another one runs), so two rounds never rank at once.
+
+    While any round still has unlabelled images the step is skipped, with the reason in the
+    job's message: a new batch on top would leave the annotators two half-done batches (the
+    older one stranded), and ranking now would pick from a pool that the pending labels are
+    about to change. Ranking by hand on the Queue page stays possible for whoever wants it.
     """
+    with ws.store() as store:
+        open_rounds = unfinished_rounds(store)
+    if open_rounds:
+        reason = (f"{unfinished_text(open_rounds)} (label it first, or rank a batch on the "
+                  "Queue page)")
+        return {"queue": {"skipped": [b.number for b in open_rounds], "reason": reason},
+                "message": f"{message}; no batch queued: {reason}"}
     ctx.progress(0.95, "ranking the next batch with the new model", force=True)
     strategy, top_k = str(params.get("strategy", "entropy")), int(params["then_queue"])
     try:

@@ -85,17 +85,35 @@ def batch_info(store: ProjectStore, batch_number: int) -> BatchInfo:
     return _info(rows[0])
 
 
-def default_batch(store: ProjectStore, infos: list[BatchInfo] | None = None) -> BatchInfo | None:
-    """The batch to label now: an evaluation batch with unlabelled images first (the evaluation
-    set is labelled before any training batch), else the newest batch that still has unlabelled
-    images, else the newest batch, else None."""
+def unfinished_rounds(store: ProjectStore,
+                      infos: list[BatchInfo] | None = None) -> list[BatchInfo]:
+    """Rounds that still have images without a saved label, in the order to label them:
+    evaluation rounds first (the evaluation set is labelled before any training batch), then
+    the oldest first, so a newer batch never strands an older one half-done."""
     infos = batches(store) if infos is None else infos
-    for info in infos:
-        if info.kind == EVAL_ROUND_KIND and info.pending:
-            return info
-    for info in reversed(infos):
-        if info.pending:
-            return info
+    return sorted((b for b in infos if b.pending),
+                  key=lambda b: (b.kind != EVAL_ROUND_KIND, b.number))
+
+
+def unfinished_text(open_rounds: list[BatchInfo]) -> str:
+    """'round 3 still has 40 of 100 images to label' (several rounds: summed, all named)."""
+    pending = sum(b.pending for b in open_rounds)
+    total = sum(b.total for b in open_rounds)
+    if len(open_rounds) == 1:
+        names = f"round {open_rounds[0].number}"
+    else:
+        names = "rounds " + ", ".join(str(b.number) for b in open_rounds)
+    return f"{names} still {'has' if len(open_rounds) == 1 else 'have'} {pending} of {total} " \
+           "images to label"
+
+
+def default_batch(store: ProjectStore, infos: list[BatchInfo] | None = None) -> BatchInfo | None:
+    """The batch to label now: the first of :func:`unfinished_rounds` (an evaluation batch,
+    else the OLDEST batch with unlabelled images), else the newest batch, else None."""
+    infos = batches(store) if infos is None else infos
+    open_ = unfinished_rounds(store, infos)
+    if open_:
+        return open_[0]
     return infos[-1] if infos else None
 
 

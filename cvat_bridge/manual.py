@@ -28,10 +28,14 @@ class ManualExport:
     round_number: int
     images: int
     missing: list[str]
+    skipped_labelled: int = 0     # images of the round that already had a label (left out)
 
     def summary(self) -> str:
         miss = f"; {len(self.missing)} image file(s) missing and left out" if self.missing else ""
-        return f"round {self.round_number}: wrote {self.images} images to {self.path}{miss}"
+        done = (f" ({self.skipped_labelled} already labelled images left out)"
+                if self.skipped_labelled else "")
+        return (f"round {self.round_number}: wrote {self.images} images to {self.path}"
+                f"{done}{miss}")
 
 
 def readme_text(schema: LabelSchema, round_number: int, n_images: int) -> str:
@@ -75,16 +79,27 @@ One label named `{TAG_LABEL}` of type **tag**, with these attributes:
 """
 
 
-def export_round(ws: Any, store: Any, round_number: int, out: str | Path) -> ManualExport:
-    """Write the round's zip atomically (a temporary file renamed at the end)."""
+def export_round(ws: Any, store: Any, round_number: int, out: str | Path, *,
+                 include_labelled: bool = False) -> ManualExport:
+    """Write the round's zip atomically (a temporary file renamed at the end).
+
+    Images of the round that already have a label are left out unless ``include_labelled``,
+    as :func:`cvat_bridge.push.push_round` does: annotators should not redo work.
+    """
     out = Path(out)
     if out.suffix.lower() != ".zip":
         raise UserError(f"{out} should end in .zip")
     items = store.round_items(round_number)
     if not items:
         raise UserError(f"round {round_number} has no queued images")
+    queued = [int(r["image_id"]) for r in items]
+    labelled = set() if include_labelled else store.labelled_ids()
+    wanted = [i for i in queued if i not in labelled]
+    if not wanted:
+        raise UserError(f"all {len(queued)} images of round {round_number} are already labelled "
+                        "(use --include-labelled to export them anyway)")
     schema: LabelSchema = ws.schema
-    records = store.images([int(r["image_id"]) for r in items])
+    records = store.images(wanted)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".part")
     missing: list[str] = []
@@ -111,4 +126,5 @@ def export_round(ws: Any, store: Any, round_number: int, out: str | Path) -> Man
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
-    return ManualExport(path=out, round_number=round_number, images=written, missing=missing)
+    return ManualExport(path=out, round_number=round_number, images=written, missing=missing,
+                        skipped_labelled=len(queued) - len(wanted))

@@ -126,9 +126,11 @@ def prefill(ws: Any, task_id: int, *, model_path: str | Path | None = None,
                             clear_existing=clear_existing, progress=progress)
 
 
-def export_round(ws: Any, round_number: int, out: str | Path):
+def export_round(ws: Any, round_number: int, out: str | Path, *,
+                 include_labelled: bool = False):
+    """The manual route's zip; already-labelled images are left out unless ``include_labelled``."""
     with ws.store() as store:
-        return write_zip(ws, store, round_number, out)
+        return write_zip(ws, store, round_number, out, include_labelled=include_labelled)
 
 
 __all__ = ["CheckResult", "CvatError", "check", "push", "status", "pull", "forget", "prefill",

@@ -82,6 +82,11 @@ class IngestReport:
 
 
 # -- labels.csv ------------------------------------------------------------------------------
+def empty_source_text(source: str | Path) -> str:
+    """What to say when a folder or archive held no file at all (not a silent "0 added")."""
+    return f"no files found in {source}; nothing was ingested"
+
+
 def _natural_key(text: str) -> list[Any]:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
 

@@ -3,6 +3,7 @@ the audit trail, and refusing to serve beyond loopback without accounts."""
 from __future__ import annotations
 
 import io
+import socket
 import subprocess
 from pathlib import Path
 
@@ -224,11 +225,20 @@ def test_app_refuses_non_loopback_without_accounts(workspace: Workspace, capsys,
 def test_app_serves_non_loopback_with_accounts_and_xsrf_on(team: Workspace, capsys,
                                                            monkeypatch) -> None:
     class FakeProc:
-        def wait(self) -> int:
+        pid = -1                                        # core.serve signals the group; none
+
+        def wait(self, timeout: float | None = None) -> int:
+            return 0
+
+        def poll(self) -> int:
             return 0
     started = []
     monkeypatch.setattr(subprocess, "Popen", lambda cmd, **k: started.append(cmd) or FakeProc())
-    code, _, _ = cli(capsys, monkeypatch, "-w", str(team.root), "app", "--address", "0.0.0.0")
+    with socket.socket() as s:                          # a free port (8501 may be in use here)
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    code, _, _ = cli(capsys, monkeypatch, "-w", str(team.root), "app", "--address", "0.0.0.0",
+                     "--port", port)
     assert code == 0 and len(started) == 1
     cmd = started[0]
     assert cmd[cmd.index("--server.enableXsrfProtection") + 1] == "true"

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from core import labeling
 from data.workspace import ENV_WORKSPACE, Workspace, WorkspaceConfig
 from app_fixtures import build_trained
 
@@ -277,7 +278,14 @@ def test_cvat_page_check_push_status_pull_and_manual_zip(trained: Workspace, mon
         with trained.store() as s:
             pulled = [s.current_label(it["image_id"]) for it in s.round_items(number)]
         assert all(lv is not None and lv.source == "cvat" for lv in pulled)
+    # the pulled round is fully labelled: the manual zip leaves labelled images out, as push does
     at.selectbox(key="cvat_manual_round").select(number).run()
+    next(b for b in at.button if b.label == "Build zip").click().run()
+    assert not at.exception and any("already labelled" in e.value for e in at.error)
+    with trained.store() as s:
+        open_round = next(b.number for b in labeling.batches(s) if b.pending)
+    at = run_page(trained, monkeypatch, "3_CVAT.py")
+    at.selectbox(key="cvat_manual_round").select(open_round).run()
     next(b for b in at.button if b.label == "Build zip").click().run()
     assert_clean(at)
     assert any(b.label == "Download zip" for b in at.get("download_button"))

@@ -88,6 +88,8 @@ def test_cli_push_status_pull_and_secrets_stay_out_of_the_db(workspace, monkeypa
         assert _run(workspace, "cvat", "export-round", "--round", "0",
                     "--out", str(tmp_path / "r.zip")) == 0
         assert (tmp_path / "r.zip").is_file()
+        out = capsys.readouterr().out      # the pulled image is labelled now: left out, as push
+        assert "wrote 4 images" in out and "(1 already labelled images left out)" in out
 
     dump = "\n".join(sqlite3.connect(workspace.db_path).iterdump())
     assert PASSWORD not in dump

@@ -10,7 +10,7 @@ import streamlit as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ui  # noqa: E402
-from core.labeling import batches  # noqa: E402
+from core.labeling import BatchInfo, batch_title, batches, unfinished_rounds  # noqa: E402
 
 from core.dashboard import learning_curve  # noqa: E402
 from core.evalset import EvalSetStatus, eval_set_status  # noqa: E402
@@ -75,15 +75,46 @@ def onboarding() -> None:
                 st.rerun()
     with right.container(border=True):
         st.markdown("#### :material/folder_open: Ingest a folder or upload an archive")
-        st.caption("JPEG/PNG crops in a folder, `.zip`, `.tar.gz` or `.tgz`. Bad files are "
-                   "reported as rejects; duplicates are collapsed.")
-        path = st.text_input("Folder or archive on this machine",
-                             placeholder="/data/image_test.tar.gz")
-        upload = st.file_uploader("…or upload an archive", type=["zip", "gz", "tgz"])
-        if st.button("Ingest", icon=":material/download:", disabled=not (path or upload)):
-            target = ui.save_upload(upload) if upload is not None else path.strip()
-            if ui.start("ingest", {"path": str(target)}):
-                st.rerun()
+        ingest_form("first")
+
+
+def ingest_form(key: str) -> None:
+    """Folder path or uploaded archive -> the ingest job (the same job at any time: duplicates
+    are skipped by content hash, bad files reported as rejects)."""
+    st.caption("JPEG/PNG crops in a folder, `.zip`, `.tar.gz` or `.tgz`. Bad files are "
+               "reported as rejects; images already in the pool (same content) are skipped.")
+    path = st.text_input("Folder or archive on this machine", key=f"ingest_path_{key}",
+                         placeholder="/data/image_test.tar.gz")
+    upload = st.file_uploader("…or upload an archive", type=["zip", "gz", "tgz"],
+                              key=f"ingest_upload_{key}")
+    if st.button("Ingest", icon=":material/download:", key=f"ingest_{key}",
+                 disabled=not (path or upload)):
+        target = ui.save_upload(upload) if upload is not None else path.strip()
+        if ui.start("ingest", {"path": str(target)}):
+            st.rerun()
+
+
+def add_images() -> None:
+    """Ingest more images into a pool that already has some (maintainers only)."""
+    if not ui.may("ingest"):
+        return
+    with st.expander("Add images to the pool", icon=":material/add_photo_alternate:"):
+        ingest_form("more")
+
+
+def unfinished(open_rounds: list[BatchInfo]) -> None:
+    """Rounds with images still to label, in the order the Label page serves them."""
+    if not open_rounds:
+        return
+    st.markdown("##### Unfinished rounds")
+    st.caption("The Label page opens the first one (the evaluation set first, then the oldest); "
+               "\"then queue N\" after training waits until they are done.")
+    st.dataframe(pd.DataFrame([{"round": b.number, "batch": batch_title(b),
+                                "to label": b.pending, "of": b.total,
+                                "done": b.done / b.total if b.total else 1.0}
+                               for b in open_rounds]), hide_index=True, width="stretch",
+                 column_config={"done": st.column_config.ProgressColumn(min_value=0,
+                                                                        max_value=1)})
 
 
 def pool_summary() -> None:
@@ -137,11 +168,15 @@ def pool_summary() -> None:
         else:
             st.caption("Appears after the first model has been trained and evaluated.")
 
+    add_images()
     st.markdown("##### Rounds")
     rounds = counts["rounds"]
     if rounds:
         with ui.store() as s:
-            info = {b.number: b for b in batches(s)}
+            infos = batches(s)
+            open_rounds = unfinished_rounds(s, infos)
+        info = {b.number: b for b in infos}
+        unfinished(open_rounds)
         st.dataframe(pd.DataFrame([{**r, "done": info[r["number"]].done if r["number"] in info else None}
                                    for r in rounds]), hide_index=True, width="stretch")
     else:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
-import subprocess
 import sys
 import time
 
@@ -12,6 +11,7 @@ from data.errors import UserError
 from core.access import cli_principal
 from core.users import has_accounts
 from core.jobs import FINISHED, REPO_ROOT, cancel_job, reap_stale, run_job
+from core.serve import check_port, check_port_number, run_child
 from data.workspace import ENV_WORKSPACE, Workspace
 
 APP_ENTRY = REPO_ROOT / "app" / "Home.py"
@@ -29,8 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--all", action="store_true", help="include finished jobs")
     p.set_defaults(handler=cmd_jobs)
 
-    # Hidden: the app starts this in a new session to run one job in the background.
-    p = subparsers.add_parser("job-run")
+    # Hidden (core.cli.HIDDEN_COMMANDS): the app starts this in a new session to run one job
+    # in the background.
+    p = subparsers.add_parser("job-run", help=argparse.SUPPRESS)
     p.add_argument("job_id", type=int)
     p.set_defaults(handler=cmd_job_run)
 
@@ -57,23 +58,22 @@ def is_loopback(address: str) -> bool:
 
 
 def cmd_app(args: argparse.Namespace, ws: Workspace) -> int:
+    check_port_number(args.port)
     ws.init()  # an empty workspace is fine: the Overview page offers a demo pool or ingestion
     if not is_loopback(args.address) and not has_accounts(ws):
         raise UserError(
             f"refusing to serve on {args.address} without sign-in: add accounts first with "
             f"`python -m core --workspace {ws.root} users add NAME --role maintainer` "
             "(see 'Serving the app to a team' in README.md), or keep the default 127.0.0.1")
+    # A port in use is one sentence here, not Streamlit's error after "open http://...".
+    check_port(args.address, args.port)
     env = dict(os.environ, **{ENV_WORKSPACE: str(ws.root)})
     print(f"workspace: {ws.root}")
-    print(f"open http://{args.address}:{args.port} in a browser (Ctrl+C stops the app)")
-    proc = subprocess.Popen(streamlit_command(ws, port=args.port, address=args.address),
-                            cwd=str(REPO_ROOT), env=env)
-    try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        proc.terminate()
-        proc.wait(timeout=10)
-        return 130
+    print(f"open http://{args.address}:{args.port} in a browser (Ctrl+C or `kill {os.getpid()}` "
+          "stops the app)", flush=True)
+    # Streamlit runs in its own process group, stopped with this process on SIGTERM/INT/HUP.
+    return run_child(streamlit_command(ws, port=args.port, address=args.address),
+                     cwd=REPO_ROOT, env=env)
 
 
 def cmd_jobs(args: argparse.Namespace, ws: Workspace) -> int:

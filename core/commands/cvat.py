@@ -78,6 +78,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s = sub.add_parser("export-round", help="zip a round for manual upload to CVAT")
     s.add_argument("--round", type=int, required=True, dest="round_number")
     s.add_argument("--out", required=True, help="zip file to write")
+    s.add_argument("--include-labelled", action="store_true",
+                   help="also put images of the round that already have a label in the zip")
     s.set_defaults(handler=cmd_export_round)
 
     p = subparsers.add_parser("import-datumaro",
@@ -207,7 +209,8 @@ def cmd_export_round(args: argparse.Namespace, ws: Workspace) -> int:
     # Lazy: cvat-sdk loads only when a command needs it, so `--help` and `status` stay fast.
     from cvat_bridge import service
     require_workspace(ws)
-    res = service.export_round(ws, args.round_number, args.out)
+    res = service.export_round(ws, args.round_number, args.out,
+                               include_labelled=args.include_labelled)
     print(res.summary())
     print("upload images/ to a CVAT task, export it as Datumaro 1.0, then run "
           "`python -m core import-datumaro EXPORT.zip` (README.md in the zip has the label spec)")

@@ -57,7 +57,7 @@ def _print_report(report) -> None:
 
 def cmd_ingest(args: argparse.Namespace, ws: Workspace) -> int:
     # Lazy: image decoding libraries load only when a command needs them (`--help` stays fast).
-    from data.ingest import ingest, load_labels_csv, rekey_to_source
+    from data.ingest import empty_source_text, ingest, load_labels_csv, rekey_to_source
 
     source = Path(args.path).expanduser()
     if not source.exists():
@@ -90,6 +90,8 @@ def cmd_ingest(args: argparse.Namespace, ws: Workspace) -> int:
     finally:
         bar.close()
     _print_report(report)
+    if not report.files:
+        print(f"warning: {empty_source_text(source)}", file=sys.stderr)
     if truth and report.files and not report.ground_truth and not report.already_known:
         print("warning: no file matched a row of the labels file (paths are relative to the "
               "CSV's folder)", file=sys.stderr)

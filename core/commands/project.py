@@ -5,9 +5,10 @@ import argparse
 import dataclasses
 import json
 import shutil
+import sys
 from pathlib import Path
 
-from core.evalset import eval_set_status, start_labelling, status_line
+from core.evalset import eval_set_status, short_sample_text, start_labelling, status_line
 from data.errors import UserError
 from core.rounds import draw_eval_set
 from data.evalset import DEFAULT_PER_CLASS, EvalSetError
@@ -128,6 +129,8 @@ def cmd_sample(args: argparse.Namespace, ws: Workspace) -> int:
     if result.eval_draw is not None:
         _print_draw(result.eval_draw)
     print(f"round {result.seed_round}: sampled {len(result.seed_ids)} images (seed {args.seed})")
+    if len(result.seed_ids) < args.n:
+        print(f"warning: {short_sample_text(args.n, len(result.seed_ids))}", file=sys.stderr)
     for warning in status.warnings:
         print(f"warning: {warning}")
     return 0
