@@ -91,9 +91,11 @@ def test_label_page_saves_choices_unsure_and_annotator(trained: Workspace, monke
     ws = trained
     with ws.store() as s:
         number = s.create_round(s.unlabelled_ids(exclude_queued=True)[:3], kind="al", strategy="entropy")
+        oldest_open = labeling.unfinished_rounds(s)[0].number
+    assert oldest_open < number
     at = run_page(ws, monkeypatch, "1_Label.py")
     assert_clean(at)
-    assert at.selectbox[0].value == number  # the newest batch with work left
+    assert at.selectbox[0].value == oldest_open  # the OLDEST batch with work left (#13 part 6)
     save = next(b for b in at.button if b.label == "Save & next")
     assert save.disabled  # no annotator yet
     at.text_input[0].input("ana").run()
@@ -119,8 +121,9 @@ def test_label_page_preselects_model_predictions(trained: Workspace, monkeypatch
         model = s.current_model()
         preds = s.predictions(model["id"])
         image_id = next(i for i in preds if s.current_label(i) is None)
-        s.create_round([image_id], kind="al", strategy="entropy")
+        number = s.create_round([image_id], kind="al", strategy="entropy")
     at = run_page(trained, monkeypatch, "1_Label.py")
+    at.selectbox(key="label_batch").select(number).run()
     assert at.session_state["label_image"] == image_id
     assert at.session_state["label_choice"] == {a: v for a, (v, _) in preds[image_id].items()}
     assert any("pre-selected by the model" in m.value for m in at.markdown)
