@@ -133,6 +133,24 @@ def test_force_promote_makes_a_worse_model_current_and_any_earlier_one_can_come_
         assert store.current_model()["id"] == outcome.model_id
 
 
+def test_a_refused_train_job_succeeds_says_why_and_queues_nothing(ws: Workspace,
+                                                                  monkeypatch) -> None:
+    from core.jobs import get_job, run_job, start_job
+    monkeypatch.setenv("CARGROUP_JOB_THREADS", "1")
+    _perfect_current(monkeypatch)
+    with ws.store() as store:
+        rounds = len(store.rounds())
+    job_id = start_job(ws, "train", {"epochs": 1, "image_size": 32, "batch_size": 16,
+                                     "pretrained": False, "then_queue": 3}, spawn=False)
+    assert run_job(ws, job_id) == "succeeded"
+    job = get_job(ws, job_id)
+    assert job["result"]["promoted"] is False and not job["result"]["promotion"]["promote"]
+    assert "NOT made current" in job["message"] and "no batch queued" in job["message"]
+    assert not any(e.get("promoted") for e in job["log"])
+    with ws.store() as store:
+        assert store.current_model()["id"] == 1 and len(store.rounds()) == rounds
+
+
 def test_the_current_model_is_remeasured_on_the_same_images(ws: Workspace) -> None:
     data, members = training.load_eval_data(ws, "test")
     with ws.store() as store:
