@@ -248,3 +248,23 @@ def test_round_check_reads_the_ranking_models_stored_scores(ws: Workspace) -> No
     assert s is not None and s.model_id == 1 and s.images > 0
     assert s.near_uniform == (s.mean > AUTO_UNIFORM_ENTROPY)
     assert round_score_spread(ws, seed_round) is None    # a random seed batch: no model
+
+
+# -- command line ---------------------------------------------------------------------------------
+def test_cli_promote_and_rollback(ws: Workspace, capsys: pytest.CaptureFixture) -> None:
+    from core.cli import build_parser, main
+    with ws.store() as store:
+        cur = store.current_model()
+        store.add_model(cur["path"], make_current=False)      # model #2, ready, not current
+    assert main(["--workspace", str(ws.root), "promote", "2"]) == 0
+    assert "model 2 is now current (was model 1)" in capsys.readouterr().out
+    assert main(["--workspace", str(ws.root), "rollback"]) == 0
+    assert "model 1 is current again" in capsys.readouterr().out
+    assert main(["--workspace", str(ws.root), "promote", "99"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no model #99" in err[0]
+    with ws.store() as store:
+        assert [e["action"] for e in audit_entries(store)[:2]] == ["rollback", "promote"]
+    args = build_parser().parse_args(["train", "--force-promote"])
+    assert args.force_promote is True
+    assert build_parser().parse_args(["round", "--force-promote"]).force_promote is True
