@@ -147,7 +147,7 @@ def cmd_train(args: argparse.Namespace, ws: Workspace) -> int:
                   f"python -m core promote {outcome.model_id}", file=say, flush=True)
     if args.json:
         print(json.dumps(outcome.to_dict(), indent=2))
-        return 0 if outcome.promoted else 1
+        return 1 if outcome.cancelled else 0  # refused: recorded, not current ("status": "refused")
     if outcome.cancelled:
         print("training cancelled; nothing recorded, the previous model stays current")
         return 1
