@@ -216,7 +216,8 @@ def run_strategy(seed_dir: str, work: str, cfg_dict: dict[str, Any], seed: int,
             rep = run_round(ws, simulate=True, strategy=strategy, top_k=cfg.batch,
                             diversity=diversity, balance=balance, seed=seed + 1000 * r,
                             train_config=train_config(cfg, seed, warm=not cfg.from_scratch),
-                            warm_start=not cfg.from_scratch, score_kwargs=score_kwargs)
+                            warm_start=not cfg.from_scratch, score_kwargs=score_kwargs,
+                            force_promote=True)  # each round's model, as measured before the gate
             rec = rep.record
             rows.append({"round": r, "labels": rec["labels"]["train_labels"],
                          **accuracy(rec["metrics"]["test"]),

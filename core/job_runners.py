@@ -151,6 +151,10 @@ def run_train(ws: Workspace, params: dict, ctx: JobContext) -> dict[str, Any]:
     step; :func:`core.training.train_and_promote` makes the model current only as its last step,
     so a cancelled or failed job leaves the previous model current. Once promoted, a log entry
     ``{"promoted": id}`` says so, and a cancel only skips the optional "then queue" step.
+    When the promotion gate refuses the new model (worse on the evaluation set), the job still
+    succeeds: the model is recorded, ``result["promotion"]`` says why it is not current, and the
+    "then queue" step is skipped (it was asked for with the new model). ``force_promote``
+    (the user confirmed) makes it current anyway.
     """
     _threads()
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -177,17 +181,27 @@ def run_train(ws: Workspace, params: dict, ctx: JobContext) -> dict[str, Any]:
         else:
             ctx.progress(0.9 * p.fraction, msg)
 
-    outcome = train_and_promote(ws, config, progress=on_progress, should_cancel=ctx.cancelled)
+    outcome = train_and_promote(ws, config, progress=on_progress, should_cancel=ctx.cancelled,
+                                force_promote=bool(params.get("force_promote")))
     if outcome.cancelled:
         raise JobCancelled()
     model_id = int(outcome.model_id)
-    ctx.log(promoted=model_id)
+    if outcome.promoted:
+        ctx.log(promoted=model_id)
     out: dict[str, Any] = {"train": _plain(outcome.train), "model_id": model_id,
+                           "promoted": outcome.promoted,
+                           "promotion": outcome.decision.to_dict() if outcome.decision else None,
                            "evaluation": _plain(outcome.evaluation.to_dict())
                            if outcome.evaluation is not None else {}}
-    out["message"] = f"model #{model_id} trained and made current" + (
+    made = "made current" if outcome.promoted else "recorded but NOT made current"
+    out["message"] = f"model #{model_id} trained and {made}" + (
         _acc_text(out["evaluation"]) if outcome.evaluation is not None
         else f" (not evaluated: {outcome.evaluation_skipped})")
+    if outcome.refused:
+        out["message"] += f"; {outcome.decision.reason}"
+        if params.get("then_queue"):
+            out["message"] += "; no batch queued (the new model is not current)"
+        return out
     if params.get("then_queue"):
         if ctx.cancelled():  # the model is already current; only the queue step is skipped
             out["message"] += "; queueing skipped (cancelled)"

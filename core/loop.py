@@ -8,7 +8,9 @@ The record is attached to the round the call creates (the new queue), so round N
 "with these labels, this model scored this well, and these are the images it asked for next".
 A failed step raises and writes no round. Training promotes its model only as its own last
 step (see :mod:`core.training`), so a failure or cancel up to then leaves the previous model
-current; a cancel while scoring leaves the new model current but records no round.
+current; a cancel while scoring leaves the new model current but records no round. When the
+promotion gate refuses the new model (worse on the evaluation set), the round is scored and
+ranked by the model that stays current, and the record says so (``promotion``, ``ranked_by``).
 """
 from __future__ import annotations
 
@@ -134,7 +136,8 @@ def run_round(ws: Workspace, *, labels: str | Path | None = None, simulate: bool
               eval_split: str = "test", seed: int = 0,
               score_kwargs: Mapping[str, Any] | None = None,
               progress: ProgressFn | None = None,
-              should_cancel: CancelFn | None = None) -> RoundReport:
+              should_cancel: CancelFn | None = None,
+              force_promote: bool = False) -> RoundReport:
     """Run one round and record it; returns a :class:`RoundReport`.
 
     - ``labels``: optional labels file to import first (Datumaro zip/json or CSV).
@@ -161,11 +164,15 @@ def run_round(ws: Workspace, *, labels: str | Path | None = None, simulate: bool
     auto_warm = previous is not None if warm_start is None else bool(warm_start)
     config = dataclasses.replace(config, warm_start=auto_warm and previous is not None)
     outcome = train_and_promote(ws, config, eval_split=eval_split,
-                                progress=_stage(progress, "train"), should_cancel=should_cancel)
+                                progress=_stage(progress, "train"), should_cancel=should_cancel,
+                                force_promote=force_promote)
     if outcome.cancelled:
         return RoundReport(status="cancelled", record={"labels": counts, "imported": imported})
     result = outcome.train
     model_id = int(outcome.model_id)
+    # a refused model is recorded but not current: the current one scores and ranks the pool
+    ranker = model_id if outcome.promoted or outcome.decision is None \
+        else int(outcome.decision.current_id)
     timings["train_s"] = result.seconds
     timings["evaluate_s"] = max(0.0, time.perf_counter() - t - result.seconds)
 
@@ -179,7 +186,7 @@ def run_round(ws: Workspace, *, labels: str | Path | None = None, simulate: bool
 
     t = time.perf_counter()
     try:
-        score_pool(ws, model_id, progress=_stage(progress, "score"), should_cancel=should_cancel,
+        score_pool(ws, ranker, progress=_stage(progress, "score"), should_cancel=should_cancel,
                    **dict(score_kwargs or {}))
     except ScoringCancelled:
         return RoundReport(status="cancelled", model_id=model_id,
@@ -189,7 +196,7 @@ def run_round(ws: Workspace, *, labels: str | Path | None = None, simulate: bool
     t = time.perf_counter()
     queue = build_queue(ws, strategy, top_k, weights=weights, diversity=diversity,
                         balance=balance, sampling=sampling, beta=beta, seed=seed,
-                        model_id=model_id, record=True)
+                        model_id=ranker, record=True)
     timings["queue_s"] = time.perf_counter() - t
     _stage(progress, "queue")(Progress(1.0, f"queued {len(queue.items)} images"))
     timings["total_s"] = sum(timings.values())
@@ -199,6 +206,8 @@ def run_round(ws: Workspace, *, labels: str | Path | None = None, simulate: bool
         "imported": imported,
         "model_id": model_id,
         "warm_started_from": outcome.warm_started_from,
+        "ranked_by": ranker,
+        "promotion": None if outcome.decision is None else outcome.decision.to_dict(),
         "train": {"epochs": result.epochs_run, "best_epoch": result.best_epoch,
                   "val_loss": result.best_val_loss, "val_accuracy": result.val_acc,
                   "train_images": result.train_images, "val_images": result.val_images,

@@ -2,7 +2,9 @@
 
 Why here: :mod:`models` works on files and arrays only; which models exist and which one is
 current live in the project store, which only :mod:`core` reads for models and writes.
-Promotion (making a model current) happens in exactly one place, :func:`core.training.promote`.
+A trained model is recorded (and, if the promotion gate agrees, made current) by
+:func:`core.training.promote`; the user makes any ready model current with
+:func:`core.promotion.promote` (audited).
 The torch-free part (rows and paths) lives in :mod:`core.model_records`, re-exported here.
 """
 from __future__ import annotations

@@ -7,6 +7,13 @@ the new model is recorded *and* made current in one transaction as the very last
 the test evaluation and the final cancel check. So a cancelled run, or one whose evaluation
 failed, deletes its folder and records nothing: the previous model really stays current.
 
+The promotion gate (:func:`core.promotion.decide_promotion`) decides that last step: the new
+model becomes current only if its mean accuracy over heads is not worse than the current
+model's on the same evaluation images (the current model is re-measured on them when its stored
+figures came from other images), or the caller passes ``force_promote`` (the user confirmed).
+A refused model is still recorded, ready but not current, with the decision in its metrics
+(``metrics["promotion"]``), so the Train page can say why and offer "Make it current anyway".
+
 Only "no labelled test images" is not a failure: the model is promoted with its evaluation
 marked as skipped (and the caller says so), because a first model must be possible before any
 test image is labelled.
@@ -28,6 +35,7 @@ from data.dataset import SplitData, encode_targets, load_split, load_unlabelled_
 from data.errors import UserError
 from data.progress import CancelFn, ProgressFn
 from data.workspace import Workspace
+from core.promotion import PromotionDecision, decide_promotion
 from core.registry import load_model
 from models.backbones import WeightsOrigin
 from models.checkpoint import load_checkpoint, schema_from_meta
@@ -43,8 +51,9 @@ log = logging.getLogger(__name__)
 class TrainingOutcome:
     """What :func:`train_and_promote` did.
 
-    ``status``: ``"promoted"`` (recorded and current) or ``"cancelled"`` (nothing recorded).
-    ``evaluation_skipped`` says why there is no test report when the model was still promoted.
+    ``status``: ``"promoted"`` (recorded and current), ``"refused"`` (recorded and ready, but
+    the promotion gate kept the previous model current: ``decision.reason`` says why) or
+    ``"cancelled"`` (nothing recorded). ``evaluation_skipped`` says why there is no test report.
     """
 
     status: str
@@ -53,10 +62,15 @@ class TrainingOutcome:
     evaluation: EvaluationReport | None = None
     evaluation_skipped: str | None = None
     warm_started_from: int | None = None
+    decision: PromotionDecision | None = None
 
     @property
     def promoted(self) -> bool:
         return self.status == "promoted"
+
+    @property
+    def refused(self) -> bool:
+        return self.status == "refused"
 
     @property
     def cancelled(self) -> bool:
@@ -67,7 +81,8 @@ class TrainingOutcome:
         return {**self.train.to_dict(), "status": self.status, "model_id": self.model_id,
                 "warm_started_from": self.warm_started_from,
                 "test": None if self.evaluation is None else self.evaluation.to_dict(),
-                "test_skipped": self.evaluation_skipped}
+                "test_skipped": self.evaluation_skipped,
+                "promotion": None if self.decision is None else self.decision.to_dict()}
 
 
 def _cache(ws: Workspace) -> ImageCache:
@@ -151,8 +166,9 @@ def _write_report(report: EvaluationReport, folder: Path) -> None:
 def promote(ws: Workspace, checkpoint: Path, *, round_id: int | None, parent_id: int | None,
             params: dict[str, Any], metrics: dict[str, Any],
             evaluation: EvaluationReport | None, backbone: str = "resnet18",
-            weights_origin: dict[str, Any] | None = None) -> int:
-    """Record a finished model and make it current, in one transaction; returns its id.
+            weights_origin: dict[str, Any] | None = None, make_current: bool = True) -> int:
+    """Record a finished model and (``make_current``) make it current, in one transaction;
+    returns its id. The promotion gate's refusal records it with ``make_current=False``.
 
     ``backbone`` and ``weights_origin`` (``WeightsOrigin.to_dict()``) fill the models table's
     columns of the same names, so the Models page can say what each model was built on.
@@ -164,7 +180,7 @@ def promote(ws: Workspace, checkpoint: Path, *, round_id: int | None, parent_id:
     with ws.store() as store:
         with store.transaction():
             model_id = store.add_model(rel_path, round_id=round_id, parent_id=parent_id,
-                                       params=params, metrics=metrics, make_current=True,
+                                       params=params, metrics=metrics, make_current=make_current,
                                        backbone=backbone, weights_origin=weights_origin)
             if evaluation is not None:
                 evaluation.model_id = model_id
@@ -175,12 +191,14 @@ def promote(ws: Workspace, checkpoint: Path, *, round_id: int | None, parent_id:
 def train_and_promote(ws: Workspace, config: TrainConfig | None = None, *,
                       eval_split: str = "test", evaluate_test: bool = True,
                       progress: ProgressFn | None = None,
-                      should_cancel: CancelFn | None = None) -> TrainingOutcome:
-    """Train, evaluate on ``eval_split``, check for a cancel, then promote (the last step).
+                      should_cancel: CancelFn | None = None,
+                      force_promote: bool = False) -> TrainingOutcome:
+    """Train, evaluate on ``eval_split``, check for a cancel, then record and (if the promotion
+    gate agrees, or ``force_promote``) make current: the last step.
 
     Any exception, a cancel at any point, or a failed evaluation deletes the run's folder and
     records nothing, so the previous current model stays current. ``evaluate_test=False``
-    skips the evaluation (the model is promoted unevaluated).
+    skips the evaluation (the model is promoted unevaluated, without a comparison).
     """
     config = config or TrainConfig()
     train_data, val_data = load_splits(ws, "train", "val")
@@ -212,24 +230,70 @@ def train_and_promote(ws: Workspace, config: TrainConfig | None = None, *,
             evaluation = evaluate_split(model, schema_from_meta(meta), test_data,
                                         int(meta["image_size"]), split=eval_split,
                                         eval_set_members=members)
+        decision = gate(ws, evaluation, test_data, eval_split, force=force_promote)
         if should_cancel is not None and should_cancel():
             shutil.rmtree(run_dir, ignore_errors=True)
             return TrainingOutcome(status="cancelled", train=result, warm_started_from=parent_id)
         metrics = training_metrics(result)
+        metrics["train"]["epochs_run"] = result.epochs_run  # with val.epoch: which epoch was kept
         if evaluation is not None:
             metrics[eval_split] = evaluation.summary()
+        metrics["promotion"] = decision.to_dict()
         params = _params(result, config)
         model_id = promote(ws, checkpoint, round_id=round_id, parent_id=parent_id,
                            params=params, metrics=metrics, evaluation=evaluation,
                            backbone=result.backbone or config.backbone,
-                           weights_origin=result.weights_origin)
+                           weights_origin=result.weights_origin, make_current=decision.promote)
     except BaseException:
         shutil.rmtree(run_dir, ignore_errors=True)
         raise
-    log.info("model %d recorded and made current", model_id)
-    return TrainingOutcome(status="promoted", train=result, model_id=model_id,
-                           evaluation=evaluation, evaluation_skipped=skipped,
-                           warm_started_from=parent_id)
+    log.info("model %d recorded; %s", model_id, decision.reason)
+    return TrainingOutcome(status="promoted" if decision.promote else "refused", train=result,
+                           model_id=model_id, evaluation=evaluation, evaluation_skipped=skipped,
+                           warm_started_from=parent_id, decision=decision)
+
+
+def current_accuracy_on(ws: Workspace, evaluation: EvaluationReport, data: SplitData,
+                        split: str) -> tuple[int | None, dict[str, float | None] | None]:
+    """(current model id, its per-head accuracy on the images ``evaluation`` was measured on).
+
+    The stored figures are reused when they carry the same evaluation-set fingerprint;
+    otherwise the current model is measured on ``data`` now (a second inference over the
+    evaluation images, seconds). ``(None, None)``: no current model; ``(id, None)``: it could
+    not be measured (its file is gone or unreadable), so nothing can be compared.
+    """
+    with ws.store() as store:
+        current = store.current_model()
+    if current is None:
+        return None, None
+    current_id = int(current["id"])
+    stored = current["metrics"].get(split)
+    fp = (evaluation.eval_set or {}).get("fingerprint")
+    if (fp is not None and isinstance(stored, dict)
+            and (stored.get("eval_set") or {}).get("fingerprint") == fp):
+        return current_id, dict(stored.get("accuracy") or {})
+    try:
+        model, meta = load_model(ws, current_id)
+        report = evaluate_split(model, schema_from_meta(meta), data, int(meta["image_size"]),
+                                split=split, model_id=current_id)
+    except (UserError, OSError, KeyError, RuntimeError, ValueError) as exc:
+        log.warning("current model %d could not be measured on the same images: %s",
+                    current_id, exc)
+        return current_id, None
+    return current_id, {a: h["accuracy"] for a, h in report.heads.items()}
+
+
+def gate(ws: Workspace, evaluation: EvaluationReport | None, data: SplitData | None,
+         split: str, *, force: bool = False) -> PromotionDecision:
+    """The promotion gate for a new model with ``evaluation`` on ``data`` (see module doc)."""
+    if evaluation is None or data is None or len(data) == 0:
+        with ws.store() as store:
+            current = store.current_model()
+        return decide_promotion(None, None, current_id=None if current is None
+                                else int(current["id"]), force=force)
+    current_id, current_acc = current_accuracy_on(ws, evaluation, data, split)
+    new_acc = {a: h["accuracy"] for a, h in evaluation.heads.items()}
+    return decide_promotion(new_acc, current_acc, current_id=current_id, force=force)
 
 
 def _params(result: TrainResult, config: TrainConfig) -> dict[str, Any]:
@@ -261,5 +325,5 @@ def evaluate_and_record(ws: Workspace, model_id: int | None = None, split: str =
     return report
 
 
-__all__ = ["TrainingOutcome", "train_and_promote", "evaluate_and_record", "promote",
-           "load_splits", "new_run_dir"]
+__all__ = ["TrainingOutcome", "train_and_promote", "evaluate_and_record", "promote", "gate",
+           "current_accuracy_on", "load_splits", "new_run_dir"]

@@ -116,8 +116,8 @@ def train_then_queue(ws_dir: str, started: str, release: str) -> None:
     from data.workspace import Workspace
 
     runners.train_and_promote = lambda ws, config, **kwargs: SimpleNamespace(
-        cancelled=False, model_id=1, train=None, evaluation=None,
-        evaluation_skipped="faked training")
+        cancelled=False, promoted=True, refused=False, decision=None, model_id=1, train=None,
+        evaluation=None, evaluation_skipped="faked training")
     real = queue.select
 
     def held_select(*args, **kwargs):

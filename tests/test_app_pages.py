@@ -188,7 +188,8 @@ def test_evaluate_page_shows_confusion_and_per_class_tables(trained: Workspace, 
     assert len(at.get("plotly_chart")) == 3
     assert at.dataframe, "per-class tables missing"
     table = at.dataframe[0].value
-    assert list(table.columns) == ["precision", "recall", "f1", "support"]
+    # one unit on the Evaluate page: percent (issue 13's "mixes fractions and percentages")
+    assert list(table.columns) == ["precision (%)", "recall (%)", "F1 (%)", "support"]
     assert "red" in table.index
 
 

@@ -161,8 +161,10 @@ def test_job_runners_take_a_new_user_from_demo_pool_to_a_ranked_queue(workspace:
     assert [e["epoch"] for e in epochs] == [1, 2] and all("val_loss" in e for e in epochs)
     assert set(train["result"]["evaluation"]["heads"]) == {"color", "type", "orientation"}
     assert "test accuracy color" in train["message"]
+    # force_promote: two 1-epoch models differ by noise, so the promotion gate could refuse the
+    # new one (tests/test_guardrails.py covers that); here the "then queue" path is under test
     warm = run("train", {"epochs": 1, "warm_start": True, "warm_epochs": 1, "image_size": 32,
-                         "batch_size": 16, "then_queue": 3})
+                         "batch_size": 16, "then_queue": 3, "force_promote": True})
     assert warm["result"]["queue"] == {"round": 2, "size": 3}
     assert warm["message"].endswith("round 2: 3 images queued")
     train = warm

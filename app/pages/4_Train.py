@@ -1,4 +1,7 @@
-"""Train: one-click Retrain in a background process, live progress and loss curves, cancel."""
+"""Train: one-click Retrain in a background process, live progress and loss curves, cancel; and
+the model guardrails: where the current model's weights came from and which epoch was kept, a
+warning when the val or evaluation set is too small to decide, why a new model was not made
+current (with "Make it current anyway"), and "Make current" for any earlier model."""
 from __future__ import annotations
 
 import sys
@@ -12,7 +15,10 @@ import streamlit as st
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ui  # noqa: E402
 
+from core import promotion  # noqa: E402
 from core.dashboard import head_accuracies  # noqa: E402
+from core.guardrails import (ModelProvenance, model_provenance, refused_model,  # noqa: E402
+                             small_sets)
 from core.jobs import ACTIVE  # noqa: E402
 from data.errors import UserError  # noqa: E402
 from models.backbones import (BACKBONES, LABELS, OFFLINE_BACKBONE, WeightsOrigin,  # noqa: E402
@@ -97,14 +103,91 @@ def live_details(job: dict[str, Any]) -> None:
                         f"{origin_text(trained['weights_origin'])}")
         evaluation = job["result"].get("evaluation", {})
         acc = head_accuracies(evaluation)
+        current = job["result"].get("promoted", True)  # jobs from before the gate promoted
         if acc:
-            st.markdown("**Test accuracy of the new model** (now current): " + " · ".join(
+            state = "now current" if current else "NOT made current"
+            st.markdown(f"**Test accuracy of the new model** ({state}): " + " · ".join(
                 f"{a}: **{v:.1%}**" for a, v in acc.items() if v is not None))
+        reason = (job["result"].get("promotion") or {}).get("reason")
+        if reason and current:
+            st.caption(f"Promotion: {reason}")
     elif job["status"] in ("cancelled", "failed"):
         # Promotion is training's last step and logs {"promoted": id}: say what really happened.
         promoted = next((e["promoted"] for e in log if e.get("promoted")), None)
         st.caption(f"Model #{promoted} had already been made current." if promoted else
                    "The previous model stays current.")
+
+
+def provenance_panel(p: ModelProvenance) -> None:
+    """Where the current model's weights came from and which epoch was kept."""
+    text = (f"**Current model #{p.model_id}** · backbone **{p.backbone}** · weights from "
+            f"**{p.origin}**" + (f" ({p.origin_detail})" if p.origin_detail else "")
+            + f" · kept **{p.kept_text()}**")
+    if p.random_init:
+        st.warning(text + ". Random init needs far more labels than pretrained weights.",
+                   icon=":material/warning:")
+    else:
+        st.markdown(text)
+    if p.promotion is not None:
+        st.caption(f"Promotion: {p.promotion.reason}")
+
+
+def small_set_warning(store) -> None:
+    found = small_sets(store, ui.workspace().schema)
+    if found:
+        st.warning("**Too few images to decide.**  \n" + "  \n".join(
+            f"- {s.sentence()}" for s in found) + "  \nLabel more validation and "
+            "evaluation images (the Overview page draws an evaluation set).",
+            icon=":material/error_outline:")
+
+
+def make_current(model_id: int, note: str | None = None) -> None:
+    """The maintainer's promotion (checked and audited in core.promotion)."""
+    with ui.guard():
+        promotion.promote(ui.workspace(), model_id, principal=ui.principal(), note=note)
+        st.session_state["train_made_current"] = model_id
+        st.rerun()
+
+
+def refused_panel(models: list[dict[str, Any]]) -> None:
+    """Why the newest model is not current, and the user's override."""
+    refused = refused_model(models)
+    if refused is None:
+        return
+    st.warning(f"**Model #{refused.model_id} was not made current.** {refused.promotion.reason}. "
+             "The current model stays in use; the new one is kept (ready).",
+             icon=":material/gpp_maybe:")
+    if ui.may("promote") and st.button("Make it current anyway", type="primary",
+                                       icon=":material/upgrade:", key="force_current"):
+        make_current(refused.model_id, note="overrode the promotion gate")
+
+
+def model_rows(models: list[dict[str, Any]]) -> None:
+    """Every ready model, newest first, with one "Make #N current" click per earlier model."""
+    ready = [m for m in reversed(models) if m["status"] == "ready"]
+    if len(ready) < 2:
+        return
+    st.markdown("##### Make a model current")
+    st.caption("One click makes any ready model current again (a rollback); the change is "
+               "recorded in the audit trail.")
+    allowed = ui.may("promote")
+    for m in ready:
+        p = model_provenance(m)
+        acc = head_accuracies(m["metrics"])
+        mean = promotion.mean_accuracy(acc)
+        cols = st.columns([1, 5, 2])
+        cols[0].markdown(f"**#{m['id']}**" + (" ✓" if m["is_current"] else ""))
+        refused = p.promotion is not None and not p.promotion.promote
+        cols[1].caption(" · ".join(filter(None, [
+            ui.age_text(m["created_at"]), p.backbone, p.origin,
+            f"kept {p.kept_text()}",
+            f"mean test accuracy {mean:.1%}" if mean is not None else "not evaluated",
+            "refused by the promotion gate" if refused else ""])))
+        if m["is_current"]:
+            cols[2].markdown("current")
+        elif allowed and cols[2].button(f"Make #{m['id']} current", key=f"make_current_{m['id']}",
+                                        icon=":material/history:"):
+            make_current(int(m["id"]), note="made current from the model list")
 
 
 def body() -> None:
@@ -129,6 +212,15 @@ def body() -> None:
         c[2].metric("Labelled test images", counts["labelled_by_split"]["test"])
     c[3].metric("Current model", f"#{model['id']}" if model else "none",
                 ui.age_text(model["created_at"]) if model else None, delta_color="off")
+
+    made = st.session_state.pop("train_made_current", None)
+    if made is not None:
+        st.success(f"Model #{made} is now current.", icon=":material/check_circle:")
+    refused_panel(models)
+    if model is not None:
+        provenance_panel(model_provenance(model))
+    with ui.store() as s:
+        small_set_warning(s)
 
     job = ui.job_panel("train", key="train", extra=live_details)
     running = job is not None and job["status"] in ACTIVE
@@ -197,15 +289,20 @@ def body() -> None:
         rows = []
         for m in reversed(models):
             acc = head_accuracies(m["metrics"])
+            p = model_provenance(m)
+            gate = "" if p.promotion is None else ("made current" if p.promotion.promote
+                                                   else "refused (worse)")
             rows.append({"model": m["id"], "current": "✓" if m["is_current"] else "",
                          "from": m["parent_id"], "trained": ui.age_text(m["created_at"]),
                          "train images": m["metrics"].get("train", {}).get("n"),
                          "backbone": LABELS.get(m.get("backbone"), m.get("backbone")),
                          "weights from": origin_text(m.get("weights_origin")),
+                         "kept epoch": p.kept_epoch, "promotion": gate,
                          **{f"test {a}": acc.get(a) for a in ws.schema.attributes}})
         st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
                      column_config={f"test {a}": st.column_config.NumberColumn(format="percent")
                                     for a in ws.schema.attributes})
+        model_rows(models)
 
 
 ui.run_page(body)

@@ -1,4 +1,5 @@
-"""Evaluate: confusion matrices and per-class P/R/F1 per head for any model; compare two."""
+"""Evaluate: confusion matrices and per-class P/R/F1 per head for any model, each accuracy beside
+the majority-class baseline; compare two models. Every figure is in percent."""
 from __future__ import annotations
 
 import sys
@@ -15,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ui  # noqa: E402
 
 from core.dashboard import evaluation_report  # noqa: E402
+from core.evaluation_view import HeadBaseline, comparison_rows, report_baselines  # noqa: E402
 
 
 def model_label(m: dict[str, Any], rounds: dict[int, int]) -> str:
@@ -42,47 +44,71 @@ def confusion_figure(head: dict[str, Any]) -> go.Figure:
 
 
 def per_class_table(head: dict[str, Any]) -> pd.DataFrame:
+    """Per-class precision, recall and F1 in percent, with the support."""
     df = pd.DataFrame(head["per_class"]).T
     df.index.name = "class"
-    return df[["precision", "recall", "f1", "support"]]
+    df[["precision", "recall", "f1"]] = df[["precision", "recall", "f1"]].astype(float) * 100
+    return df[["precision", "recall", "f1", "support"]].rename(
+        columns={"precision": "precision (%)", "recall": "recall (%)", "f1": "F1 (%)"})
 
 
-def show_report(report: dict[str, Any], key: str) -> None:
-    st.caption(f"{report['n_images']} labelled {report['split']} images")
+def baseline_metric(col, base: HeadBaseline | None) -> None:
+    if base is None or base.accuracy is None:
+        col.metric("Majority baseline", "n/a", help="no training labels for this head yet")
+        return
+    col.metric("Majority baseline", f"{base.accuracy:.1%}",
+               help=f"always answering '{base.majority_class}', the most frequent class in the "
+                    f"training labels ({base.train_share:.0%} of them), on these same "
+                    f"{base.n} images")
+
+
+def show_report(report: dict[str, Any], key: str,
+                baselines: dict[str, HeadBaseline]) -> None:
+    st.caption(f"{report['n_images']} labelled {report['split']} images. The majority baseline "
+               "always answers the most frequent class of the training labels: a model that "
+               "does not beat it has learnt nothing useful for that head.")
     tabs = st.tabs(list(report["heads"]))
     for tab, (attr, head) in zip(tabs, report["heads"].items()):
         with tab:
             if not head["n"]:
                 st.info(f"No {attr} labels in the {report['split']} split.")
                 continue
-            c = st.columns(3)
-            c[0].metric("Accuracy", f"{head['accuracy']:.1%}")
-            c[1].metric("Macro F1", f"{head['macro_f1']:.3f}")
-            c[2].metric("Images", head["n"])
+            base = baselines.get(attr)
+            c = st.columns(4)
+            delta = None
+            if base is not None and base.accuracy is not None:
+                delta = f"{(head['accuracy'] - base.accuracy) * 100:+.1f} points vs baseline"
+            c[0].metric("Accuracy", f"{head['accuracy']:.1%}", delta)
+            baseline_metric(c[1], base)
+            c[2].metric("Macro F1", f"{head['macro_f1']:.1%}")
+            c[3].metric("Images", head["n"])
+            if base is not None and base.accuracy is not None and head["accuracy"] <= base.accuracy:
+                st.warning(f"{attr}: the model does not beat always answering "
+                           f"'{base.majority_class}' ({base.accuracy:.1%} on these images).",
+                           icon=":material/warning:")
             left, right = st.columns([3, 2])
             left.plotly_chart(confusion_figure(head), width="stretch", key=f"cm_{key}_{attr}")
             right.dataframe(per_class_table(head).style.format(
-                {"precision": "{:.2f}", "recall": "{:.2f}", "f1": "{:.2f}", "support": "{:.0f}"}),
-                width="stretch")
+                {"precision (%)": "{:.1f}", "recall (%)": "{:.1f}", "F1 (%)": "{:.1f}",
+                 "support": "{:.0f}"}), width="stretch")
 
 
-def compare(a: dict[str, Any], b: dict[str, Any], la: str, lb: str) -> None:
-    rows = []
-    for attr in a["heads"]:
-        ha, hb = a["heads"][attr], b["heads"].get(attr, {})
-        rows.append({"head": attr, f"accuracy {la}": ha.get("accuracy"),
-                     f"accuracy {lb}": hb.get("accuracy"),
-                     "Δ accuracy": (hb.get("accuracy") or 0) - (ha.get("accuracy") or 0),
-                     f"macro F1 {la}": ha.get("macro_f1"), f"macro F1 {lb}": hb.get("macro_f1")})
-    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+def compare(a: dict[str, Any], b: dict[str, Any], la: str, lb: str,
+            baselines: dict[str, HeadBaseline]) -> None:
+    rows = comparison_rows(a, b, la, lb, baselines)
+    st.caption(f"All figures in percent; Δ is {lb} minus {la} in percentage points; the majority "
+               f"baseline is measured on {lb}'s evaluated images.")
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
+                 column_config={k: st.column_config.NumberColumn(format="%.1f")
+                                for k in rows[0] if k != "head"} if rows else None)
     attr = st.selectbox("Per-class F1 of", list(a["heads"]), key="cmp_attr")
-    fa = {c: v["f1"] for c, v in a["heads"][attr]["per_class"].items()}
-    fb = {c: v["f1"] for c, v in b["heads"].get(attr, {}).get("per_class", {}).items()}
+    fa = {c: 100 * v["f1"] for c, v in a["heads"][attr]["per_class"].items()}
+    fb = {c: 100 * v["f1"] for c, v in b["heads"].get(attr, {}).get("per_class", {}).items()}
     fig = go.Figure()
     fig.add_bar(name=la, x=list(fa), y=list(fa.values()))
     fig.add_bar(name=lb, x=list(fb), y=list(fb.values()))
     fig.update_layout(barmode="group", height=300, margin=dict(l=10, r=10, t=10, b=10),
-                      yaxis=dict(range=[0, 1], title="F1"))
+                      yaxis=dict(range=[0, 100], title="F1 (%)"))
     st.plotly_chart(fig, width="stretch", key="cmp_chart")
 
 
@@ -110,7 +136,9 @@ def body() -> None:
             if ui.start("evaluate", {"model_id": chosen}):
                 st.rerun()
         return
-    show_report(report, key=str(chosen))
+    with ui.store() as s:
+        baselines = report_baselines(s, ws.schema, report)
+    show_report(report, key=str(chosen), baselines=baselines)
 
     others = [i for i in ids if i != chosen]
     if others:
@@ -120,7 +148,7 @@ def body() -> None:
         if other_report is None:
             st.info(f"{labels[other]} has no test evaluation.")
         else:
-            compare(other_report, report, f"#{other}", f"#{chosen}")
+            compare(other_report, report, f"#{other}", f"#{chosen}", baselines)
 
 
 ui.run_page(body)

@@ -13,6 +13,7 @@ from core import labeling, refit_status as refit  # noqa: E402
 from core.acquisition import STRATEGIES  # noqa: E402
 from core.dashboard import queue_view  # noqa: E402
 from core.queue_view import auto_reason, round_reason  # noqa: E402
+from core.score_spread import round_score_spread  # noqa: E402
 
 GRID_COLUMNS = 6
 PAGE_SIZE = 48
@@ -126,6 +127,9 @@ def body() -> None:
     reason = round_reason(ws, number)
     if reason:
         st.info(f"auto chose {reason}", icon=":material/lightbulb:")
+    spread = round_score_spread(ws, number)
+    if spread is not None and spread.near_uniform:
+        st.warning(spread.sentence(), icon=":material/blur_on:")
     source_line(ws, number)
     items = queue_view(ws, number)
     st.caption(f"{len(items)} images, highest priority first. Scores: higher = more useful to "

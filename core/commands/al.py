@@ -78,6 +78,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-warm-start", action="store_true", help="train from scratch")
     p.add_argument("--no-pretrained", action="store_true")
+    p.add_argument("--force-promote", action="store_true",
+                   help="make the new model current even if it is worse on the evaluation set")
     p.add_argument("--json", action="store_true", help="print the round record as JSON")
     p.set_defaults(handler=cmd_round)
 
@@ -190,7 +192,7 @@ def cmd_round(args: argparse.Namespace, ws: Workspace) -> int:
                         balance=args.balance, sampling=args.sampling, beta=args.beta,
                         train_config=config,
                         warm_start=False if args.no_warm_start else None, seed=args.seed,
-                        progress=update)
+                        progress=update, force_promote=args.force_promote)
     finally:
         close()
     if rep.status != "succeeded":
@@ -211,6 +213,12 @@ def cmd_round(args: argparse.Namespace, ws: Workspace) -> int:
           f"{rec['train']['train_images']} images "
           f"({'warm start from ' + str(rec['warm_started_from']) if rec['warm_started_from'] else 'from scratch'})")
     print(f"test accuracy: {acc_txt}")
+    promotion = rec.get("promotion") or {}
+    if promotion.get("reason"):
+        print(f"promotion: {promotion['reason']}")
+    if promotion and not promotion.get("promote"):
+        print(f"the batch was ranked by model {rec['ranked_by']}, which stays current; "
+              f"to use model {rep.model_id} anyway: python -m core promote {rep.model_id}")
     print(f"queued {rec['queued']} images by {rec['strategy']}; timings: "
           + ", ".join(f"{k}={v:.1f}" for k, v in rec["timings"].items()))
     if rep.queue is not None:

@@ -1,4 +1,6 @@
-"""Training commands: ``train`` (then evaluate on test) and ``evaluate``."""
+"""Training commands: ``train`` (then evaluate on test), ``evaluate``, and choosing the current
+model: ``promote MODEL_ID`` (make any ready model current, e.g. one the promotion gate refused,
+or an earlier one to roll back to) and ``rollback`` (the model current before the last change)."""
 from __future__ import annotations
 
 import argparse
@@ -9,8 +11,10 @@ from typing import Any
 
 from tqdm import tqdm
 
+from core.access import cli_principal
 from core.cli_progress import wants_bars
 from core.commands.project import require_workspace
+from core.promotion import promote, rollback
 from data.progress import Progress
 from data.workspace import Workspace
 
@@ -54,8 +58,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--semi-weight", type=float, default=1.0,
                    help="weight of the unlabelled loss (lambda_u, default 1)")
     p.add_argument("--no-eval", action="store_true", help="skip the test-split evaluation")
+    p.add_argument("--force-promote", action="store_true",
+                   help="make the new model current even if it is worse than the current one "
+                        "on the evaluation set (without it, a worse model is recorded but the "
+                        "current model stays current)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(handler=cmd_train)
+
+    p = subparsers.add_parser("promote", help="make a recorded model current (audited)")
+    p.add_argument("model_id", type=int, help="the model to make current (see `status`)")
+    p.set_defaults(handler=cmd_promote)
+
+    p = subparsers.add_parser("rollback",
+                              help="make the model that was current before the last change "
+                                   "current again (audited)")
+    p.set_defaults(handler=cmd_rollback)
 
     p = subparsers.add_parser("evaluate", help="per-head test metrics of a model")
     p.add_argument("--model", type=int, default=None, help="model id (default: current)")
@@ -119,15 +136,21 @@ def cmd_train(args: argparse.Namespace, ws: Workspace) -> int:
     try:   # a bar only on a terminal (core.cli_progress): never mixed into piped output
         outcome = train_and_promote(ws, config,
                                     progress=bar if wants_bars() and not args.json else None,
-                                    evaluate_test=not args.no_eval)
+                                    evaluate_test=not args.no_eval,
+                                    force_promote=args.force_promote)
     finally:
         bar.close()
-    if outcome.promoted:
+    if outcome.model_id is not None:
         print(f"weights after training: model {outcome.model_id} started from "
               f"{outcome.train.origin}", file=say, flush=True)
+    if outcome.decision is not None:
+        print(f"promotion: {outcome.decision.reason}", file=say, flush=True)
+        if outcome.refused:
+            print(f"model {outcome.model_id} is kept (ready, not current); to use it anyway: "
+                  f"python -m core promote {outcome.model_id}", file=say, flush=True)
     if args.json:
         print(json.dumps(outcome.to_dict(), indent=2))
-        return 0 if outcome.promoted else 1
+        return 1 if outcome.cancelled else 0  # refused: recorded, not current ("status": "refused")
     if outcome.cancelled:
         print("training cancelled; nothing recorded, the previous model stays current")
         return 1
@@ -138,7 +161,8 @@ def cmd_train(args: argparse.Namespace, ws: Workspace) -> int:
         print(f"orientation before balancing: {result.balance['before']}")
         print(f"orientation after balancing:  {result.balance['after']}")
     val = ", ".join(f"{a} {v:.3f}" for a, v in result.val_acc.items() if v is not None)
-    print(f"model {outcome.model_id} (now current): {result.epochs_run} epochs in {result.seconds:.1f} s "
+    state = "now current" if outcome.promoted else "NOT current"
+    print(f"model {outcome.model_id} ({state}): {result.epochs_run} epochs in {result.seconds:.1f} s "
           f"({result.images_per_s:.1f} img/s, {result.train_images} train images, "
           f"weights: {result.origin}{', bf16' if result.bf16 else ''})")
     if result.best_epoch is not None:
@@ -156,4 +180,18 @@ def cmd_evaluate(args: argparse.Namespace, ws: Workspace) -> int:
     from models.evaluate import format_report
     report = evaluate_and_record(ws, args.model, args.split)
     print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report))
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace, ws: Workspace) -> int:
+    require_workspace(ws)
+    before = promote(ws, args.model_id, principal=cli_principal(), note="command line")
+    print(f"model {args.model_id} is now current" + (f" (was model {before})" if before else ""))
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace, ws: Workspace) -> int:
+    require_workspace(ws)
+    target = rollback(ws, principal=cli_principal())
+    print(f"rolled back: model {target} is current again")
     return 0
