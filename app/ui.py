@@ -22,7 +22,7 @@ if str(REPO_ROOT) not in sys.path:  # `streamlit run app/Home.py` puts app/ firs
 from data.accounts import has_accounts  # noqa: E402
 from data.errors import UserError  # noqa: E402
 from data.optional import missing_optional  # noqa: E402
-from core.access import LOCAL, AccessDenied, Principal, allowed  # noqa: E402
+from core.access import ACTIONS, LOCAL, AccessDenied, Principal, allowed  # noqa: E402
 from core.jobs import (ACTIVE, JOB_KINDS, JobConflict, active_jobs, cancel_job, latest_job,  # noqa: E402
                        reap_stale, start_job)
 from data.schema import SchemaError, UnknownValueError  # noqa: E402
@@ -104,6 +104,32 @@ def may(action: str) -> bool:
         with store() as s:
             who = None if has_accounts(s) else LOCAL
     return allowed(who, action)
+
+
+def offer(action: str, what: str) -> bool:
+    """The one rule for role-gated controls: True when this visitor may do ``action``.
+
+    Otherwise the control is not drawn and one line says why ("... maintainers only"), so an
+    annotator never clicks a button only to be refused. The service refuses anyway
+    (:mod:`core.access`); this only keeps pages honest about what a role can do.
+    """
+    if may(action):
+        return True
+    who = principal()
+    role = ACTIONS[action]
+    st.caption(f":material/lock: {what}: {role}s only"
+               + (f" (you are signed in as {who.user}, {who.role})." if who else "."))
+    return False
+
+
+def busy(kind: str) -> bool:
+    """True while a job that would block a new ``kind`` job (same lock group) is active.
+
+    Start buttons are disabled then, instead of offering a click the job layer would refuse.
+    """
+    group = JOB_KINDS[kind].group
+    with store() as s:
+        return bool(active_jobs(s, group=group))
 
 
 # -- page frame and errors -----------------------------------------------------------------------
@@ -249,8 +275,9 @@ def _draw_job(job: dict[str, Any], *, key: str) -> None:
     if status in ACTIVE:
         cols = st.columns([5, 1])
         cols[0].progress(float(job["progress"]), text=f"{head} — {job['message']}")
-        if cols[1].button("Cancel", key=f"cancel_{key}_{job['id']}", icon=":material/stop:",
-                          disabled=bool(job["cancel_requested"])):
+        if may("cancel_job") and cols[1].button(
+                "Cancel", key=f"cancel_{key}_{job['id']}", icon=":material/stop:",
+                disabled=bool(job["cancel_requested"])):
             cancel_job(workspace(), job["id"], principal=principal())
             st.rerun()
     elif status == "succeeded":
