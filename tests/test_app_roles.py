@@ -22,7 +22,7 @@ from core.labeling import save_label
 from data import accounts
 from data.workspace import ENV_WORKSPACE, Workspace
 
-from app_fixtures import build_pool, build_trained
+from app_fixtures import build_pool
 
 APP = Path(__file__).resolve().parents[1] / "app"
 PASSWORD = "correct horse battery"
@@ -50,7 +50,12 @@ def add_team(ws: Workspace) -> Workspace:
 
 @pytest.fixture(scope="module")
 def team_template(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
-    return add_team(build_trained(tmp_path_factory.mktemp("roles") / "ws"))
+    """A labelled pool with a model record (no weights: these tests look at controls, not
+    predictions, and training one would cost most of this file's time)."""
+    ws = build_pool(tmp_path_factory.mktemp("roles") / "ws", n=24, first_batch=12)
+    with ws.store() as store:
+        store.add_model("no-weights.pt", metrics={})
+    return add_team(ws)
 
 
 @pytest.fixture
@@ -69,6 +74,7 @@ def run_as(ws: Workspace, monkeypatch: pytest.MonkeyPatch, page: str,
         at.session_state["auth_session"] = users.Session(who, time.time() + 3600)
     at.run()
     assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
     return at
 
 
