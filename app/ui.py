@@ -5,6 +5,7 @@ patterns they share so every page shows progress and errors the same way.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import streamlit as st
+from PIL import Image, ImageDraw
 
 APP_DIR = Path(__file__).resolve().parent
 REPO_ROOT = APP_DIR.parent
@@ -133,10 +135,28 @@ def busy(kind: str) -> bool:
 
 
 # -- page frame and errors -----------------------------------------------------------------------
+@functools.lru_cache(maxsize=1)
+def page_icon() -> Image.Image:
+    """The browser-tab icon, drawn here and served by the app itself.
+
+    A ``:material/...:`` page icon makes the browser fetch the symbol from fonts.gstatic.com,
+    and the app must make no request to outside hosts (issue 14): a small drawn car instead.
+    """
+    img = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(img)
+    draw.rounded_rectangle((2, 2, 62, 62), radius=12, fill=(76, 120, 168, 255))
+    draw.rounded_rectangle((10, 28, 54, 44), radius=5, fill="white")      # body
+    draw.polygon([(18, 28), (24, 18), (42, 18), (48, 28)], fill="white")    # cabin
+    for x in (20, 44):
+        draw.ellipse((x - 6, 38, x + 6, 50), fill=(40, 40, 40, 255))       # wheels
+    return img
+
+
 def page(title: str, icon: str = "") -> None:
     """Common page start: config (when run standalone), title, sidebar facts."""
     try:
-        st.set_page_config(page_title=f"{title} · Car Grouping", layout="wide")
+        st.set_page_config(page_title=f"{title} · Car Grouping", page_icon=page_icon(),
+                           layout="wide")
     except st.errors.StreamlitAPIException:
         pass  # already set by the navigation entry point
     st.title(f"{title}")
