@@ -24,7 +24,7 @@ if str(REPO_ROOT) not in sys.path:  # `streamlit run app/Home.py` puts app/ firs
 from data.accounts import has_accounts  # noqa: E402
 from data.errors import UserError  # noqa: E402
 from data.optional import missing_optional  # noqa: E402
-from core.access import ACTIONS, LOCAL, AccessDenied, Principal, allowed  # noqa: E402
+from core.access import ACTIONS, JOB_ACTIONS, LOCAL, AccessDenied, Principal, allowed  # noqa: E402
 from core.jobs import (ACTIVE, JOB_KINDS, JobConflict, active_jobs, cancel_job, latest_job,  # noqa: E402
                        reap_stale, start_job)
 from data.schema import SchemaError, UnknownValueError  # noqa: E402
@@ -106,6 +106,11 @@ def may(action: str) -> bool:
         with store() as s:
             who = None if has_accounts(s) else LOCAL
     return allowed(who, action)
+
+
+def may_start(kind: str) -> bool:
+    """Whether to offer starting a background job of ``kind`` (the rule ``start_job`` applies)."""
+    return may(JOB_ACTIONS.get(kind, "train"))
 
 
 def offer(action: str, what: str) -> bool:

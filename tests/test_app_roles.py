@@ -36,7 +36,7 @@ MAINTAINER_BUTTONS = {
     "0_Overview.py": ["Simulated annotator", "Draw evaluation set"],
     "3_CVAT.py": ["Build zip", "Import labels"],
     "4_Train.py": ["Retrain"],
-    "6_Queue.py": ["Rank next batch", "Refit heads now", "Push to CVAT"],
+    "6_Queue.py": ["Rank next batch", "Push to CVAT"],
     "7_Export.py": ["Build export"],
 }
 
@@ -237,3 +237,22 @@ def test_queue_strategy_description_is_written_out_in_full(team_template: Worksp
     box.select("probcover").run()
     assert any(c.value == f"**probcover**: {STRATEGIES['probcover'].description}"
                for c in at.caption)
+
+
+def test_an_annotators_saves_still_start_the_head_refit(team: Workspace, monkeypatch) -> None:
+    """The refit that follows labelling runs for whoever labelled (with accounts there is no
+    anonymous local maintainer to start it), and says so in the audit trail."""
+    from core import refit_status
+    monkeypatch.setenv(refit_status.ENV_AUTO_REFIT, "1")
+    with team.store() as store:
+        pending = [it["image_id"] for r in store.rounds() for it in store.round_items(r["number"])
+                   if it["image_id"] not in store.current_labels(include_empty=True)]
+        ids = [i.id for i in store.images() if i.id not in store.current_labels()]
+        attr, classes = next(iter(team.schema.classes.items()))
+        for image in (pending + ids)[:refit_status.DEFAULT_EVERY]:
+            save_label(store, team.schema, image, {attr: classes[0]}, principal=ANNOT)
+    job_id = refit_status.request_refit(team, spawn=False, principal=ANNOT)
+    assert job_id is not None
+    with team.store() as store:
+        [entry] = accounts.audit_entries(store, job_id=job_id)
+    assert (entry["user"], entry["details"]["event"]) == ("ann", "started")

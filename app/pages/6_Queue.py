@@ -85,7 +85,7 @@ def source_line(ws, number: int) -> None:
     cols[0].caption(f"Order: {refit.ranking_source(ws, number)}. The heads are refitted on the "
                     f"cached embeddings every {refit.DEFAULT_EVERY} saved labels and at the end "
                     "of a batch; Retrain on the Train page fine-tunes the whole network.")
-    if ui.may("train") and cols[1].button("Refit heads now", icon=":material/bolt:",
+    if ui.may_start("refit") and cols[1].button("Refit heads now", icon=":material/bolt:",
                                          width="stretch", disabled=ui.busy("refit"),
                       help="Refit the heads on the current labels and re-rank the open batches "
                            "(seconds once the pool's embeddings are cached)"):
