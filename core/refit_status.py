@@ -153,7 +153,8 @@ def request_refit(ws: Workspace, *, every: int = DEFAULT_EVERY, spawn: bool = Tr
         if active_jobs(store, kind="refit"):
             return None
     try:
-        return start_job(ws, "refit", {"every": int(every)}, spawn=spawn, principal=principal)
+        return start_job(ws, "refit", {"every": int(every)}, spawn=spawn,
+                         **({"principal": principal} if principal is not None else {}))
     except JobConflict:
         return None
 
