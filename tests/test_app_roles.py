@@ -256,3 +256,19 @@ def test_an_annotators_saves_still_start_the_head_refit(team: Workspace, monkeyp
     with team.store() as store:
         [entry] = accounts.audit_entries(store, job_id=job_id)
     assert (entry["user"], entry["details"]["event"]) == ("ann", "started")
+
+
+def test_the_app_is_launched_without_usage_statistics_or_outside_requests(workspace) -> None:
+    """Launcher flags and the repository's .streamlit/config.toml agree: no usage statistics,
+    XSRF on (the browser test checks that no request leaves the machine)."""
+    import tomllib
+
+    from core.commands.app import streamlit_command
+    cmd = streamlit_command(workspace, port=8501, address="127.0.0.1")
+    flags = dict(zip(cmd, cmd[1:]))
+    assert flags["--browser.gatherUsageStats"] == "false"
+    assert flags["--server.enableXsrfProtection"] == "true"
+    config = tomllib.loads((APP.parent / ".streamlit" / "config.toml").read_text())
+    assert config["browser"]["gatherUsageStats"] is False
+    assert config["server"]["enableXsrfProtection"] is True
+    assert ".streamlit/secrets.toml" in (APP.parent / ".gitignore").read_text()
