@@ -221,6 +221,7 @@ def test_balance_charts_keep_title_and_legend_apart_and_empty_marks_upright(
         assert f"##### {attr}" in headings
         assert not (layout.get("title") or {}).get("text")  # the heading sits outside the chart
         assert layout["legend"]["yanchor"] == "bottom" and layout["legend"]["y"] >= 1
+        assert layout["yaxis"]["rangemode"] == "nonnegative"
         marks = [a for a in layout.get("annotations", []) if a["text"] == "empty"]
         empties += len(marks)
         assert all(a["textangle"] == -90 for a in marks)

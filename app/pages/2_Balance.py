@@ -27,6 +27,7 @@ def attribute_chart(attr: str, per_split: dict[str, dict[str, int]], splits: lis
     # top never collides with a title (issue 13, section 9).
     fig.update_layout(barmode="stack", height=300, margin=dict(l=10, r=10, t=30, b=10),
                       legend=dict(orientation="h", x=0, y=1.02, yanchor="bottom"))
+    fig.update_yaxes(rangemode="nonnegative")  # counts: no -1..1 axis while nothing is labelled
     totals = {c: sum(per_split[s][c] for s in splits) for c in classes}
     empty, rare = rare_classes(totals)
     for c in empty:
