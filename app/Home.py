@@ -13,7 +13,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ui  # noqa: E402
 import signin  # noqa: E402
 
-st.set_page_config(page_title="Car Grouping", page_icon=":material/directions_car:", layout="wide")
+# a drawn icon served by the app: a :material/...: one would be fetched from fonts.gstatic.com
+st.set_page_config(page_title="Car Grouping", page_icon=ui.page_icon(), layout="wide")
 signin.gate()  # no page is drawn, or even imported, before a sign-in where one is needed
 pages = [st.Page(f, title=t, icon=i, default=(n == 0)) for n, (f, t, i) in enumerate(ui.PAGES)]
 st.navigation(pages).run()

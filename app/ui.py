@@ -5,6 +5,7 @@ patterns they share so every page shows progress and errors the same way.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import streamlit as st
+from PIL import Image, ImageDraw
 
 APP_DIR = Path(__file__).resolve().parent
 REPO_ROOT = APP_DIR.parent
@@ -22,7 +24,7 @@ if str(REPO_ROOT) not in sys.path:  # `streamlit run app/Home.py` puts app/ firs
 from data.accounts import has_accounts  # noqa: E402
 from data.errors import UserError  # noqa: E402
 from data.optional import missing_optional  # noqa: E402
-from core.access import LOCAL, AccessDenied, Principal, allowed  # noqa: E402
+from core.access import ACTIONS, JOB_ACTIONS, LOCAL, AccessDenied, Principal, allowed  # noqa: E402
 from core.jobs import (ACTIVE, JOB_KINDS, JobConflict, active_jobs, cancel_job, latest_job,  # noqa: E402
                        reap_stale, start_job)
 from data.schema import SchemaError, UnknownValueError  # noqa: E402
@@ -106,11 +108,60 @@ def may(action: str) -> bool:
     return allowed(who, action)
 
 
+def may_start(kind: str) -> bool:
+    """Whether to offer starting a background job of ``kind`` (the rule ``start_job`` applies)."""
+    return may(JOB_ACTIONS.get(kind, "train"))
+
+
+def offer(action: str, what: str) -> bool:
+    """The one rule for role-gated controls: True when this visitor may do ``action``.
+
+    Otherwise the control is not drawn and one line says why ("... maintainers only"), so an
+    annotator never clicks a button only to be refused. The service refuses anyway
+    (:mod:`core.access`); this only keeps pages honest about what a role can do.
+    """
+    if may(action):
+        return True
+    who = principal()
+    role = ACTIONS[action]
+    st.caption(f":material/lock: {what}: {role}s only"
+               + (f" (you are signed in as {who.user}, {who.role})." if who else "."))
+    return False
+
+
+def busy(kind: str) -> bool:
+    """True while a job that would block a new ``kind`` job (same lock group) is active.
+
+    Start buttons are disabled then, instead of offering a click the job layer would refuse.
+    """
+    group = JOB_KINDS[kind].group
+    with store() as s:
+        return bool(active_jobs(s, group=group))
+
+
 # -- page frame and errors -----------------------------------------------------------------------
+@functools.lru_cache(maxsize=1)
+def page_icon() -> Image.Image:
+    """The browser-tab icon, drawn here and served by the app itself.
+
+    A ``:material/...:`` page icon makes the browser fetch the symbol from fonts.gstatic.com,
+    and the app must make no request to outside hosts (issue 14): a small drawn car instead.
+    """
+    img = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(img)
+    draw.rounded_rectangle((2, 2, 62, 62), radius=12, fill=(76, 120, 168, 255))
+    draw.rounded_rectangle((10, 28, 54, 44), radius=5, fill="white")      # body
+    draw.polygon([(18, 28), (24, 18), (42, 18), (48, 28)], fill="white")    # cabin
+    for x in (20, 44):
+        draw.ellipse((x - 6, 38, x + 6, 50), fill=(40, 40, 40, 255))       # wheels
+    return img
+
+
 def page(title: str, icon: str = "") -> None:
     """Common page start: config (when run standalone), title, sidebar facts."""
     try:
-        st.set_page_config(page_title=f"{title} · Car Grouping", layout="wide")
+        st.set_page_config(page_title=f"{title} · Car Grouping", page_icon=page_icon(),
+                           layout="wide")
     except st.errors.StreamlitAPIException:
         pass  # already set by the navigation entry point
     st.title(f"{title}")
@@ -249,8 +300,9 @@ def _draw_job(job: dict[str, Any], *, key: str) -> None:
     if status in ACTIVE:
         cols = st.columns([5, 1])
         cols[0].progress(float(job["progress"]), text=f"{head} — {job['message']}")
-        if cols[1].button("Cancel", key=f"cancel_{key}_{job['id']}", icon=":material/stop:",
-                          disabled=bool(job["cancel_requested"])):
+        if may("cancel_job") and cols[1].button(
+                "Cancel", key=f"cancel_{key}_{job['id']}", icon=":material/stop:",
+                disabled=bool(job["cancel_requested"])):
             cancel_job(workspace(), job["id"], principal=principal())
             st.rerun()
     elif status == "succeeded":

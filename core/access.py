@@ -39,6 +39,9 @@ JOB_ACTIONS: dict[str, str] = {
     "demo": "ingest", "ingest": "ingest", "sample": "sample", "label_sim": "simulate",
     "train": "train", "evaluate": "evaluate", "queue": "rank", "export": "export",
     "cvat_push": "cvat_push", "cvat_pull": "cvat_pull", "selftest": "evaluate",
+    # A head refit only re-orders the open batches from the labels already saved; labelling
+    # starts it (every few saves), so whoever may label may start it.
+    "refit": "label",
 }
 
 

@@ -16,6 +16,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from core import acquisition as acq
+from core.access import Principal
 from core.jobs import JobConflict, active_jobs, start_job
 from core.pool_scores import PoolScores, load_pool_scores
 from data.workspace import Workspace
@@ -138,7 +139,8 @@ def auto_refit_enabled() -> bool:
     return os.environ.get(ENV_AUTO_REFIT, "1").strip().lower() not in ("0", "off", "false", "no")
 
 
-def request_refit(ws: Workspace, *, every: int = DEFAULT_EVERY, spawn: bool = True) -> int | None:
+def request_refit(ws: Workspace, *, every: int = DEFAULT_EVERY, spawn: bool = True,
+                  principal: Principal | None = None) -> int | None:
     """Start a background refit when one is :func:`due` and none is running; returns its job id.
 
     Called by the Label page after every save, so it must never block or raise on a busy job.
@@ -151,7 +153,8 @@ def request_refit(ws: Workspace, *, every: int = DEFAULT_EVERY, spawn: bool = Tr
         if active_jobs(store, kind="refit"):
             return None
     try:
-        return start_job(ws, "refit", {"every": int(every)}, spawn=spawn)
+        return start_job(ws, "refit", {"every": int(every)}, spawn=spawn,
+                         **({"principal": principal} if principal is not None else {}))
     except JobConflict:
         return None
 

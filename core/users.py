@@ -52,6 +52,29 @@ def sign_in(ws: Workspace, name: str, password: str, *, now: float | None = None
     return Session(principal, now + 60.0 * session_minutes(ws))
 
 
+def sign_in_oidc(ws: Workspace, email: str, *, now: float | None = None) -> Session:
+    """A sign-in vouched for by the team's identity provider (Streamlit's ``st.login``).
+
+    The provider proves who the visitor is; the workspace still decides what they may do: the
+    role is that of the enabled account named by the e-mail address (``users add
+    ann@example.org --role annotator``). No such account, or a disabled one: refused.
+    """
+    now = time.time() if now is None else now
+    email = (email or "").strip().lower()
+    with ws.store() as store:
+        found = next((a for a in accounts.list_users(store) if a.name.lower() == email), None)
+        if not email or found is None or found.disabled:
+            accounts.record(store, email or "?", "sign_in_failed",
+                            {"reason": "no enabled account for this e-mail", "via": "oidc"}, at=now)
+            raise accounts.SignInRefused(
+                f"{email or 'this identity'} signed in with the identity provider but has no "
+                "enabled account in this workspace; ask a maintainer to run "
+                f"`python -m core users add {email or 'EMAIL'} --role annotator`")
+        principal = Principal(found.name, found.role)
+        audit(store, principal, "sign_in", {"via": "oidc"})
+    return Session(principal, now + 60.0 * session_minutes(ws))
+
+
 def has_accounts(ws: Workspace) -> bool:
     with ws.store() as store:
         return accounts.has_accounts(store)

@@ -44,7 +44,8 @@ def evaluation_set(status: EvalSetStatus) -> None:
         st.warning(warning, icon=":material/warning:")
     per_class = eval_per_class_input("overview", status.per_class or DEFAULT_PER_CLASS)
     label = "Grow evaluation set" if status.exists else "Draw evaluation set"
-    if st.button(label, icon=":material/fact_check:", disabled=per_class < 1):
+    if ui.offer("sample", label) and st.button(label, icon=":material/fact_check:",
+                                               disabled=per_class < 1):
         ws = ui.workspace()
         with ui.store() as s:
             draw = draw_eval_set(s, ws.schema, per_class)
@@ -69,7 +70,9 @@ def onboarding() -> None:
         first = st.number_input("First batch to label", min_value=0, max_value=5000, value=100,
                                 step=10, help="Random training batch to label (0: none yet)")
         per_class = eval_per_class_input("demo")
-        if st.button("Create demo pool", type="primary", icon=":material/auto_awesome:"):
+        if ui.offer("ingest", "Create demo pool") and st.button(
+                "Create demo pool", type="primary", icon=":material/auto_awesome:",
+                disabled=ui.busy("demo")):
             if ui.start("demo", {"n": int(n), "size": int(size), "sample": int(first),
                                  "eval_per_class": int(per_class)}):
                 st.rerun()
@@ -87,8 +90,9 @@ def ingest_form(key: str) -> None:
                          placeholder="/data/image_test.tar.gz")
     upload = st.file_uploader("…or upload an archive", type=["zip", "gz", "tgz"],
                               key=f"ingest_upload_{key}")
-    if st.button("Ingest", icon=":material/download:", key=f"ingest_{key}",
-                 disabled=not (path or upload)):
+    if ui.offer("ingest", "Ingest") and st.button(
+            "Ingest", icon=":material/download:", key=f"ingest_{key}",
+            disabled=not (path or upload) or ui.busy("ingest")):
         target = ui.save_upload(upload) if upload is not None else path.strip()
         if ui.start("ingest", {"path": str(target)}):
             st.rerun()
@@ -183,7 +187,8 @@ def pool_summary() -> None:
         st.write("No labeling round yet: draw the evaluation set and a random first batch.")
         n = st.number_input("First batch size", min_value=1, value=min(100, counts["images"]))
         per_class = eval_per_class_input("sample")
-        if st.button("Sample first batch", icon=":material/casino:"):
+        if ui.offer("sample", "Sample first batch") and st.button(
+                "Sample first batch", icon=":material/casino:", disabled=ui.busy("sample")):
             if ui.start("sample", {"n": int(n), "eval_per_class": int(per_class)}):
                 st.rerun()
     next_steps(counts, model)
@@ -199,9 +204,9 @@ def next_steps(counts: dict, model: dict | None) -> None:
     with cols[2]:
         ui.link("pages/6_Queue.py", "Ranked queue", ":material/format_list_numbered:")
     with cols[3]:
-        if counts["rounds"] and st.button("Simulated annotator", icon=":material/smart_toy:",
-                                          help="Demo pools only: label the open batches from "
-                                               "the hidden ground truth"):
+        if counts["rounds"] and ui.may("simulate") and st.button(
+                "Simulated annotator", icon=":material/smart_toy:", disabled=ui.busy("label_sim"),
+                help="Demo pools only: label the open batches from the hidden ground truth"):
             if ui.start("label_sim", {}):
                 st.rerun()
 

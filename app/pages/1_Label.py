@@ -202,7 +202,7 @@ def request_refit() -> None:
     Never in the annotator's way: a busy or failed refit only means the order is refreshed later.
     """
     try:
-        refit.request_refit(ui.workspace())
+        refit.request_refit(ui.workspace(), principal=ui.principal())
     except Exception:  # noqa: BLE001 - labelling goes on; the Queue page shows the job's error
         ui.log.exception("could not start the head refit")
 

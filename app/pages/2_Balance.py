@@ -23,13 +23,17 @@ def attribute_chart(attr: str, per_split: dict[str, dict[str, int]], splits: lis
     for split in splits:
         fig.add_bar(name=split, x=classes, y=[per_split[split][c] for c in classes],
                     marker_color=SPLIT_COLORS.get(split))
+    # No figure title: the page writes the attribute above the chart, so the legend row at the
+    # top never collides with a title (issue 13, section 9).
     fig.update_layout(barmode="stack", height=300, margin=dict(l=10, r=10, t=30, b=10),
-                      title=attr, legend=dict(orientation="h", y=1.15))
+                      legend=dict(orientation="h", x=0, y=1.02, yanchor="bottom"))
+    fig.update_yaxes(rangemode="nonnegative")  # counts: no -1..1 axis while nothing is labelled
     totals = {c: sum(per_split[s][c] for s in splits) for c in classes}
     empty, rare = rare_classes(totals)
     for c in empty:
-        fig.add_annotation(x=c, y=0, text="empty", showarrow=False, yshift=10,
-                           font=dict(color="crimson"))
+        # upright text standing on the axis: neighbouring empty classes never run together
+        fig.add_annotation(x=c, y=0, text="empty", showarrow=False, textangle=-90,
+                           yanchor="bottom", yshift=2, font=dict(color="crimson", size=11))
     for c in rare:
         fig.add_annotation(x=c, y=totals[c], text="rare", showarrow=False, yshift=10,
                            font=dict(color="darkorange"))
@@ -54,6 +58,7 @@ def body() -> None:
     cols = st.columns(len(schema.attributes))
     for col, attr in zip(cols, schema.attributes):
         with col:
+            st.markdown(f"##### {attr}")
             st.plotly_chart(attribute_chart(attr, counts[attr], splits), width="stretch",
                             key=f"bal_{attr}")
             totals = {c: sum(counts[attr][sp][c] for sp in splits) for c in schema.classes[attr]}

@@ -45,7 +45,7 @@ def connection() -> bool:
 
 def settings_form() -> None:
     """Maintainers may point the bridge at a server; the form never shows a stored secret."""
-    if not ui.may("configure_cvat"):
+    if not ui.offer("configure_cvat", "Changing the CVAT connection"):
         return
     with st.expander("Change the CVAT connection", icon=":material/settings:"):
         with st.form("cvat_settings", clear_on_submit=True):
@@ -73,7 +73,9 @@ def push_and_pull(batches: list[labeling.BatchInfo]) -> None:
                                    help="Split the task into jobs for several annotators (0: one job)")
     prefill = cols[2].checkbox("Pre-fill predictions", help="Annotators correct the model's tags")
     force = cols[3].checkbox("Push again", help="Create another task for an already pushed batch")
-    if st.button("Push to CVAT", type="primary", icon=":material/cloud_upload:"):
+    if ui.offer("cvat_push", "Push to CVAT") and st.button(
+            "Push to CVAT", type="primary", icon=":material/cloud_upload:",
+            disabled=ui.busy("cvat_push")):
         if ui.start("cvat_push", {"round_number": int(number), "segment_size": int(segment) or None,
                                   "prefill": bool(prefill), "force": bool(force)}):
             st.rerun()
@@ -96,9 +98,11 @@ def push_and_pull(batches: list[labeling.BatchInfo]) -> None:
                                      "size": t.size, "host": t.host} for t in known]
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
                  column_config={"progress": st.column_config.ProgressColumn(min_value=0, max_value=1)})
-    if st.button("Pull labels from CVAT", icon=":material/cloud_download:",
-                 help="Exports each task as Datumaro 1.0 and imports its tags; re-pulling "
-                      "adds nothing new"):
+    if ui.offer("cvat_pull", "Pull labels from CVAT") and st.button(
+            "Pull labels from CVAT", icon=":material/cloud_download:",
+            disabled=ui.busy("cvat_pull"),
+            help="Exports each task as Datumaro 1.0 and imports its tags; re-pulling "
+                 "adds nothing new"):
         if ui.start("cvat_pull", {}):
             st.rerun()
 
@@ -113,7 +117,8 @@ def manual(batches: list[labeling.BatchInfo]) -> None:
             numbers = [b.number for b in reversed(batches)]
             number = st.selectbox("Batch", numbers, key="cvat_manual_round",
                                   format_func=lambda n: f"round {n}")
-            if st.button("Build zip", icon=":material/folder_zip:"):
+            if ui.offer("cvat_push", "Build zip") and st.button("Build zip",
+                                                                icon=":material/folder_zip:"):
                 out = ws.exports_dir / f"cvat_round_{number}.zip"
                 with st.spinner("Writing images and the label-spec README…"):
                     result = service.export_round(ws, int(number), out)
@@ -129,7 +134,8 @@ def manual(batches: list[labeling.BatchInfo]) -> None:
         st.markdown("**Import a Datumaro export** (`.zip` or `default.json`)")
         upload = st.file_uploader("Datumaro export", type=["zip", "json"],
                                   label_visibility="collapsed")
-        if st.button("Import labels", disabled=upload is None, icon=":material/upload:"):
+        if ui.offer("cvat_pull", "Import labels") and st.button(
+                "Import labels", disabled=upload is None, icon=":material/upload:"):
             path = ui.save_upload(upload, "imports")
             with st.spinner("Importing…"):
                 report = import_datumaro(ws, path)

@@ -265,8 +265,9 @@ def body() -> None:
         then_queue = opts[2].number_input(
             "Then queue N images", 0, 5000, 0, step=50, disabled=running,
             help="After evaluation, rank the next batch (entropy) with the new model; 0: don't")
-        if st.button("Retrain", type="primary", icon=":material/model_training:",
-                     disabled=running or counts["labelled_by_split"]["train"] == 0,
+        if ui.offer("train", "Retrain") and st.button(
+                "Retrain", type="primary", icon=":material/model_training:",
+                disabled=running or ui.busy("train") or counts["labelled_by_split"]["train"] == 0,
                      help="Runs in the background: you can leave this page and come back"):
             params = {"epochs": int(epochs), "warm_start": warm, "image_size": int(size),
                       "batch_size": int(batch), "pretrained": bool(pretrained) or warm,

@@ -132,7 +132,8 @@ def body() -> None:
     report = evaluation_report(ws, model)
     if report is None:
         st.info("This model has not been evaluated on the test split yet.")
-        if st.button("Evaluate now", icon=":material/analytics:"):
+        if ui.offer("evaluate", "Evaluate now") and st.button(
+                "Evaluate now", icon=":material/analytics:", disabled=ui.busy("evaluate")):
             if ui.start("evaluate", {"model_id": chosen}):
                 st.rerun()
         return

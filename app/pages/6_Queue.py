@@ -24,8 +24,9 @@ def controls(ws, has_model: bool, attributes: tuple[str, ...]) -> None:
         cols = st.columns([2, 1, 1, 1])
         names = [n for n, s in STRATEGIES.items() if has_model or not s.needs_model]
         default = names.index("auto")
-        strategy = cols[0].selectbox("Strategy", names, index=default,
-                                     format_func=lambda n: f"{n} — {STRATEGIES[n].description}")
+        # the name only in the box: a long description there is cut off; it is written out below
+        strategy = cols[0].selectbox("Strategy", names, index=default)
+        st.caption(f"**{strategy}**: {STRATEGIES[strategy].description}")
         if strategy == "auto":
             st.caption(f"auto → {auto_reason(ws)}")
         top_k = cols[1].number_input("Batch size", 1, 5000, 100, step=10)
@@ -44,7 +45,9 @@ def controls(ws, has_model: bool, attributes: tuple[str, ...]) -> None:
         if not has_model:
             st.caption("Until a model is trained: auto/typiclust/probcover pick typical images "
                        "from pretrained-backbone embeddings, or random.")
-        if st.button("Rank next batch", type="primary", icon=":material/sort:"):
+        if ui.offer("rank", "Rank next batch") and st.button(
+                "Rank next batch", type="primary", icon=":material/sort:",
+                disabled=ui.busy("queue")):
             params = {"strategy": strategy, "top_k": int(top_k),
                       "diversity": None if diversity == "none" else diversity,
                       "balance": bool(balance), "weights": weights}
@@ -83,7 +86,8 @@ def source_line(ws, number: int) -> None:
     cols[0].caption(f"Order: {refit.ranking_source(ws, number)}. The heads are refitted on the "
                     f"cached embeddings every {refit.DEFAULT_EVERY} saved labels and at the end "
                     "of a batch; Retrain on the Train page fine-tunes the whole network.")
-    if cols[1].button("Refit heads now", icon=":material/bolt:", width="stretch",
+    if ui.may_start("refit") and cols[1].button("Refit heads now", icon=":material/bolt:",
+                                         width="stretch", disabled=ui.busy("refit"),
                       help="Refit the heads on the current labels and re-rank the open batches "
                            "(seconds once the pool's embeddings are cached)"):
         if ui.start("refit", {}):
@@ -118,7 +122,8 @@ def body() -> None:
             except Exception:  # noqa: BLE001 - standalone page (tests): no navigation
                 st.info("Open the Label page to start.")
     with cols[2]:
-        if st.button("Push to CVAT", icon=":material/cloud_upload:", width="stretch"):
+        if ui.may("cvat_push") and st.button("Push to CVAT", icon=":material/cloud_upload:",
+                                              width="stretch"):
             st.session_state["cvat_push_round"] = number  # pre-selects the batch there
             try:
                 st.switch_page("pages/3_CVAT.py")

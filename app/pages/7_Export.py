@@ -15,6 +15,14 @@ from models.export_files import FP32_NAME, INT8_NAME  # noqa: E402
 from core.jobs import ACTIVE  # noqa: E402
 
 
+def download_name(model_id: int, name: str) -> str:
+    """The file name a download gets: it carries the model id, so two downloaded exports never
+    overwrite or get mistaken for each other (``model.onnx`` -> ``cargroup_model_3.onnx``)."""
+    if f"model_{model_id}" in name:  # the Jetson bundle is already cargroup_jetson_model_<id>.zip
+        return name
+    return f"cargroup_model_{model_id}{name.removeprefix('model')}"
+
+
 def downloads(model_id: int) -> None:
     ws = ui.workspace()
     folder = export_dir(ws, model_id)
@@ -28,7 +36,7 @@ def downloads(model_id: int) -> None:
     for col, (name, title) in zip(cols, present):
         path = folder / name
         col.download_button(f"{title} ({path.stat().st_size / 1e6:.1f} MB)", path.read_bytes(),
-                            file_name=name, key=f"dl_{name}", icon=":material/download:",
+                            file_name=download_name(model_id, name), key=f"dl_{name}", icon=":material/download:",
                             width="stretch")
     parity = load_parity(ws, model_id)
     if parity:
@@ -75,8 +83,9 @@ def body() -> None:
         int8 = cols[0].checkbox("int8 ONNX (CPU)", value=True)
         jetson = cols[1].checkbox("Jetson bundle (TensorRT FP16 build + runner)", value=True)
         latency = cols[2].checkbox("Measure latency", value=False)
-        if st.button("Build export", type="primary", icon=":material/deployed_code:",
-                     disabled=running):
+        if ui.offer("export", "Build export") and st.button(
+                "Build export", type="primary", icon=":material/deployed_code:",
+                disabled=running or ui.busy("export")):
             if ui.start("export", {"model_id": int(model_id), "int8": int8, "jetson": jetson,
                                    "latency": latency}):
                 st.rerun()
