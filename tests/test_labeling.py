@@ -157,12 +157,12 @@ def test_orientation_pictures_follow_the_flip_map(tmp_path) -> None:
     pictures = dict(guide.orientation_pictures(Workspace(tmp_path).schema, size=48))
     assert len(pictures) == 8
     left, right = pictures["left"].astype(int), pictures["right"].astype(int)
-    assert np.abs(left[:, ::-1] - right).mean() < 3
-    assert np.abs(left - right).mean() > 3 * np.abs(left[:, ::-1] - right).mean() + 3  # not alike
+    mirrored = np.abs(left[:, ::-1] - right).mean()
+    assert mirrored < 4 and np.abs(left - right).mean() > 2.5 * mirrored  # not the same picture
     # "left": the nose points to the picture's left, so the red tail lights are on the right
     for view, side in (("left", 1), ("right", -1), ("back-left", 1)):
         img = guide.demo_reference(Workspace(tmp_path).schema, "orientation", view, 96).astype(int)
-        red = (img[..., 0] > 140) & (img[..., 1] < 70) & (img[..., 2] < 70)
+        red = (img[..., 0] > 80) & (img[..., 0] > img[..., 1] + 50) & (img[..., 0] > img[..., 2] + 50)
         assert red.sum() > 0, view
         assert side * (np.nonzero(red)[1].mean() - 48) > 0, view
     silhouettes = guide.type_silhouettes(Workspace(tmp_path).schema, size=32)
