@@ -158,6 +158,25 @@ def next_image_id(store: ProjectStore, batch_number: int, *,
     return None
 
 
+def upcoming_ids(store: ProjectStore, batch_number: int, *,
+                 skip: set[int] | frozenset[int] = frozenset(), n: int = 1) -> list[int]:
+    """A read-only look at the next ``n`` unlabelled images of a batch (rank order, not in
+    ``skip``), for prefetching their pixels. It hands nothing out: :func:`next_image_id` decides
+    which image an annotator gets."""
+    out: list[int] = []
+    for image_id in store.round_unvisited(batch_number):
+        if image_id not in skip:
+            out.append(image_id)
+            if len(out) >= n:
+                break
+    return out
+
+
+def needs_all_unsure_confirmation(task: LabelTask, choices: Mapping[str, str | None]) -> bool:
+    """Whether saving ``choices`` would store an all-unsure label on a fresh image."""
+    return not task.labelled_before and not any(v for v in choices.values())
+
+
 def prefill_thresholds(config: WorkspaceConfig, schema: LabelSchema) -> dict[str, float]:
     """The pre-fill threshold of every head: the workspace's own, else the default."""
     own = config.prefill_thresholds or {}
@@ -233,6 +252,8 @@ def save_label(store: ProjectStore, schema: LabelSchema, image_id: int,
     values = schema.normalise_label({a: v for a, v in choices.items() if v},
                                     item=store.image(image_id).name)
     if not values and not confirm_all_unsure and store.current_label(image_id) is None:
+        # the guard lives here, not only on the page: a stale page or a second tab cannot
+        # store an unconfirmed all-unsure label
         raise UserError(ALL_UNSURE_MESSAGE)
     with store.transaction():
         version = store.add_label(image_id, values, source="builtin", annotator=annotator,
