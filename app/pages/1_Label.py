@@ -149,6 +149,10 @@ def body() -> None:
 def labeller(batch: int) -> None:
     """Image, buttons and actions: reruns alone on every choice and save (no full-page run)."""
     ws = ui.workspace()
+    if "label_error" in S:
+        ui.show_error(S.pop("label_error"))
+    if "label_toast" in S:
+        st.toast(S.pop("label_toast"))
     with ui.store() as s:
         info = labeling.batch_info(s, batch)
         current = S.get("label_image")
@@ -168,6 +172,7 @@ def labeller(batch: int) -> None:
                 rerun_fragment()
         ui.link("pages/4_Train.py", "Retrain with the new labels", ":material/model_training:")
         back_button()
+        after_draw(batch)
         return
     task = S.get("label_task")
     if task is None or task.image.id != current or task.batch.number != batch:
@@ -178,13 +183,25 @@ def labeller(batch: int) -> None:
         st.image(display_image(str(ws.root), task.image.id, task.image),
                  caption=f"#{task.position} of {info.total} · {task.image.name} · "
                          f"{task.image.split} split")
+        if "label_clicked" in S:  # server time from the Save & next click to this image sent
+            S.label_save_ms = (time.perf_counter() - S.pop("label_clicked")) * 1000
         if task.labelled_before:
             st.caption("Editing a saved label; saving adds a new version (history is kept).")
     with right:
         for attr in ws.schema.attributes:
             attribute_group(attr, list(ws.schema.classes[attr]), task)
     actions(task, batch)
-    prefetch(batch, task.image.id)
+    after_draw(batch, task.image.id)
+
+
+def after_draw(batch: int, current: int | None = None) -> None:
+    """Work that can wait until the image and buttons are on the screen: prefetch the next
+    image's pixels, then ask for a head refit after a save (a new click interrupts both, which
+    only means they happen after the next save)."""
+    if current is not None:
+        prefetch(batch, current)
+    if S.pop("label_refit_pending", False):
+        request_refit()
 
 
 def attribute_group(attr: str, classes: list[str], task: labeling.LabelTask) -> None:
@@ -235,32 +252,11 @@ def actions(task: labeling.LabelTask, batch: int) -> None:
                    "*all unsure* (not trained on), or **Skip** it.", icon=":material/help:")
     cols = st.columns([2, 1.4, 1.4, 3])
     no_name = not S.annotator
-    if cols[0].button("Save & next", type="primary", shortcut="Enter", icon=":material/check:",
-                      disabled=no_name, width="stretch"):
-        started = time.perf_counter()
-        choice = dict(S.label_choice)
-        # unsure for every attribute, chosen key by key, is a choice; nothing chosen is not
-        explicit = all(a in S.label_touched for a in schema.attributes)
-        if labeling.needs_all_unsure_confirmation(task, choice) and not (explicit or armed):
-            S.label_unsure_armed = task.image.id
-            rerun_fragment()
-        with ui.store() as s:
-            labeling.save_label(s, schema, task.image.id, choice, annotator=S.annotator,
-                                round_id=task.batch.round_id, principal=ui.principal(),
-                                suggestions=task.suggestions, confirm_all_unsure=True)
-        saved = {a: v for a, v in choice.items() if v}
-        S.label_history = [*S.label_history, (task.image.id, task.batch.number)]
-        S.label_skip = S.label_skip - {task.image.id}
-        go_next(batch)
-        request_refit()
-        S.label_save_ms = (time.perf_counter() - started) * 1000
-        st.toast(f"Saved {task.image.name}: "
-                 + (", ".join(f"{a}={v}" for a, v in saved.items()) or "all unsure"))
-        rerun_fragment()
-    if cols[1].button("Skip", shortcut="N", icon=":material/skip_next:", width="stretch"):
-        S.label_skip = S.label_skip | {task.image.id}
-        go_next(batch)
-        rerun_fragment()
+    # callbacks: they run before the fragment's rerun, which then draws the next image directly
+    cols[0].button("Save & next", type="primary", shortcut="Enter", icon=":material/check:",
+                   disabled=no_name, width="stretch", on_click=save_and_next, args=(task, batch))
+    cols[1].button("Skip", shortcut="N", icon=":material/skip_next:", width="stretch",
+                   on_click=skip, args=(task, batch))
     with cols[2]:
         back_button()
     if no_name:
@@ -268,7 +264,46 @@ def actions(task: labeling.LabelTask, batch: int) -> None:
     else:
         cols[3].caption("Keys: color 1–0 · type Q W E T Y U I O · orientation A S D F G H J K · "
                         "unsure Z / X / V · Enter save · N skip · Backspace back"
-                        + (f" · last save {S.label_save_ms:.0f} ms" if "label_save_ms" in S else ""))
+                        + (f" · last save & next {S.label_save_ms:.0f} ms (server)"
+                           if "label_save_ms" in S else ""))
+
+
+def save_and_next(task: labeling.LabelTask, batch: int) -> None:
+    """Save the choices and hand out the next image (a callback: no extra script run).
+
+    On a fresh image with nothing chosen the first press only arms the confirmation; a second
+    press (or choosing unsure for every attribute, key by key) stores an all-unsure label.
+    """
+    S.label_clicked = time.perf_counter()
+    schema = ui.workspace().schema
+    choice = dict(S.label_choice)
+    armed = S.get("label_unsure_armed") == task.image.id
+    explicit = all(a in S.label_touched for a in schema.attributes)
+    if labeling.needs_all_unsure_confirmation(task, choice) and not (explicit or armed):
+        S.label_unsure_armed = task.image.id
+        S.pop("label_clicked", None)
+        return
+    try:
+        with ui.store() as s:
+            labeling.save_label(s, schema, task.image.id, choice, annotator=S.annotator,
+                                round_id=task.batch.round_id, principal=ui.principal(),
+                                suggestions=task.suggestions, confirm_all_unsure=True)
+    except Exception as exc:  # noqa: BLE001 - shown by the fragment as one readable line
+        S.label_error = exc
+        S.pop("label_clicked", None)
+        return
+    saved = {a: v for a, v in choice.items() if v}
+    S.label_history = [*S.label_history, (task.image.id, task.batch.number)]
+    S.label_skip = S.label_skip - {task.image.id}
+    go_next(batch)
+    S.label_refit_pending = True
+    S.label_toast = (f"Saved {task.image.name}: "
+                     + (", ".join(f"{a}={v}" for a, v in saved.items()) or "all unsure"))
+
+
+def skip(task: labeling.LabelTask, batch: int) -> None:
+    S.label_skip = S.label_skip | {task.image.id}
+    go_next(batch)
 
 
 def go_next(batch: int) -> None:
