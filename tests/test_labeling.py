@@ -168,3 +168,19 @@ def test_orientation_pictures_follow_the_flip_map(tmp_path) -> None:
     silhouettes = guide.type_silhouettes(Workspace(tmp_path).schema, size=32)
     assert [name for name, _ in silhouettes] == list(Workspace(tmp_path).schema.classes["type"])
     assert all(img.min() < 30 and img.max() == 255 for _, img in silhouettes)
+
+
+def test_bench_label_save_smoke(tmp_path) -> None:
+    """The benchmark script runs on a tiny store and times every step of a Save & next."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_label_save.py"
+    spec = importlib.util.spec_from_file_location("bench_label_save", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    ws = bench.build(tmp_path / "ws", 4600)
+    figures = bench.measure(ws, 3)
+    assert set(figures) == set(bench.STEPS) and figures["critical"]["n"] == 3
+    with ws.store() as s:  # the saves recorded the model's suggestions
+        assert s.conn.execute("SELECT COUNT(*) FROM label_suggestions").fetchone()[0] == 9
