@@ -44,12 +44,17 @@ def test_label_page_guard_name_and_save_and_next_time(launch, page) -> None:  # 
     name_box.fill("kim")
     name_box.press("Tab")
     settle(page)
-    assert "annotator=kim" in page.url
+    page.wait_for_url(re.compile(r"annotator=kim"))  # the name went into the address
     page.reload()                                   # a reload keeps the name (in the address)
     page.get_by_text("Save & next").first.wait_for(timeout=60_000)
     settle(page)
     assert page.get_by_label("Annotator", exact=True).input_value() == "kim"
-    page.get_by_text("Labelling guide").first.wait_for()
+    page.get_by_text("Labelling guide").first.click()  # the guide beside the buttons opens
+    page.get_by_text("Examples per class", exact=False).first.wait_for()
+    page.get_by_role("tab", name="Orientation").click()
+    page.get_by_text("The eight views", exact=False).first.wait_for()
+    page.get_by_text("nose points to the", exact=False).first.wait_for()
+    shoot(page, "label_guide")
 
     # the all-unsure guard: nothing chosen, one Enter stores nothing and asks again
     page.locator("h1").first.click()  # focus out of the text box so keys reach the shortcuts

@@ -136,7 +136,7 @@ def body() -> None:
     with top[2]:
         order_caption(batch)
 
-    main, side = st.columns([3, 1.25])
+    main, side = st.columns([3, 1])
     with main:
         labeller(batch)
     with side:
@@ -178,7 +178,7 @@ def labeller(batch: int) -> None:
     if task is None or task.image.id != current or task.batch.number != batch:
         task = load(current, batch)
 
-    left, right = st.columns([1, 2])
+    left, right = st.columns([0.85, 2.15])
     with left:
         st.image(display_image(str(ws.root), task.image.id, task.image),
                  caption=f"#{task.position} of {info.total} · {task.image.name} · "
@@ -250,7 +250,7 @@ def actions(task: labeling.LabelTask, batch: int) -> None:
     if armed:
         st.warning("Nothing is chosen for this image. Press **Save & next** again to store it as "
                    "*all unsure* (not trained on), or **Skip** it.", icon=":material/help:")
-    cols = st.columns([2, 1.4, 1.4, 3])
+    cols = st.columns([2.5, 1.4, 1.7, 2.4])
     no_name = not S.annotator
     # callbacks: they run before the fragment's rerun, which then draws the next image directly
     cols[0].button("Save & next", type="primary", shortcut="Enter", icon=":material/check:",
@@ -386,7 +386,7 @@ def guide_panel() -> None:
     with st.expander("Labelling guide", icon=":material/menu_book:"):
         st.caption(f"The text comes from `{path}`: edit that file to change it for everyone.")
         if sections.get(""):
-            st.markdown(sections[""].removeprefix("# Labelling guide").strip())
+            st.caption(sections[""].removeprefix("# Labelling guide").strip())
         tabs = st.tabs([a.capitalize() for a in ws.schema.attributes])
         for attr, tab in zip(ws.schema.attributes, tabs):
             with tab:
