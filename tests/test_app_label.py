@@ -130,3 +130,30 @@ def test_overview_shows_acceptance_and_override_rates(pool: Workspace, monkeypat
     row = people[people["annotator"] == "kim"].iloc[0]
     assert row["shown"] == 2 and row["accepted"] == 1 and row["changed"] == 1
     assert row["acceptance"] == pytest.approx(50.0)
+
+
+def test_signed_in_identity_wins_over_the_url(pool: Workspace, monkeypatch) -> None:
+    """With a sign-in the annotator is the signed-in user, whatever the address says; an
+    annotator is offered no pre-fill settings (maintainers only)."""
+    import time
+
+    from core import users
+    from core.access import Principal
+
+    users.add_user(pool, "mia", "maintainer", "correct horse battery")
+    users.add_user(pool, "ann", "annotator", "correct horse battery",
+                   principal=Principal("mia", "maintainer"))
+    monkeypatch.setenv(ENV_WORKSPACE, str(pool.root))
+    at = AppTest.from_file(str(APP / "pages" / "1_Label.py"), default_timeout=60)
+    at.query_params["annotator"] = "mallory"
+    at.session_state["auth_session"] = users.Session(Principal("ann", "annotator"),
+                                                     time.time() + 3600)
+    at.run()
+    assert_clean(at)
+    assert at.text_input[0].value == "ann" and at.text_input[0].disabled
+    assert not any(e.label == "Pre-fill settings" for e in at.expander)
+    first = at.session_state["label_image"]
+    at.button(key="btn_color_red").click().run()
+    save(at)
+    with pool.store() as s:
+        assert s.current_label(first).annotator == "ann"
