@@ -73,7 +73,7 @@ def load(image_id: int, batch: int) -> labeling.LabelTask:
     return task
 
 
-@st.cache_data(max_entries=128, show_spinner=False)
+@st.cache_data(max_entries=32, show_spinner=False)
 def display_image(root: str, image_id: int, _record: ImageRecord) -> np.ndarray:
     """The image scaled to the display size (cached: the next one is prefetched into it)."""
     image = labeling.load_display_image(ui.workspace(), _record)
