@@ -32,6 +32,7 @@ ACTIONS: dict[str, str] = {
     "rank": "maintainer", "export": "maintainer", "configure_cvat": "maintainer",
     "cvat_push": "maintainer", "cvat_pull": "maintainer", "manage_users": "maintainer",
     "simulate": "maintainer", "cancel_job": "maintainer",
+    "configure_labelling": "maintainer",  # the Label page's pre-fill thresholds (issue 13)
 }
 
 # What starting a background job of each kind amounts to.

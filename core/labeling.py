@@ -4,22 +4,59 @@ Kept out of the Streamlit page so the rules are testable and the page only draws
 as *done* for a batch once it has any label version, even an empty one: marking every attribute
 "unsure" stores an empty (all-missing) label, which the trainer ignores but which stops the image
 from being served again. Saving again later adds a new version (the store never overwrites).
+
+Two rules against automation bias (issue 13):
+- the model's answer is *pre-selected* only at or above a per-head confidence threshold
+  (:data:`DEFAULT_PREFILL_THRESHOLD`, settable per workspace); below it the page shows it as a
+  hint only, and each saved label records what was suggested and what the annotator did with it;
+- "unsure" is a choice, never a default: an all-unsure save of a fresh image (nothing chosen) is
+  refused unless it is confirmed (``confirm_all_unsure``).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from core.access import Principal, audit, authorize
+from data.errors import UserError
 from data.evalset import EVAL_ROUND_KIND
 from data.cache import ImageCache
 from data.schema import LabelSchema
 from data.store import ImageRecord, ProjectStore
-from data.workspace import Workspace
+from data.workspace import Workspace, WorkspaceConfig
+
+# Why 0.8: with 8-10 classes per head chance is 10-12 %, and issue 13 saw answers at 11-14 %
+# pre-selected and accepted with one Enter. People keep a pre-filled answer far more often than
+# they would pick it themselves (automation bias), so the model should pre-fill only where it is
+# usually right: a calibrated head at >= 0.8 is wrong at most about 1 time in 5, and mostly
+# much less. Below that the annotator's own look is the better default and the model's answer is
+# shown as a hint. Fixing a wrong pre-selection costs one key press; an unnoticed one costs a
+# wrong training label, so the default leans high. The Overview's acceptance/override table
+# tells a project whether to move it (per head, in config.json ``prefill_thresholds``).
+DEFAULT_PREFILL_THRESHOLD = 0.8
+
+ALL_UNSURE_MESSAGE = ("nothing was chosen for this image: confirm that it is all unsure "
+                      "(press Save & next again) or skip it")
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    """What the model suggested for one attribute of one image, as the page showed it."""
+
+    attribute: str
+    value: str
+    probability: float
+    preselected: bool   # True: pre-selected (>= threshold); False: shown as a hint only
+
+    def outcome(self, chosen: str | None) -> str:
+        """'accepted' (the annotator kept/picked it), 'changed' (another class) or 'unsure'."""
+        if chosen is None:
+            return "unsure"
+        return "accepted" if chosen == self.value else "changed"
 
 
 @dataclass(frozen=True)
@@ -49,11 +86,24 @@ class LabelTask:
     labelled_before: bool                      # has any saved version
     predictions: dict[str, tuple[str, float]]  # {attribute: (class, probability)} of the model
     suggestion: dict[str, str] = field(default_factory=dict)  # what to pre-select
+    thresholds: dict[str, float] = field(default_factory=dict)  # pre-fill threshold per head
 
     @property
     def preselected_from_model(self) -> set[str]:
         """Attributes whose pre-selection is the model's guess, not a saved human label."""
         return {a for a in self.suggestion if a not in self.current}
+
+    @property
+    def hints(self) -> dict[str, tuple[str, float]]:
+        """Model answers shown as a hint only (below the head's threshold, nothing pre-selected)."""
+        return {a: p for a, p in self.predictions.items()
+                if a not in self.preselected_from_model}
+
+    @property
+    def suggestions(self) -> list[Suggestion]:
+        """Every model answer the page shows, pre-selected or as a hint (recorded with a save)."""
+        pre = self.preselected_from_model
+        return [Suggestion(a, v, float(p), a in pre) for a, (v, p) in self.predictions.items()]
 
 
 def _info(row: Mapping[str, object]) -> BatchInfo:
@@ -126,31 +176,92 @@ def next_image_id(store: ProjectStore, batch_number: int, *,
     return None
 
 
-def task_for(store: ProjectStore, image_id: int, batch_number: int) -> LabelTask:
-    """The Label page's view of one image: saved label, model predictions, pre-selection."""
+def upcoming_ids(store: ProjectStore, batch_number: int, *,
+                 skip: set[int] | frozenset[int] = frozenset(), n: int = 1) -> list[int]:
+    """A read-only look at the next ``n`` unlabelled images of a batch (rank order, not in
+    ``skip``), for prefetching their pixels. It hands nothing out: :func:`next_image_id` decides
+    which image an annotator gets."""
+    out: list[int] = []
+    for image_id in store.round_unvisited(batch_number):
+        if image_id not in skip:
+            out.append(image_id)
+            if len(out) >= n:
+                break
+    return out
+
+
+def needs_all_unsure_confirmation(task: LabelTask, choices: Mapping[str, str | None]) -> bool:
+    """Whether saving ``choices`` would store an all-unsure label on a fresh image."""
+    return not task.labelled_before and not any(v for v in choices.values())
+
+
+def prefill_thresholds(config: WorkspaceConfig, schema: LabelSchema) -> dict[str, float]:
+    """The pre-fill threshold of every head: the workspace's own, else the default."""
+    own = config.prefill_thresholds or {}
+    return {a: float(own.get(a, DEFAULT_PREFILL_THRESHOLD)) for a in schema.attributes}
+
+
+def set_prefill_thresholds(ws: Workspace, thresholds: Mapping[str, float], *,
+                           principal: Principal | None = None) -> dict[str, float]:
+    """Save per-head pre-fill thresholds in the workspace's config.json (maintainers only).
+
+    A threshold is a probability in [0, 1]; 1.0 never pre-selects (hints only), 0.0 always does.
+    """
+    with ws.store() as store:
+        who = authorize(store, principal, "configure_labelling")
+        clean: dict[str, float] = {}
+        for head, value in thresholds.items():
+            if head not in ws.schema.attributes:
+                raise UserError(f"unknown head {head!r}; the heads are "
+                                f"{', '.join(ws.schema.attributes)}")
+            if not 0.0 <= float(value) <= 1.0:
+                raise UserError(f"the pre-fill threshold of {head} must be between 0 and 1")
+            clean[head] = round(float(value), 4)
+        config = ws.config
+        config.prefill_thresholds = {**(config.prefill_thresholds or {}), **clean}
+        config.save(ws.config_path)
+        audit(store, who, "configure_labelling", {"prefill_thresholds": clean})
+    return prefill_thresholds(ws.config, ws.schema)
+
+
+def task_for(store: ProjectStore, image_id: int, batch_number: int,
+             thresholds: Mapping[str, float] | None = None) -> LabelTask:
+    """The Label page's view of one image: saved label, model predictions, pre-selection.
+
+    A saved human label is pre-selected as it is. Otherwise a model answer is pre-selected only
+    at or above its head's threshold (``thresholds``, default :data:`DEFAULT_PREFILL_THRESHOLD`);
+    the others stay empty and the page shows them as hints.
+    """
     info = batch_info(store, batch_number)
     rank = store.round_rank(batch_number, image_id)
     current_version = store.current_label(image_id)
     current = dict(current_version.values) if current_version else {}
     model = store.current_model()
     predictions = store.predictions(model["id"], ids=[image_id]).get(image_id, {}) if model else {}
-    suggestion = {a: v for a, (v, _p) in predictions.items()}
+    limits = {a: float((thresholds or {}).get(a, DEFAULT_PREFILL_THRESHOLD)) for a in predictions}
+    suggestion = {a: v for a, (v, p) in predictions.items() if p >= limits[a]}
     if current_version is not None:
         suggestion = dict(current)  # a human label wins; unsure attributes stay empty
     return LabelTask(image=store.image(image_id), batch=info,
                      position=(rank if rank is not None else 0) + 1,
                      current=current, labelled_before=current_version is not None,
-                     predictions=predictions, suggestion=suggestion)
+                     predictions=predictions, suggestion=suggestion, thresholds=limits)
 
 
 def save_label(store: ProjectStore, schema: LabelSchema, image_id: int,
                choices: Mapping[str, str | None], *, annotator: str = "",
-               round_id: int | None = None, principal: Principal | None = None) -> int:
+               round_id: int | None = None, principal: Principal | None = None,
+               suggestions: Sequence[Suggestion] = (), confirm_all_unsure: bool = False) -> int:
     """Store the annotator's choices as a new label version; ``None`` means unsure (missing).
 
     Values go through the schema, so a stale page cannot store a class that no longer exists.
     Returns the new version number. With a signed-in ``principal`` the annotator is that user
     (identity comes from the sign-in, not from a typed name); the save goes to the audit trail.
+
+    "Unsure" is never a default: saving nothing at all for an image that has no label yet raises
+    :class:`UserError` unless ``confirm_all_unsure`` (the annotator confirmed it, or chose
+    unsure for every attribute). ``suggestions`` (the model answers the page showed) are stored
+    with the version together with what the annotator did with each.
     """
     who = authorize(store, principal, "label")
     annotator = who.user if principal is not None else annotator.strip()
@@ -158,9 +269,19 @@ def save_label(store: ProjectStore, schema: LabelSchema, image_id: int,
         raise ValueError("enter your name as annotator before saving labels")
     values = schema.normalise_label({a: v for a, v in choices.items() if v},
                                     item=store.image(image_id).name)
-    version = store.add_label(image_id, values, source="builtin", annotator=annotator,
-                              round_id=round_id, skip_if_same=False)
-    assert version is not None
+    if not values and not confirm_all_unsure and store.current_label(image_id) is None:
+        # the guard lives here, not only on the page: a stale page or a second tab cannot
+        # store an unconfirmed all-unsure label
+        raise UserError(ALL_UNSURE_MESSAGE)
+    with store.transaction():
+        version = store.add_label(image_id, values, source="builtin", annotator=annotator,
+                                  round_id=round_id, skip_if_same=False)
+        assert version is not None
+        rows = [(sg.attribute, sg.value, sg.probability, sg.preselected,
+                 sg.outcome(values.get(sg.attribute)))
+                for sg in suggestions if sg.attribute in schema.attributes]
+        if rows:
+            store.add_label_suggestions(image_id, version, rows)
     audit(store, Principal(annotator, who.role), "label",
           {"image_id": image_id, "version": version, "values": values, "round_id": round_id})
     return version

@@ -427,6 +427,31 @@ def render_vehicle(label: Mapping[str, str], *, size: int = 96,
     return np.clip(arr, 0, 255).astype(np.uint8)
 
 
+def render_reference(label: Mapping[str, str], *, size: int = 96, silhouette: bool = False,
+                     elevation: float = 12.0) -> np.ndarray:
+    """A clean, deterministic picture of ``label`` for the labelling guide (RGB uint8).
+
+    The same body and camera as :func:`render_vehicle` at the class's exact azimuth, on a white
+    background with fixed light and no noise, so the guide's pictures of "left", "front-left"
+    ... follow the demo data's convention exactly. ``silhouette``: the outline only (black on
+    white), which shows a type's shape without color or detail.
+    """
+    spec = BODIES[label.get("type", "sedan")]
+    paint = PAINT[label.get("color", "gray")]
+    canvas = 2 * size
+    c, r, u = _camera(AZIMUTH[label.get("orientation", "front-left")], elevation)
+    light = np.array([0.35, 0.55, 0.76])
+    light /= np.linalg.norm(light)
+    rgb, alpha, _ = _render_vehicle(_body_faces(spec, paint), canvas, c, r, u, light,
+                                    0.62, 0.4, 0.86, (0.0, 0.0), 0.2)
+    if silhouette:
+        rgb = np.zeros_like(rgb)
+    a = alpha.reshape(size, 2, size, 2).mean(axis=(1, 3))[..., None]
+    car = rgb.reshape(size, 2, size, 2, 3).mean(axis=(1, 3))
+    out = car * a + 255.0 * (1 - a) if silhouette else car + 255.0 * (1 - a)
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
 # -- pools ------------------------------------------------------------------------------------
 def demo_name(index: int) -> str:
     return f"demo_{index:05d}.jpg"
@@ -540,5 +565,5 @@ def class_counts(truth: Mapping[str, Mapping[str, str]]) -> dict[str, dict[str, 
 
 __all__: Sequence[str] = (
     "BODIES", "DEFAULT_FREQUENCIES", "PAINT", "AZIMUTH", "class_counts", "create_demo_pool",
-    "generate_demo_images", "render_vehicle", "sample_labels",
+    "generate_demo_images", "render_reference", "render_vehicle", "sample_labels",
 )

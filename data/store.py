@@ -22,6 +22,8 @@ Tables (see ``MIGRATIONS``):
 - ``cvat_tasks`` + ``cvat_task_items``: which images went to which CVAT task.
 - ``eval_set``: the evaluation set, test-split images in draw (= labelling) order. A member is
   never removed once labelled, so every model is measured on the same images.
+- ``label_suggestions``: per saved Label-page version and attribute, the model's suggestion,
+  whether it was pre-selected or a hint, and the outcome (accepted / changed / unsure).
 """
 from __future__ import annotations
 
@@ -225,6 +227,22 @@ MIGRATIONS: list[str] = [
         UPDATE labels SET split = NEW.split WHERE image_id = NEW.id;
     END;
     CREATE INDEX labels_current_split ON labels(split, source) WHERE is_current = 1;
+    """,
+    # 6 (task label, issue 13): what the model suggested per attribute when a label was saved
+    # on the Label page, whether it was pre-selected (above the pre-fill threshold) or only a
+    # hint, and what the annotator did with it, so acceptance/override rates are measurable.
+    """
+    CREATE TABLE IF NOT EXISTS label_suggestions (
+        label_id INTEGER NOT NULL REFERENCES labels(id) ON DELETE CASCADE,
+        attribute TEXT NOT NULL,
+        suggested TEXT NOT NULL,
+        probability REAL NOT NULL,
+        preselected INTEGER NOT NULL,
+        outcome TEXT NOT NULL CHECK (outcome IN ('accepted','changed','unsure')),
+        PRIMARY KEY (label_id, attribute)
+    );
+    CREATE INDEX IF NOT EXISTS label_suggestions_outcome
+        ON label_suggestions(attribute, suggested, outcome);
     """,
 ]
 
@@ -479,6 +497,48 @@ class ProjectStore:
                 "INSERT INTO label_values(label_id, attribute, value) VALUES (?,?,?)",
                 [(label_id, a, v) for a, v in values.items()])
         return version
+
+    def add_label_suggestions(self, image_id: int, version: int,
+                              rows: Iterable[tuple[str, str, float, bool, str]]) -> None:
+        """Record what the model suggested for one saved label version.
+
+        rows: (attribute, suggested class, probability, pre-selected?, outcome) with outcome
+        'accepted' (kept the suggestion), 'changed' (chose another class) or 'unsure'.
+        """
+        with self.transaction():
+            row = self.conn.execute("SELECT id FROM labels WHERE image_id=? AND version=?",
+                                    (image_id, version)).fetchone()
+            if row is None:
+                raise StoreError(f"no label version {version} for image {image_id}")
+            self.conn.executemany(
+                "INSERT OR REPLACE INTO label_suggestions(label_id, attribute, suggested, "
+                "probability, preselected, outcome) VALUES (?,?,?,?,?,?)",
+                [(int(row[0]), a, v, float(p), int(bool(pre)), o) for a, v, p, pre, o in rows])
+
+    def suggestion_outcomes(self) -> list[dict[str, Any]]:
+        """Counts of suggestion outcomes per (annotator, attribute, suggested, preselected, outcome).
+
+        Every saved version counts (an annotator who overrode and later re-labelled the same
+        image made two decisions). The cost follows the number of recorded suggestions.
+        """
+        rows = self.conn.execute(
+            "SELECT l.annotator, s.attribute, s.suggested, s.preselected, s.outcome, COUNT(*) AS n "
+            "FROM label_suggestions s JOIN labels l ON l.id = s.label_id "
+            "GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5")
+        return [dict(r) for r in rows]
+
+    def label_examples(self, attribute: str, per_class: int) -> dict[str, list[int]]:
+        """{class: up to ``per_class`` image ids} whose current label has that class, newest first
+        (reference thumbnails for the labelling guide)."""
+        rows = self.conn.execute(
+            "SELECT value, image_id FROM (SELECT v.value, l.image_id, ROW_NUMBER() OVER "
+            "(PARTITION BY v.value ORDER BY l.id DESC) AS k FROM labels l JOIN label_values v "
+            "ON v.label_id = l.id WHERE l.is_current = 1 AND v.attribute = ?) WHERE k <= ? "
+            "ORDER BY value, k", (attribute, int(per_class)))
+        out: dict[str, list[int]] = {}
+        for value, image_id in rows:
+            out.setdefault(str(value), []).append(int(image_id))
+        return out
 
     def _label_versions(self, where: str, args: Sequence[Any]) -> list[LabelVersion]:
         rows = self.conn.execute(

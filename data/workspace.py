@@ -33,6 +33,9 @@ class WorkspaceConfig:
     split_fractions: dict[str, float] = field(
         default_factory=lambda: {"train": 0.7, "val": 0.1, "test": 0.2})
     seed: int = 0
+    # Label page: pre-select the model's answer for a head only at or above this probability
+    # ({head: threshold}; heads not listed use core.labeling.DEFAULT_PREFILL_THRESHOLD).
+    prefill_thresholds: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: Path) -> "WorkspaceConfig":

@@ -117,6 +117,10 @@ def test_label_page_saves_choices_unsure_and_annotator(trained: Workspace, monke
 
 
 def test_label_page_preselects_model_predictions(trained: Workspace, monkeypatch) -> None:
+    """Issue 13: only answers at or above the head's pre-fill threshold are pre-selected; the
+    others are hints, with nothing (not even unsure) selected."""
+    from core.labeling import DEFAULT_PREFILL_THRESHOLD
+
     with trained.store() as s:
         model = s.current_model()
         preds = s.predictions(model["id"])
@@ -125,8 +129,24 @@ def test_label_page_preselects_model_predictions(trained: Workspace, monkeypatch
     at = run_page(trained, monkeypatch, "1_Label.py")
     at.selectbox(key="label_batch").select(number).run()
     assert at.session_state["label_image"] == image_id
-    assert at.session_state["label_choice"] == {a: v for a, (v, _) in preds[image_id].items()}
-    assert any("pre-selected by the model" in m.value for m in at.markdown)
+    confident = {a: v for a, (v, p) in preds[image_id].items() if p >= DEFAULT_PREFILL_THRESHOLD}
+    assert at.session_state["label_choice"] == confident
+    for attr, (value, p) in preds[image_id].items():
+        if attr not in confident:
+            assert any(f"model guesses {value} ({p:.0%})" in m.value for m in at.markdown)
+            assert at.button(key=f"btn_{attr}__unsure").proto.type != "primary"
+    # a threshold of 0 pre-selects every answer, flagged as the model's
+    config = trained.config_path.read_text()
+    try:
+        from core.labeling import set_prefill_thresholds
+        set_prefill_thresholds(trained, {a: 0.0 for a in trained.schema.attributes})
+        at = run_page(trained, monkeypatch, "1_Label.py")
+        at.selectbox(key="label_batch").select(number).run()
+        assert at.session_state["label_image"] == image_id
+        assert at.session_state["label_choice"] == {a: v for a, (v, _) in preds[image_id].items()}
+        assert any("pre-selected by the model" in m.value for m in at.markdown)
+    finally:
+        trained.config_path.write_text(config)
 
 
 def test_train_page_retrain_starts_one_job(trained: Workspace, monkeypatch) -> None:

@@ -13,6 +13,7 @@ import ui  # noqa: E402
 from core.labeling import BatchInfo, batch_title, batches, unfinished_rounds  # noqa: E402
 
 from core.dashboard import learning_curve  # noqa: E402
+from core import suggestion_stats  # noqa: E402
 from core.evalset import EvalSetStatus, eval_set_status  # noqa: E402
 from data.accounts import audit_entries, audit_users  # noqa: E402
 from core.rounds import draw_eval_set  # noqa: E402
@@ -228,6 +229,33 @@ def audit_trail() -> None:
             for r in rows]), hide_index=True, width="stretch")
 
 
+def suggestion_rates() -> None:
+    """Automation bias made visible: how often annotators keep the model's suggestions
+    (issue 13), per annotator and per suggested class, pre-selected vs hint."""
+    with ui.store() as s:
+        people = [r.row() for r in suggestion_stats.by_annotator(s)]
+        classes = [r.row() for r in suggestion_stats.by_class(s)]
+    if not people:
+        return
+    percent = {c: st.column_config.NumberColumn(c, format="%.0f %%")
+               for c in ("acceptance", "override")}
+
+    def table(rows: list[dict]) -> None:
+        df = pd.DataFrame(rows)
+        df[["acceptance", "override"]] *= 100
+        st.dataframe(df, hide_index=True, width="stretch", column_config=percent)
+
+    with st.expander("Model suggestions: acceptance and override rates",
+                     icon=":material/smart_toy:"):
+        st.caption("Per saved label and attribute: the model's answer was pre-selected (at or "
+                   "above the pre-fill threshold) or shown as a hint; *accepted* = kept or "
+                   "picked it, *changed* = chose another class, *unsure* = chose unsure. An "
+                   "annotator who accepts nearly every pre-selection while the model is often "
+                   "wrong is confirming, not labelling.")
+        table(people)
+        table(classes)
+
+
 def body() -> None:
     ui.page("Overview")
     with ui.store() as s:
@@ -236,6 +264,8 @@ def body() -> None:
         onboarding()
     else:
         pool_summary()
+        with ui.guard("The suggestion rates"):
+            suggestion_rates()
     with ui.guard("The audit trail"):
         audit_trail()
 
