@@ -92,10 +92,10 @@ def double_pair(store: ProjectStore, image_id: int) -> DoublePair | None:
 
 
 def _kappa(a: list[str], b: list[str]) -> float | None:
-    if not a:
+    if len(set(a) | set(b)) < 2:  # no image, or one class throughout: chance agreement is 1
         return None
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
+        warnings.simplefilter("ignore")  # an undefined kappa is reported as None, not warned
         value = float(cohen_kappa_score(a, b))
     return None if np.isnan(value) else value
 
