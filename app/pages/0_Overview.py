@@ -13,6 +13,7 @@ import ui  # noqa: E402
 from core.labeling import batches  # noqa: E402
 
 from core.dashboard import learning_curve  # noqa: E402
+from core.team_progress import annotator_progress  # noqa: E402
 from core.evalset import EvalSetStatus, eval_set_status  # noqa: E402
 from data.accounts import audit_entries, audit_users  # noqa: E402
 from data.evalset import DEFAULT_PER_CLASS, draw_eval_set, eval_target  # noqa: E402
@@ -187,6 +188,25 @@ def audit_trail() -> None:
             for r in rows]), hide_index=True, width="stretch")
 
 
+def team_progress() -> None:
+    """Per-annotator progress and throughput (built-in annotator; see core/team_progress.py)."""
+    with ui.store() as s:
+        rows = annotator_progress(s)
+    if not rows:
+        return
+    st.markdown("##### Team")
+    st.caption("Images per hour of labelling time: gaps over 10 minutes between two saves count "
+               "as breaks. Second labels are the independent double labels; reviews are "
+               "decisions on the Review page.")
+    st.dataframe(pd.DataFrame([
+        {"annotator": p.annotator, "images": p.images, "second labels": p.second_labels,
+         "reviews": p.reviews,
+         "images / hour": None if p.images_per_hour is None else round(p.images_per_hour),
+         "last hour": p.last_hour, "last active": ui.age_text(p.last_at),
+         "per round": ", ".join(f"#{n}: {k}" for n, k in p.by_round.items())}
+        for p in rows]), hide_index=True, width="stretch")
+
+
 def body() -> None:
     ui.page("Overview")
     with ui.store() as s:
@@ -195,6 +215,8 @@ def body() -> None:
         onboarding()
     else:
         pool_summary()
+    with ui.guard("The team's progress"):
+        team_progress()
     with ui.guard("The audit trail"):
         audit_trail()
 

@@ -38,7 +38,7 @@ def choose(attr: str, value: str | None) -> None:
 def load(image_id: int, batch: int) -> None:
     """Make ``image_id`` the current image and pre-select its saved label or the prediction."""
     with ui.store() as s:
-        task = labeling.task_for(s, image_id, batch)
+        task = labeling.task_for(s, image_id, batch, annotator=S.get("annotator", ""))
     S.label_image = image_id
     S.label_choice = dict(task.suggestion)
     S.label_touched = set()
@@ -55,7 +55,7 @@ def body() -> None:
 
     with ui.store() as s:
         ui.require_images(s)
-        infos = labeling.batches(s)
+        infos = labeling.batches(s, principal=ui.principal())  # rounds open to this person
         default = labeling.default_batch(s, infos)
     if not infos:
         st.info("Nothing queued yet. Sample a first batch on the Overview page or rank a queue "
@@ -91,11 +91,17 @@ def body() -> None:
     with ui.store() as s:
         batch_ids = {it["image_id"] for it in s.round_items(batch)}
         if current not in batch_ids:
-            current = labeling.next_image_id(s, batch, skip=S.label_skip)
+            current = labeling.next_image_id(s, batch, skip=S.label_skip, annotator=S.annotator,
+                                             principal=ui.principal())  # claims what it serves
             if current is not None:
                 load(current, batch)
         if current is None:
-            st.success(f"Round {batch} is done: every image has a label.", icon=":material/done_all:")
+            if labeling.held_by_others(s, batch, S.annotator):
+                st.info(f"Nothing left for you in round {batch}: the remaining images are being "
+                        "labelled by others right now.", icon=":material/group:")
+            else:
+                st.success(f"Round {batch} is done: every image has a label.",
+                           icon=":material/done_all:")
             if S.label_skip:
                 if st.button(f"Show the {len(S.label_skip)} skipped images again"):
                     S.label_skip = set()
@@ -103,7 +109,7 @@ def body() -> None:
             ui.link("pages/4_Train.py", "Retrain with the new labels", ":material/model_training:")
             back_button()
             return
-        task = labeling.task_for(s, current, batch)
+        task = labeling.task_for(s, current, batch, annotator=S.annotator)
     if "label_choice" not in S:
         load(current, batch)
 
@@ -116,6 +122,9 @@ def body() -> None:
                          Image.NEAREST if scale >= 2 else Image.BICUBIC)
         st.image(big, caption=f"#{task.position} of {info.total} · {task.image.name} · "
                               f"{task.image.split} split")
+        if task.second_label:
+            st.caption(":blue[Independent second label]: someone else labelled this image; "
+                       "label it afresh (their answer is hidden; a reviewer settles differences).")
         if task.labelled_before:
             st.caption("Editing a saved label; saving adds a new version (history is kept).")
     with right:
@@ -174,6 +183,8 @@ def actions(task: labeling.LabelTask, schema) -> None:
                  + (", ".join(f"{a}={v}" for a, v in saved.items()) or "all unsure"))
         st.rerun()
     if cols[1].button("Skip", shortcut="N", icon=":material/skip_next:", width="stretch"):
+        with ui.store() as s:  # give the image back to the others
+            labeling.skip_image(s, task.image.id, annotator=S.annotator, principal=ui.principal())
         S.label_skip = S.label_skip | {task.image.id}
         S.label_image = None
         S.pop("label_choice", None)
