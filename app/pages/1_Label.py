@@ -31,8 +31,9 @@ def keys_for(attr: str, n: int, position: int) -> list[str | None]:
 
 
 def choose(attr: str, value: str | None) -> None:
-    S.label_choice = {**S.label_choice, attr: value}
-    S.label_touched = S.label_touched | {attr}
+    # .get: a shortcut can land while the next image is being served (several annotators)
+    S.label_choice = {**S.get("label_choice", {}), attr: value}
+    S.label_touched = S.get("label_touched", set()) | {attr}
 
 
 def load(image_id: int, batch: int) -> None:
@@ -99,6 +100,8 @@ def body() -> None:
             if labeling.held_by_others(s, batch, S.annotator):
                 st.info(f"Nothing left for you in round {batch}: the remaining images are being "
                         "labelled by others right now.", icon=":material/group:")
+                if st.button("Check again", icon=":material/refresh:"):
+                    st.rerun()
             else:
                 st.success(f"Round {batch} is done: every image has a label.",
                            icon=":material/done_all:")
