@@ -47,6 +47,7 @@ PAGES: list[tuple[str, str, str]] = [
     ("pages/5_Evaluate.py", "Evaluate", ":material/analytics:"),
     ("pages/6_Queue.py", "Queue", ":material/format_list_numbered:"),
     ("pages/7_Export.py", "Export", ":material/deployed_code:"),
+    ("pages/8_Review.py", "Review", ":material/rate_review:"),
 ]
 
 

@@ -33,6 +33,8 @@ ACTIONS: dict[str, str] = {
     "cvat_push": "maintainer", "cvat_pull": "maintainer", "manage_users": "maintainer",
     "simulate": "maintainer", "cancel_job": "maintainer",
     "configure_labelling": "maintainer",  # the Label page's pre-fill thresholds (issue 13)
+    # several annotators (core/assignment.py, core/claims.py, core/double.py)
+    "assign_rounds": "maintainer", "configure_team": "maintainer",
 }
 
 # What starting a background job of each kind amounts to.

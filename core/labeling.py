@@ -11,6 +11,12 @@ Two rules against automation bias (issue 13):
   hint only, and each saved label records what was suggested and what the annotator did with it;
 - "unsure" is a choice, never a default: an all-unsure save of a fresh image (nothing chosen) is
   refused unless it is confirmed (``confirm_all_unsure``).
+
+Several annotators (core/claims.py, core/assignment.py, core/double.py): with a name or a
+signed-in principal, :func:`next_image_id` claims what it serves, serves only rounds open to that
+person, and serves double-labelled images a second time to someone else; :func:`save_label`
+refuses rounds handed to others and images someone else holds, stores a second label without
+touching the current one, and releases the claim.
 """
 from __future__ import annotations
 
@@ -22,6 +28,9 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from core.access import Principal, audit, authorize
+from core.assignment import require_image, require_round, visible_round_ids
+from core.claims import FIRST_PASS, SECOND_PASS, check_free, claim_next, live_claims, release
+from core.double import SECOND, label_kind
 from data.errors import UserError
 from data.evalset import EVAL_ROUND_KIND
 from data.cache import ImageCache
@@ -87,6 +96,7 @@ class LabelTask:
     predictions: dict[str, tuple[str, float]]  # {attribute: (class, probability)} of the model
     suggestion: dict[str, str] = field(default_factory=dict)  # what to pre-select
     thresholds: dict[str, float] = field(default_factory=dict)  # pre-fill threshold per head
+    second_label: bool = False  # an independent second label: the first one is not shown
 
     @property
     def preselected_from_model(self) -> set[str]:
@@ -119,13 +129,16 @@ def batch_title(info: BatchInfo) -> str:
     return info.strategy or info.kind
 
 
-def batches(store: ProjectStore) -> list[BatchInfo]:
+def batches(store: ProjectStore, *, principal: Principal | None = None) -> list[BatchInfo]:
     """Every round with its size and how many of its images have a saved label.
 
+    With a ``principal``: only the rounds open to them (core/assignment.py).
     One indexed query (see ``ProjectStore.round_progress``): the Label page runs it on every
     load, so its cost must follow the rounds' sizes, not the pool's.
     """
-    return [_info(r) for r in store.round_progress()]
+    infos = [_info(r) for r in store.round_progress()]
+    visible = visible_round_ids(store, principal) if principal is not None else None
+    return infos if visible is None else [b for b in infos if b.round_id in visible]
 
 
 def batch_info(store: ProjectStore, batch_number: int) -> BatchInfo:
@@ -167,13 +180,28 @@ def default_batch(store: ProjectStore, infos: list[BatchInfo] | None = None) -> 
     return infos[-1] if infos else None
 
 
-def next_image_id(store: ProjectStore, batch_number: int, *,
-                  skip: set[int] | frozenset[int] = frozenset()) -> int | None:
-    """The highest-ranked image of the batch with no saved label, not in ``skip``."""
-    for image_id in store.round_unvisited(batch_number):
-        if image_id not in skip:
-            return image_id
-    return None
+def next_image_id(store: ProjectStore, batch_number: int, *, annotator: str = "",
+                  principal: Principal | None = None,
+                  skip: set[int] | frozenset[int] = frozenset(),
+                  now: float | None = None) -> int | None:
+    """The image to label next in the batch, not in ``skip``; None when none is left for you.
+
+    With an ``annotator`` name or a signed-in ``principal`` (which wins) the image is claimed for
+    that person (core/claims.py): images others hold are not served, a double-labelled image is
+    served again to a second person, and a round handed to others is refused. Without either,
+    the highest-ranked unlabelled image nobody holds is returned and nothing is claimed.
+    """
+    if principal is None and not annotator.strip():
+        held = {c.image_id for c in live_claims(store, now=now) if c.pass_ == FIRST_PASS}
+        for image_id in store.round_unvisited(batch_number):
+            if image_id not in skip and image_id not in held:
+                return image_id
+        return None
+    who = _labeller(store, principal, annotator, "label")
+    round_id = int(store.round(batch_number)["id"])
+    require_round(store, who, round_id)
+    claim = claim_next(store, round_id, who.user, skip=skip, now=now)
+    return None if claim is None else claim.image_id
 
 
 def upcoming_ids(store: ProjectStore, batch_number: int, *,
@@ -224,17 +252,53 @@ def set_prefill_thresholds(ws: Workspace, thresholds: Mapping[str, float], *,
     return prefill_thresholds(ws.config, ws.schema)
 
 
+def _labeller(store: ProjectStore, principal: Principal | None, annotator: str,
+              action: str) -> Principal:
+    """Who labels: the signed-in principal, else the typed name with the resolved role."""
+    who = authorize(store, principal, action)
+    if principal is not None:
+        return principal
+    name = annotator.strip()
+    if not name:
+        raise ValueError("enter your name as annotator before saving labels")
+    return Principal(name, who.role)
+
+
+def held_by_others(store: ProjectStore, batch_number: int, annotator: str) -> int:
+    """How many of the batch's images others are labelling now (claimed, not yet saved)."""
+    round_id = int(store.round(batch_number)["id"])
+    return sum(1 for c in live_claims(store, round_id) if c.annotator != annotator)
+
+
+def skip_image(store: ProjectStore, image_id: int, *, annotator: str = "",
+               principal: Principal | None = None) -> None:
+    """Skip an image: give up its claim so someone else can label it."""
+    if principal is None and not annotator.strip():
+        return
+    who = _labeller(store, principal, annotator, "skip")
+    release(store, image_id, who.user)
+
+
 def task_for(store: ProjectStore, image_id: int, batch_number: int,
-             thresholds: Mapping[str, float] | None = None) -> LabelTask:
+             thresholds: Mapping[str, float] | None = None, *,
+             annotator: str = "") -> LabelTask:
     """The Label page's view of one image: saved label, model predictions, pre-selection.
 
     A saved human label is pre-selected as it is. Otherwise a model answer is pre-selected only
     at or above its head's threshold (``thresholds``, default :data:`DEFAULT_PREFILL_THRESHOLD`);
     the others stay empty and the page shows them as hints.
+
+    For ``annotator``'s independent second label the first annotator's label is not shown (nor
+    pre-selected): only their own second label, once saved.
     """
     info = batch_info(store, batch_number)
     rank = store.round_rank(batch_number, image_id)
     current_version = store.current_label(image_id)
+    second = bool(annotator) and label_kind(store, image_id, annotator) == SECOND
+    if second:
+        own = [v for v in store.label_history(image_id)
+               if v.annotator == annotator and v.kind == SECOND]
+        current_version = own[-1] if own else None
     current = dict(current_version.values) if current_version else {}
     model = store.current_model()
     predictions = store.predictions(model["id"], ids=[image_id]).get(image_id, {}) if model else {}
@@ -245,7 +309,8 @@ def task_for(store: ProjectStore, image_id: int, batch_number: int,
     return LabelTask(image=store.image(image_id), batch=info,
                      position=(rank if rank is not None else 0) + 1,
                      current=current, labelled_before=current_version is not None,
-                     predictions=predictions, suggestion=suggestion, thresholds=limits)
+                     predictions=predictions, suggestion=suggestion, thresholds=limits,
+                     second_label=second)
 
 
 def save_label(store: ProjectStore, schema: LabelSchema, image_id: int,
@@ -263,27 +328,33 @@ def save_label(store: ProjectStore, schema: LabelSchema, image_id: int,
     unsure for every attribute). ``suggestions`` (the model answers the page showed) are stored
     with the version together with what the annotator did with each.
     """
-    who = authorize(store, principal, "label")
-    annotator = who.user if principal is not None else annotator.strip()
-    if not annotator:
-        raise ValueError("enter your name as annotator before saving labels")
+    who = _labeller(store, principal, annotator, "label")
     values = schema.normalise_label({a: v for a, v in choices.items() if v},
                                     item=store.image(image_id).name)
-    if not values and not confirm_all_unsure and store.current_label(image_id) is None:
-        # the guard lives here, not only on the page: a stale page or a second tab cannot
-        # store an unconfirmed all-unsure label
-        raise UserError(ALL_UNSURE_MESSAGE)
-    with store.transaction():
-        version = store.add_label(image_id, values, source="builtin", annotator=annotator,
-                                  round_id=round_id, skip_if_same=False)
+    require_image(store, who, image_id)
+    with store.transaction():  # the claim check, the save and the release see one database
+        kind = label_kind(store, image_id, who.user)
+        if kind == SECOND:   # fresh for this person: no second label of their own yet
+            fresh = not any(v.annotator == who.user and v.kind == SECOND
+                            for v in store.label_history(image_id))
+        else:
+            fresh = store.current_label(image_id) is None
+        if not values and not confirm_all_unsure and fresh:
+            # the guard lives here, not only on the page: a stale page or a second tab cannot
+            # store an unconfirmed all-unsure label
+            raise UserError(ALL_UNSURE_MESSAGE)
+        check_free(store, image_id, SECOND_PASS if kind == SECOND else FIRST_PASS, who.user)
+        version = store.add_label(image_id, values, source="builtin", annotator=who.user,
+                                  round_id=round_id, skip_if_same=False, kind=kind)
         assert version is not None
         rows = [(sg.attribute, sg.value, sg.probability, sg.preselected,
                  sg.outcome(values.get(sg.attribute)))
                 for sg in suggestions if sg.attribute in schema.attributes]
         if rows:
             store.add_label_suggestions(image_id, version, rows)
-    audit(store, Principal(annotator, who.role), "label",
-          {"image_id": image_id, "version": version, "values": values, "round_id": round_id})
+        release(store, image_id, who.user)
+        audit(store, who, "label", {"image_id": image_id, "version": version, "values": values,
+                                    "round_id": round_id, "kind": kind})
     return version
 
 

@@ -244,6 +244,49 @@ MIGRATIONS: list[str] = [
     CREATE INDEX IF NOT EXISTS label_suggestions_outcome
         ON label_suggestions(attribute, suggested, outcome);
     """,
+    # 7 (task review): several annotators. ``claims``: an image handed out to one annotator until
+    # its claim expires (pass 1: the label, pass 2: the independent second label). ``round_assignees``:
+    # rounds handed to named annotators (a round with none is open to everyone). ``double_items``:
+    # per round, which images were considered for double labelling and which were chosen.
+    # ``labels.kind``: 'label' (an ordinary version), 'second' (an independent second label, never
+    # the current one) or 'review' (a reviewer's decision on a disagreement).
+    """
+    CREATE TABLE claims (
+        image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+        pass INTEGER NOT NULL CHECK (pass IN (1, 2)),
+        round_id INTEGER NOT NULL REFERENCES rounds(id) ON DELETE CASCADE,
+        annotator TEXT NOT NULL,
+        claimed_at REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        PRIMARY KEY (image_id, pass)
+    );
+    CREATE INDEX claims_annotator ON claims(annotator, round_id);
+    CREATE INDEX claims_expiry ON claims(expires_at);
+    CREATE TABLE round_assignees (
+        round_id INTEGER NOT NULL REFERENCES rounds(id) ON DELETE CASCADE,
+        annotator TEXT NOT NULL,
+        assigned_by TEXT NOT NULL,
+        assigned_at REAL NOT NULL,
+        PRIMARY KEY (round_id, annotator)
+    );
+    CREATE TABLE double_items (
+        round_id INTEGER NOT NULL REFERENCES rounds(id) ON DELETE CASCADE,
+        image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+        chosen INTEGER NOT NULL,
+        PRIMARY KEY (round_id, image_id)
+    );
+    CREATE INDEX double_items_image ON double_items(image_id) WHERE chosen = 1;
+    ALTER TABLE labels ADD COLUMN kind TEXT NOT NULL DEFAULT 'label'
+        CHECK (kind IN ('label', 'second', 'review'));
+    CREATE INDEX labels_annotator ON labels(annotator, created_at);
+    DROP TRIGGER labels_current_insert;
+    CREATE TRIGGER labels_current_insert AFTER INSERT ON labels BEGIN
+        UPDATE labels SET is_current = (kind != 'second' AND version = (
+                SELECT MAX(version) FROM labels x WHERE x.image_id = NEW.image_id
+                AND x.kind != 'second'))
+            WHERE image_id = NEW.image_id;
+    END;
+    """,
 ]
 
 # Ids travel to SQLite as one JSON array (``json_each``), never as one bound parameter per id:
@@ -298,6 +341,10 @@ class LabelVersion:
     annotator: str | None
     round_id: int | None
     created_at: float
+    kind: str = "label"   # 'label', 'second' (independent second label) or 'review'
+
+
+LABEL_KINDS = ("label", "second", "review")
 
 
 def _now() -> float:
@@ -473,25 +520,33 @@ class ProjectStore:
     # -- labels ---------------------------------------------------------------------------
     def add_label(self, image_id: int, values: Mapping[str, str], *, source: str,
                   source_ref: str | None = None, annotator: str | None = None,
-                  round_id: int | None = None, skip_if_same: bool = True) -> int | None:
+                  round_id: int | None = None, skip_if_same: bool = True,
+                  kind: str = "label") -> int | None:
         """Record a label version. Returns the new version, or None when nothing changed.
 
         ``values`` must already be normalised through the schema; attributes not present are
         "not labelled" (partial labels are normal). When ``skip_if_same`` and the current
         label has exactly these values, no version is added (re-pulls are idempotent).
+        ``kind="second"`` stores an independent second label: a version in the history that
+        never becomes the current label (see core/double.py).
         """
         if source not in LABEL_SOURCES:
             raise StoreError(f"unknown label source {source!r}")
+        if kind not in LABEL_KINDS:
+            raise StoreError(f"unknown label kind {kind!r}")
         self.image(image_id)
         with self.transaction():
             current = self.current_label(image_id)
             if skip_if_same and current is not None and current.values == dict(values):
                 return None
-            version = (current.version if current else 0) + 1
+            # MAX over all versions: a second label is a version but never the current one
+            version = int(self.conn.execute(
+                "SELECT COALESCE(MAX(version), 0) + 1 FROM labels WHERE image_id=?",
+                (image_id,)).fetchone()[0])
             cur = self.conn.execute(
                 "INSERT INTO labels(image_id, version, source, source_ref, annotator, round_id, "
-                "created_at) VALUES (?,?,?,?,?,?,?)",
-                (image_id, version, source, source_ref, annotator, round_id, _now()))
+                "created_at, kind) VALUES (?,?,?,?,?,?,?,?)",
+                (image_id, version, source, source_ref, annotator, round_id, _now(), kind))
             label_id = cur.lastrowid
             self.conn.executemany(
                 "INSERT INTO label_values(label_id, attribute, value) VALUES (?,?,?)",
@@ -552,7 +607,7 @@ class ProjectStore:
                 lv = LabelVersion(id=r["id"], image_id=r["image_id"], version=r["version"],
                                   values={}, source=r["source"], source_ref=r["source_ref"],
                                   annotator=r["annotator"], round_id=r["round_id"],
-                                  created_at=r["created_at"])
+                                  created_at=r["created_at"], kind=r["kind"])
                 out[r["id"]] = lv
             if r["attribute"] is not None:
                 lv.values[r["attribute"]] = r["value"]

@@ -14,6 +14,7 @@ from core.labeling import BatchInfo, batch_title, batches, unfinished_rounds  # 
 
 from core.dashboard import learning_curve  # noqa: E402
 from core import suggestion_stats  # noqa: E402
+from core.team_progress import annotator_progress  # noqa: E402
 from core.evalset import EvalSetStatus, eval_set_status  # noqa: E402
 from data.accounts import audit_entries, audit_users  # noqa: E402
 from core.rounds import draw_eval_set  # noqa: E402
@@ -254,6 +255,23 @@ def suggestion_rates() -> None:
                    "wrong is confirming, not labelling.")
         table(people)
         table(classes)
+def team_progress() -> None:
+    """Per-annotator progress and throughput (built-in annotator; see core/team_progress.py)."""
+    with ui.store() as s:
+        rows = annotator_progress(s)
+    if not rows:
+        return
+    st.markdown("##### Team")
+    st.caption("Images per hour of labelling time: gaps over 10 minutes between two saves count "
+               "as breaks. Second labels are the independent double labels; reviews are "
+               "decisions on the Review page.")
+    st.dataframe(pd.DataFrame([
+        {"annotator": p.annotator, "images": p.images, "second labels": p.second_labels,
+         "reviews": p.reviews,
+         "images / hour": None if p.images_per_hour is None else round(p.images_per_hour),
+         "last hour": p.last_hour, "last active": ui.age_text(p.last_at),
+         "per round": ", ".join(f"#{n}: {k}" for n, k in p.by_round.items())}
+        for p in rows]), hide_index=True, width="stretch")
 
 
 def body() -> None:
@@ -266,6 +284,8 @@ def body() -> None:
         pool_summary()
         with ui.guard("The suggestion rates"):
             suggestion_rates()
+    with ui.guard("The team's progress"):
+        team_progress()
     with ui.guard("The audit trail"):
         audit_trail()
 

@@ -41,8 +41,9 @@ def keys_for(attr: str, n: int, position: int) -> list[str | None]:
 
 
 def choose(attr: str, value: str | None) -> None:
-    S.label_choice = {**S.label_choice, attr: value}
-    S.label_touched = S.label_touched | {attr}
+    # .get: a shortcut can land while the next image is being served (several annotators)
+    S.label_choice = {**S.get("label_choice", {}), attr: value}
+    S.label_touched = S.get("label_touched", set()) | {attr}
     S.pop("label_unsure_armed", None)
 
 
@@ -64,7 +65,8 @@ def load(image_id: int, batch: int) -> labeling.LabelTask:
     """Make ``image_id`` the current image and pre-select its saved label or the model's
     confident answers (hints for the rest)."""
     with ui.store() as s:
-        task = labeling.task_for(s, image_id, batch, thresholds())
+        task = labeling.task_for(s, image_id, batch, annotator=S.get("annotator", ""),
+                                 thresholds=thresholds())
     S.label_image = image_id
     S.label_task = task
     S.label_choice = dict(task.suggestion)
@@ -95,6 +97,14 @@ def annotator_name() -> None:
     name = st.text_input("Annotator", value=S.annotator, placeholder="your name",
                          help="Recorded with every label you save; kept in the page address",
                          disabled=signed_in is not None)
+    if name.strip() != S.annotator and S.annotator and S.get("label_image") is not None:
+        # a corrected name: give the old name's claim back, so the image is served (and
+        # claimed) again under the new one instead of being refused as someone else's
+        with ui.store() as s:
+            labeling.skip_image(s, S.label_image, annotator=S.annotator)
+        S.label_image = None
+        S.pop("label_task", None)
+        S.pop("label_choice", None)
     S.annotator = name.strip()
     if signed_in is None:
         if S.annotator and st.query_params.get("annotator") != S.annotator:
@@ -112,7 +122,7 @@ def body() -> None:
 
     with ui.store() as s:
         ui.require_images(s)
-        infos = labeling.batches(s)
+        infos = labeling.batches(s, principal=ui.principal())  # rounds open to this person
         default = labeling.default_batch(s, infos)
     if not infos:
         st.info("Nothing queued yet. Sample a first batch on the Overview page or rank a queue "
@@ -159,13 +169,23 @@ def labeller(batch: int) -> None:
         if current is not None and s.round_rank(batch, current) is None:
             current = None  # the image belongs to another batch
         if current is None:
-            current = labeling.next_image_id(s, batch, skip=S.label_skip)
+            current = labeling.next_image_id(s, batch, skip=S.label_skip, annotator=S.annotator,
+                                             principal=ui.principal())  # claims what it serves
             if current is not None:
                 load(current, batch)
     st.progress(info.done / max(info.total, 1),
                 text=f"{info.done} of {info.total} images in round {batch} labelled")
     if current is None:
-        st.success(f"Round {batch} is done: every image has a label.", icon=":material/done_all:")
+        with ui.store() as s:
+            held = labeling.held_by_others(s, batch, S.annotator)
+        if held:
+            st.info(f"Nothing left for you in round {batch}: the remaining images are being "
+                    "labelled by others right now.", icon=":material/group:")
+            if st.button("Check again", icon=":material/refresh:"):
+                rerun_fragment()
+        else:
+            st.success(f"Round {batch} is done: every image has a label.",
+                       icon=":material/done_all:")
         if S.label_skip:
             if st.button(f"Show the {len(S.label_skip)} skipped images again"):
                 S.label_skip = set()
@@ -185,6 +205,9 @@ def labeller(batch: int) -> None:
                          f"{task.image.split} split")
         if "label_clicked" in S:  # server time from the Save & next click to this image sent
             S.label_save_ms = (time.perf_counter() - S.pop("label_clicked")) * 1000
+        if task.second_label:
+            st.caption(":blue[Independent second label]: someone else labelled this image; "
+                       "label it afresh (their answer is hidden; a reviewer settles differences).")
         if task.labelled_before:
             st.caption("Editing a saved label; saving adds a new version (history is kept).")
     with right:
@@ -302,6 +325,12 @@ def save_and_next(task: labeling.LabelTask, batch: int) -> None:
 
 
 def skip(task: labeling.LabelTask, batch: int) -> None:
+    try:
+        with ui.store() as s:  # give the image back to the others
+            labeling.skip_image(s, task.image.id, annotator=S.annotator, principal=ui.principal())
+    except Exception as exc:  # noqa: BLE001 - shown by the fragment as one readable line
+        S.label_error = exc
+        return
     S.label_skip = S.label_skip | {task.image.id}
     go_next(batch)
 
@@ -309,7 +338,8 @@ def skip(task: labeling.LabelTask, batch: int) -> None:
 def go_next(batch: int) -> None:
     """Hand out the next image now, so the rerun only draws it (the task is already built)."""
     with ui.store() as s:
-        nxt = labeling.next_image_id(s, batch, skip=S.label_skip)
+        nxt = labeling.next_image_id(s, batch, skip=S.label_skip, annotator=S.annotator,
+                                     principal=ui.principal())  # claims what it serves
     if nxt is None:
         S.label_image = None
         S.pop("label_task", None)
