@@ -878,6 +878,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.finetune_epochs = args.finetune_epochs or QUICK_EPOCHS
         args.semi_max_images = args.semi_max_images or QUICK_SEMI_IMAGES
         args.reference_budget = args.ablation_budget = args.budgets[-1]
+        if args.out == DEFAULT_OUT:  # never overwrite the full sweep's committed results
+            args.out = DEFAULT_OUT.with_name(DEFAULT_OUT.name + "_quick")
     args.budgets = args.budgets or list(DEFAULT_BUDGETS)
     args.finetune_epochs = args.finetune_epochs or 8
     return args

@@ -170,5 +170,6 @@ def test_quick_mode_finetunes_with_and_without_fixmatch(tmp_path: Path, monkeypa
     rows = list(csv.DictReader(open(tmp_path / "q.csv")))
     assert {(r["semi"], r["budget"]) for r in rows if r["mode"] == "finetune"} == {
         ("none", "6"), ("fixmatch", "6"), ("none", "12"), ("fixmatch", "12")}
+    assert bench.parse_args(["--quick"]).out.name == "few_labels_quick"   # full results kept
     assert bench.parse_args(["--budgets", "5"]).finetune_epochs == 8       # defaults unchanged
     assert bench.parse_args([]).budgets == list(bench.DEFAULT_BUDGETS)
