@@ -29,7 +29,16 @@ attribute labelled per set), at 128 px, over >= 3 seeds (mean +- sample std):
    product's loop, not a copy): the reference A = 1,000 random labels from the pretrained
    backbone, and the best head-only pipeline at its claimed budget (labels it picked), each
    per seed, few epochs, val carved from the labelled budget (10 %), tested on the same split.
-   ``--finetune-semi`` adds the claimed point with ``semi_supervised="fixmatch"``.
+   ``--finetune-semi`` (or ``--semi fixmatch``) adds the claimed point with
+   ``semi_supervised="fixmatch"``.
+6. ``--quick``: what FixMatch adds, affordably (meant to finish in < 20 min on 2 cores; not yet
+   timed at full size): one set (the first of ``--sets``), one seed, one pretrained backbone
+   (the first non-random of ``--backbones``; default Lite0), two budgets (``QUICK_BUDGETS``
+   unless ``--budgets`` is given), random selection, fine-tuned ``QUICK_EPOCHS`` epochs with
+   and without ``--semi fixmatch`` at both budgets, FixMatch on at most ``QUICK_SEMI_IMAGES``
+   unlabelled images. Example::
+
+       nice .venv/bin/python benchmarks/bench_few_labels.py --quick --semi fixmatch --sets type
 
 Which numbers are head-only and which are fine-tuned is said in every table. Outputs:
 ``<out>.csv`` (one row per run and budget), ``<out>.md`` (tables), ``<out>.json`` (summary).
@@ -86,6 +95,9 @@ REAL = REPO.parent / "shared" / "data" / "real"
 CACHE = REPO / "benchmarks" / "results" / "cache"
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "few_labels"
 SETS = ("color", "type", "orientation")
+QUICK_BUDGETS = (100, 300)
+QUICK_EPOCHS = 4
+QUICK_SEMI_IMAGES = 1000
 BACKBONE_SPECS = ("resnet18-random", "resnet18-imagenet", "efficientnet_lite0-imagenet")
 DEFAULT_STRATEGIES = ("random", "typiclust", "probcover", "entropy", "entropy+kcenter",
                       "entropy+stochastic", "entropy+stochastic+kcenter", "auto")
@@ -545,7 +557,7 @@ def simulate(data: SetData, x_all: np.ndarray, select: Selector, *, strategy: st
 
 def finetune(data: SetData, pixels: np.ndarray, pool_picks: Sequence[int], *, spec: str,
              seed: int, epochs: int, size: int, threads: int, semi: str, workdir: Path,
-             weights: Path | None = None) -> dict[str, Any]:
+             weights: Path | None = None, semi_max_images: int | None = None) -> dict[str, Any]:
     """Train the product's model on ``pool_picks`` (10 % of them as val) and test it.
 
     The whole set goes into a fresh workspace (pool images unlabelled in "train", so FixMatch
@@ -584,6 +596,8 @@ def finetune(data: SetData, pixels: np.ndarray, pool_picks: Sequence[int], *, sp
     config_fields = {f.name for f in dataclasses.fields(TrainConfig)}
     if "semi_supervised" in config_fields:
         kwargs["semi_supervised"] = semi
+        if semi != "none" and semi_max_images is not None:
+            kwargs["semi_max_images"] = int(semi_max_images)
     elif semi != "none":
         return {"error": "models.train has no semi_supervised option"}
     if "backbone" in config_fields:
@@ -805,7 +819,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--strategies", type=lambda s: s.split(","),
                    default=list(DEFAULT_STRATEGIES), help="comma-separated")
     p.add_argument("--budgets", type=lambda s: [int(x) for x in s.split(",")],
-                   default=list(DEFAULT_BUDGETS), help="comma-separated label budgets")
+                   default=None, help="comma-separated label budgets (default: "
+                   f"{','.join(map(str, DEFAULT_BUDGETS))}; --quick: "
+                   f"{','.join(map(str, QUICK_BUDGETS))})")
     p.add_argument("--seeds", type=int, default=3, help="number of seeds (0..N-1)")
     p.add_argument("--max-batch", type=int, default=100, help="largest batch per AL round")
     p.add_argument("--image-size", type=int, default=128)
@@ -828,7 +844,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="also fine-tune (models.train): A and the best pipeline's claimed point")
     p.add_argument("--finetune-semi", action="store_true",
                    help="with --finetune: the claimed point again with FixMatch")
-    p.add_argument("--finetune-epochs", type=int, default=8)
+    p.add_argument("--semi", choices=("none", "fixmatch"), default="none",
+                   help="with --finetune/--quick: also fine-tune with FixMatch (fixmatch)")
+    p.add_argument("--semi-max-images", type=int, default=None,
+                   help="FixMatch: seeded subset of the unlabelled pool (--quick: "
+                        f"{QUICK_SEMI_IMAGES})")
+    p.add_argument("--quick", action="store_true",
+                   help="one set, one seed, one pretrained backbone, two budgets, random "
+                        "selection, fine-tuned with and without --semi (see the docstring)")
+    p.add_argument("--finetune-epochs", type=int, default=None,
+                   help=f"default 8 (--quick: {QUICK_EPOCHS})")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--resnet18-weights", type=Path, default=None,
                    help="local torchvision ResNet18 ImageNet file for resnet18-imagenet "
@@ -838,7 +863,26 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output path without suffix")
     p.add_argument("--force", action="store_true",
                    help=f"run even when the 1-min load average exceeds {MAX_LOAD}")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.semi == "fixmatch":
+        args.finetune_semi = True
+    if args.quick:
+        pretrained = [b for b in args.backbones if not b.endswith("-random")]
+        if args.backbones == list(BACKBONE_SPECS):  # default: the one pretrained everywhere
+            pretrained = ["efficientnet_lite0-imagenet"]
+        if not pretrained:
+            p.error("--quick needs a pretrained backbone in --backbones")
+        args.sets, args.seeds, args.backbones = args.sets[:1], 1, pretrained[:1]
+        args.budgets = sorted(args.budgets or QUICK_BUDGETS)[:2]
+        args.strategies, args.semi_strategies, args.finetune = ["random"], [], True
+        args.finetune_epochs = args.finetune_epochs or QUICK_EPOCHS
+        args.semi_max_images = args.semi_max_images or QUICK_SEMI_IMAGES
+        args.reference_budget = args.ablation_budget = args.budgets[-1]
+        if args.out == DEFAULT_OUT:  # never overwrite the full sweep's committed results
+            args.out = DEFAULT_OUT.with_name(DEFAULT_OUT.name + "_quick")
+    args.budgets = args.budgets or list(DEFAULT_BUDGETS)
+    args.finetune_epochs = args.finetune_epochs or 8
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -940,7 +984,10 @@ def run_finetunes(args: argparse.Namespace, data: SetData, pixels: np.ndarray, s
     strat, semi, claimed = best_pipeline(rows, data.name, spec, head_a) if head_a else \
         ("random", "none", None)
     points = [("random", ref, "none")]
-    if claimed is not None and (strat, claimed) != ("random", ref):
+    if getattr(args, "quick", False):  # FixMatch's share: random picks, both budgets, with/without
+        semis = ["none", "fixmatch"] if args.finetune_semi else ["none"]
+        points = [("random", b, s) for b in args.budgets for s in semis]
+    elif claimed is not None and (strat, claimed) != ("random", ref):
         points.append((strat, claimed, "none"))
         if args.finetune_semi:
             points.append((strat, claimed, "fixmatch"))
@@ -952,7 +999,8 @@ def run_finetunes(args: argparse.Namespace, data: SetData, pixels: np.ndarray, s
             res = finetune(data, pixels, traj.order[:budget], spec=spec, seed=seed,
                            epochs=args.finetune_epochs, size=args.image_size,
                            threads=args.threads, semi=semi_ft, workdir=workdir,
-                           weights=weights_for(spec, args))
+                           weights=weights_for(spec, args),
+                           semi_max_images=getattr(args, "semi_max_images", None))
             print(f"  finetune {spec}/{strategy}@{budget}/{semi_ft}/seed {seed}: {res}",
                   flush=True)
             out.append({"set": data.name, "backbone": spec, "origin": res.get("origin", origin),

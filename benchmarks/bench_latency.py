@@ -2,7 +2,7 @@
 
     nice .venv/bin/python benchmarks/bench_latency.py                  # real sets, brief training
     nice .venv/bin/python benchmarks/bench_latency.py --workspace DIR  # a workspace's current model
-    nice .venv/bin/python benchmarks/bench_latency.py --backbone efficientnet_lite0  # Lite0 beside it
+    nice .venv/bin/python benchmarks/bench_latency.py --backbone resnet18 efficientnet_lite0
 
 Default: builds a workspace from ``../shared/data/real`` (color, type, orientation; each set
 labels one head; GTI orientation frames split by contiguous blocks, color by its own train/test
@@ -12,7 +12,9 @@ ImageNet weights),
 exports it through ``models.export`` (parity gate) and ``models.quantize`` (int8 QDQ, calibrated
 on pool images, per-head test accuracy fp32 vs int8). Then times, in this one process, the three
 backends at batch 1 and batch 64 with the same intra-op thread count: untimed warm-up calls, then
-the median of many timed calls. Prints markdown tables (and writes JSON with ``--json``); the
+the median of many timed calls. With several ``--backbone`` names, one workspace holds one model
+per backbone and every backbone is timed in the same run, interleaved per thread count, so the
+backbone-to-backbone ratios come from one run. Prints markdown tables (and writes JSON with ``--json``); the
 load average before and after is printed because the machine may be shared.
 """
 from __future__ import annotations
@@ -140,16 +142,34 @@ def measure(model: torch.nn.Module, fp32: Path, int8: Path, images: np.ndarray, 
 
 def latency_table(rows: list[dict]) -> str:
     names = ["PyTorch eager fp32", "ONNX Runtime fp32", "ONNX Runtime int8"]
-    out = ["| threads | batch | " + " | ".join(f"{n} (ms)" for n in names)
+    out = ["| backbone | threads | batch | " + " | ".join(f"{n} (ms)" for n in names)
            + " | ORT fp32 speed-up | int8 speed-up | int8 ms/image |",
-           "|---|---|" + "---|" * (len(names) + 3)]
+           "|---|---|---|" + "---|" * (len(names) + 3)]
     for r in rows:
         eager = r[names[0]]["median_ms"]
-        out.append(f"| {r['threads']} | {r['batch']} | "
+        out.append(f"| {r.get('backbone', '')} | {r['threads']} | {r['batch']} | "
                    + " | ".join(f"{r[n]['median_ms']:.2f}" for n in names)
                    + f" | {eager / r[names[1]]['median_ms']:.2f}x | {eager / r[names[2]]['median_ms']:.2f}x"
                    + f" | {r[names[2]]['median_ms'] / r['batch']:.2f} |")
     return "\n".join(out)
+
+
+def prepare_model(ws: Workspace, model_id: int, calibration: int) -> dict:
+    """Export one recorded model (parity gate), make its int8 file (measured, not gated)."""
+    from core.exports import export_onnx, load_parity, quantize_export
+    from core.registry import load_model
+
+    model, meta = load_model(ws, model_id)
+    fp32 = export_onnx(ws, model_id, parity_images=64)
+    int8, int8_report = quantize_export(ws, model_id, calibration=calibration,
+                                        min_agreement=0.0, max_drop=1.0)  # measure, do not gate
+    print(f"\n{meta.get('backbone', 'resnet18')}: int8 vs fp32 on the test split:\n"
+          + int8_report.table(), flush=True)
+    return {"model": model.eval(), "fp32": fp32, "int8": int8, "model_id": model_id,
+            "size": int(meta.get("image_size", 128)), "backbone": meta.get("backbone", "resnet18"),
+            "weights_origin": meta.get("weights_origin"), "parity": load_parity(ws, model_id),
+            "int8_report": int8_report.to_dict(),
+            "files": {"fp32_bytes": fp32.stat().st_size, "int8_bytes": int8.stat().st_size}}
 
 
 def main() -> int:
@@ -159,28 +179,37 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=128, help="input size (default: 128, the product's)")
     ap.add_argument("--per-set", default="1200,150,300", help="train,val,test images per real set")
     ap.add_argument("--epochs", type=int, default=6)
-    ap.add_argument("--backbone", default="resnet18", help="resnet18 or efficientnet_lite0")
-    ap.add_argument("--weights", default=None, help="local weights file for the backbone")
+    ap.add_argument("--backbone", nargs="+", default=["resnet18"],
+                    help="one or more of resnet18, efficientnet_lite0 (all timed in this run)")
+    ap.add_argument("--weights", default=None, help="local weights file for ResNet18")
     ap.add_argument("--calibration", type=int, default=300)
     ap.add_argument("--threads", default="1,2", help="intra-op thread counts to time (default: 1,2)")
+    ap.add_argument("--batches", default="1,64", help="batch sizes to time (default: 1,64)")
     ap.add_argument("--runs-b1", type=int, default=200)
     ap.add_argument("--runs-b64", type=int, default=15)
+    ap.add_argument("--runs", type=int, default=None,
+                    help="timed calls for every batch size (overrides --runs-b1/--runs-b64; "
+                         "e.g. 3 for a smoke run)")
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--json", default=None, help="write all figures to this JSON file")
     args = ap.parse_args()
 
-    from core.exports import export_dir, export_onnx, load_parity, pool_images, quantize_export
-    from core.registry import load_model
+    from core.exports import export_dir, pool_images, resolve_model_id
+    from models.backbones import check_name
 
+    for name in args.backbone:
+        check_name(name)
     report: dict = {"machine": {"cpu": platform.processor() or platform.machine(),
                                 "cores": os.cpu_count(), "torch": torch.__version__,
                                 "onnxruntime": ort.__version__},
                     "load_avg_start": load_avg()}
     print(f"load average (1/5/15 min) at start: {report['load_avg_start']}", flush=True)
     t0 = time.perf_counter()
+    model_ids: list[int] = []
     if args.workspace:
         ws = Workspace(args.workspace)
         report["model"] = f"current model of {ws.root}"
+        model_ids = [resolve_model_id(ws, None)]
     else:
         if not REAL.is_dir():
             print(f"real data not found at {REAL}; pass --workspace", file=sys.stderr)
@@ -193,48 +222,50 @@ def main() -> int:
         per_set = tuple(int(v) for v in args.per_set.split(","))
         ws = build_real_workspace(root, args.size, per_set)  # type: ignore[arg-type]
         print(f"workspace {root} built in {time.perf_counter() - t0:.0f} s", flush=True)
-        t1 = time.perf_counter()
-        status = weights_status(args.backbone, args.weights)
-        print(f"backbone weights: {status.sentence()}", flush=True)
-        result = train_and_promote(ws, TrainConfig(
-            epochs=args.epochs, image_size=args.size, backbone=args.backbone,
-            weights=args.weights, pretrained=status.pretrained,
-            num_threads=max(int(t) for t in args.threads.split(",")))).train
-        report["training"] = {"epochs": args.epochs, "seconds": round(time.perf_counter() - t1),
-                              "train_images": result.train_images, "val_acc": result.val_acc,
-                              "per_set": per_set}
-        report["model"] = (f"{result.origin}; trained here: {args.epochs} epochs on {result.train_images} "
-                           f"real images ({per_set} train/val/test per set), {args.size} px")
-        print(f"trained in {report['training']['seconds']} s: val acc {result.val_acc}", flush=True)
+        report["training"] = {}
+        for name in args.backbone:
+            t1 = time.perf_counter()
+            weights = args.weights if name == "resnet18" else None
+            status = weights_status(name, weights)
+            print(f"{name} weights: {status.sentence()}", flush=True)
+            outcome = train_and_promote(ws, TrainConfig(
+                epochs=args.epochs, image_size=args.size, backbone=name, weights=weights,
+                pretrained=status.pretrained,
+                num_threads=max(int(t) for t in args.threads.split(","))))
+            result = outcome.train
+            model_ids.append(int(outcome.model_id))
+            report["training"][name] = {
+                "epochs": args.epochs, "seconds": round(time.perf_counter() - t1),
+                "train_images": result.train_images, "val_acc": result.val_acc,
+                "per_set": per_set, "origin": result.origin}
+            print(f"{name}: trained in {report['training'][name]['seconds']} s: "
+                  f"val acc {result.val_acc}", flush=True)
+        report["model"] = (f"trained here: {args.epochs} epochs per backbone on real images "
+                           f"({per_set} train/val/test per set), {args.size} px")
 
-    model, meta = load_model(ws)
-    model.eval()
-    report["backbone"] = meta.get("backbone", "resnet18")
-    report["weights_origin"] = meta.get("weights_origin")
-    size = int(meta.get("image_size", args.size))
-    model_id = int(meta["model_id"])
-    fp32 = export_onnx(ws, model_id, parity_images=64)
-    report["parity"] = load_parity(ws, model_id)
-    int8, int8_report = quantize_export(ws, model_id, calibration=args.calibration,
-                                        min_agreement=0.0, max_drop=1.0)  # measure, do not gate
-    report["int8"] = int8_report.to_dict()
-    print("\nint8 vs fp32 on the test split:\n" + int8_report.table(), flush=True)
-
+    prepared = [prepare_model(ws, mid, args.calibration) for mid in model_ids]
     _, images = pool_images(ws, 64, seed=7)
     threads = [int(t) for t in args.threads.split(",")]
+    batches = [int(b) for b in args.batches.split(",")]
+    runs = {b: args.runs if args.runs is not None else (args.runs_b1 if b == 1 else args.runs_b64)
+            for b in batches}
     rows = []
-    for th in threads:
-        rows += measure(model, fp32, int8, images, size, th, [1, 64], args.warmup,
-                        {1: args.runs_b1, 64: args.runs_b64})
+    for th in threads:          # interleaved: every backbone at this thread count, then the next
+        for m in prepared:
+            for row in measure(m["model"], m["fp32"], m["int8"], images, m["size"], th, batches,
+                               args.warmup, runs):
+                row["backbone"] = m["backbone"]
+                rows.append(row)
     report["latency"] = rows
     report["load_avg_end"] = load_avg()
-    report["files"] = {"fp32_bytes": fp32.stat().st_size, "int8_bytes": int8.stat().st_size,
-                       "folder": str(export_dir(ws, model_id))}
-    print(f"\nmodel: {report['model']}; backbone {report['backbone']}; input {size} px; "
-          f"parity max|d| {report['parity']['max_abs_diff']}")
+    report["models"] = [{k: v for k, v in m.items() if k != "model"} for m in prepared]
+    for m in prepared:
+        print(f"\n{m['backbone']} (model {m['model_id']}, {m['weights_origin']}): "
+              f"input {m['size']} px; parity max|d| {m['parity']['max_abs_diff']}; ONNX sizes: "
+              f"fp32 {m['files']['fp32_bytes'] / 2**20:.1f} MiB, "
+              f"int8 {m['files']['int8_bytes'] / 2**20:.1f} MiB; "
+              f"exports in {export_dir(ws, m['model_id'])}")
     print(latency_table(rows))
-    print(f"\nONNX sizes: fp32 {report['files']['fp32_bytes'] / 2**20:.1f} MiB, "
-          f"int8 {report['files']['int8_bytes'] / 2**20:.1f} MiB")
     print(f"load average (1/5/15 min): start {report['load_avg_start']}, end {report['load_avg_end']}")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")

@@ -132,6 +132,7 @@ def run_round(ws: Workspace, *, labels: str | Path | None = None, simulate: bool
               error_rate: float = 0.0, strategy: str = "entropy", top_k: int = 200,
               weights: Mapping[str, float] | None = None, diversity: str | bool | None = None,
               balance: bool = False, sampling: str | None = None, beta: float = 1.0,
+              backbone: str | None = None,
               train_config: Any = None, warm_start: bool | None = None,
               eval_split: str = "test", seed: int = 0,
               score_kwargs: Mapping[str, Any] | None = None,
@@ -144,7 +145,11 @@ def run_round(ws: Workspace, *, labels: str | Path | None = None, simulate: bool
     - ``simulate``: label the pending queued images from hidden ground truth (demo pools).
     - ``train_config``: a :class:`models.train.TrainConfig`; ``warm_start`` None means "warm
       start when a current model exists".
-    - the queue options are those of :func:`core.queue.build_queue`.
+    - the queue options are those of :func:`core.queue.build_queue` (``backbone`` is its
+      embedding backbone for typiclust/probcover/auto).
+    - a first model is built on ``train_config.backbone`` (and its ``weights`` file); a warm
+      start keeps the current model's backbone. The record's ``model`` says which backbone the
+      round's model has and where its weights came from.
     """
     timings: dict[str, float] = {}
     t = time.perf_counter()
@@ -196,15 +201,19 @@ def run_round(ws: Workspace, *, labels: str | Path | None = None, simulate: bool
     t = time.perf_counter()
     queue = build_queue(ws, strategy, top_k, weights=weights, diversity=diversity,
                         balance=balance, sampling=sampling, beta=beta, seed=seed,
-                        model_id=ranker, record=True)
+                        backbone=backbone, model_id=ranker, record=True)
     timings["queue_s"] = time.perf_counter() - t
     _stage(progress, "queue")(Progress(1.0, f"queued {len(queue.items)} images"))
     timings["total_s"] = sum(timings.values())
 
+    with ws.store() as store:
+        row = next((m for m in store.models() if int(m["id"]) == model_id), {})
     record = {
         "labels": counts,
         "imported": imported,
         "model_id": model_id,
+        "model": {"backbone": row.get("backbone", config.backbone), "origin": result.origin,
+                  "weights_origin": row.get("weights_origin")},
         "warm_started_from": outcome.warm_started_from,
         "ranked_by": ranker,
         "promotion": None if outcome.decision is None else outcome.decision.to_dict(),

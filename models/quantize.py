@@ -3,7 +3,19 @@
 Why static QDQ per-channel: activations quantized with ranges calibrated on real pool images
 let onnxruntime run the convolutions as int8 kernels (VNNI on modern x86), several times faster
 than fp32; per-channel weight scales keep ResNet accuracy close to fp32 where a single scale per
-tensor would not. The cost is measured, not assumed: per-head accuracy on the labelled test split
+tensor would not.
+
+Why the weight type depends on the CPU (:func:`default_weight_type`): on x86 without VNNI
+(AVX2 / AVX-512 without ``avx512_vnni`` / ``avx_vnni``) onnxruntime runs uint8 x int8 (U8S8)
+products with ``vpmaddubsw``, which saturates its 16-bit pair sums (255 * 127 * 2 > 32767).
+Measured on EfficientNet-Lite0 (ReLU6 activations sit near the top of their uint8 range, 1x1
+convolutions with 16-1,152 input channels): top-1 agreement with fp32 fell from 0.78-0.87 with the
+same QDQ graph run unfused (float kernels, i.e. the quantization error alone) to 0.46-0.66 with
+the fused int8 kernels. uint8 weights (U8U8) use a non-saturating kernel and agree with the unfused
+figures; ``reduce_range`` (7-bit weights, onnxruntime's other remedy) also avoids the
+saturation but lost 0.1-0.15 agreement to the coarser weights. With VNNI (``vpdpbusd``, 32-bit
+sums) U8S8 does not saturate and is the fast path, so it stays the choice there; on ARM it is
+S8S8. See docs/BENCHMARKS.md "int8 fidelity". The cost is measured, not assumed: per-head accuracy on the labelled test split
 for fp32 and int8, plus top-1 agreement between the two, saved next to the model as
 ``int8_report.json``. An int8 file that disagrees with fp32 beyond the thresholds is refused
 (kept as ``model.int8.onnx.rejected``), so pool scoring never picks up a broken one through
@@ -51,15 +63,19 @@ class CacheCalibrationReader(CalibrationDataReader):
     """Feeds calibration batches of uint8 pool images through the shared preprocessing.
 
     Batches are normalised lazily so a few hundred images never sit in memory as float32 at once.
+    Every batch has the same size: onnxruntime's histogram calibrators (percentile, entropy)
+    stack the per-batch outputs into one array and fail on a ragged last batch, so the tail
+    beyond a whole number of batches is left out (at most ``batch_size - 1`` images; with fewer
+    images than one batch, they form the only batch).
     """
 
     def __init__(self, images: np.ndarray, image_size: int, *, batch_size: int = 16,
                  input_name: str = INPUT_NAME) -> None:
         if len(images) == 0:
             raise QuantizationError("calibration needs at least one pool image in the cache")
-        self.images = images
+        self.batch_size = min(int(batch_size), len(images))
+        self.images = images[:len(images) - len(images) % self.batch_size]
         self.image_size = int(image_size)
-        self.batch_size = int(batch_size)
         self.input_name = input_name
         self._pos = 0
 
@@ -74,7 +90,36 @@ class CacheCalibrationReader(CalibrationDataReader):
         self._pos = 0
 
     def __len__(self) -> int:
-        return -(-len(self.images) // self.batch_size)
+        return len(self.images) // self.batch_size
+
+
+def _cpu_flags() -> set[str]:
+    """The CPU feature flags Linux reports (empty elsewhere: treated as 'no VNNI')."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith(("flags", "Features")):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def has_vnni(flags: set[str] | None = None) -> bool:
+    """True when the CPU has 8-bit dot-product instructions with 32-bit sums (x86 VNNI)."""
+    flags = _cpu_flags() if flags is None else flags
+    return bool(flags & {"avx512_vnni", "avx_vnni", "avx_vnni_int8"})
+
+
+def default_weight_type(machine: str | None = None, flags: set[str] | None = None) -> QuantType:
+    """int8 weights where the kernels do not saturate (ARM, x86 with VNNI), uint8 otherwise.
+
+    Why: see the module docstring (U8S8 saturation on x86 without VNNI).
+    """
+    machine = (machine or platform.machine()).lower()
+    if machine.startswith(("arm", "aarch")) or has_vnni(flags):
+        return QuantType.QInt8
+    return QuantType.QUInt8
 
 
 def default_activation_type() -> QuantType:
@@ -85,7 +130,8 @@ def default_activation_type() -> QuantType:
 
 def quantize_onnx(fp32_path: str | Path, out_path: str | Path, calibration_images: np.ndarray,
                   image_size: int, *, calibrate_method: str = "minmax", per_channel: bool = True,
-                  activation_type: QuantType | None = None) -> Path:
+                  activation_type: QuantType | None = None,
+                  weight_type: QuantType | None = None) -> Path:
     """Write a static QDQ int8 model of ``fp32_path`` to ``out_path`` (metadata carried over).
 
     ``quant_pre_process`` (shape inference + graph optimisation) runs first, as onnxruntime
@@ -96,6 +142,7 @@ def quantize_onnx(fp32_path: str | Path, out_path: str | Path, calibration_image
         raise QuantizationError(f"unknown calibration method {calibrate_method!r}; "
                                 f"choose one of {sorted(CALIBRATION_METHODS)}")
     act = activation_type or default_activation_type()
+    wt = weight_type or default_weight_type()
     reader = CacheCalibrationReader(calibration_images, image_size)
     with tempfile.TemporaryDirectory(prefix="cargroup-quant-") as tmp:
         pre = Path(tmp) / "pre.onnx"
@@ -103,16 +150,17 @@ def quantize_onnx(fp32_path: str | Path, out_path: str | Path, calibration_image
         staged = Path(tmp) / "int8.onnx"
         quantize_static(str(pre), str(staged), reader, quant_format=QuantFormat.QDQ,
                         per_channel=per_channel, reduce_range=False, activation_type=act,
-                        weight_type=QuantType.QInt8,
+                        weight_type=wt,
                         calibrate_method=CALIBRATION_METHODS[calibrate_method])
         proto = onnx.load(str(staged))
         props = read_metadata(fp32_path)
         props.pop(META_PARITY, None)  # parity was measured for fp32, not this file
         props[META_PRECISION] = "int8"
         props[META_QUANTIZATION] = json.dumps({
-            "format": "QDQ", "per_channel": per_channel, "weights": "int8",
+            "format": "QDQ", "per_channel": per_channel,
+            "weights": "uint8" if wt == QuantType.QUInt8 else "int8",
             "activations": "uint8" if act == QuantType.QUInt8 else "int8",
-            "calibration": calibrate_method, "calibration_images": int(len(calibration_images))})
+            "calibration": calibrate_method, "calibration_images": int(len(reader.images))})
         set_metadata(proto, props, replace=True)
         out_path.parent.mkdir(parents=True, exist_ok=True)
         tmp_out = out_path.with_name(f".staging-{os.getpid()}-{out_path.name}")
@@ -132,6 +180,7 @@ class Int8Report:
     delta: dict[str, float | None]          # int8 - fp32, in accuracy fraction
     agreement: dict[str, float]             # int8 top-1 == fp32 top-1 on all eval images
     calibration_images: int
+    max_abs_prob_diff: dict[str, float] = field(default_factory=dict)  # max |p_int8 - p_fp32|
     failures: list[str] = field(default_factory=list)
 
     @property
@@ -145,14 +194,15 @@ class Int8Report:
 
     def table(self) -> str:
         """Markdown table of the figures (used by the CLI and docs)."""
-        rows = ["| head | labelled test images | fp32 acc | int8 acc | delta (points) | agreement |",
-                "|---|---|---|---|---|---|"]
+        rows = ["| head | labelled test images | fp32 acc | int8 acc | delta (points) | agreement "
+                "| max abs prob diff |", "|---|---|---|---|---|---|---|"]
         fmt = lambda v: "n/a" if v is None else f"{100 * v:.1f}%"  # noqa: E731
         for a in self.agreement:
             d = self.delta[a]
             rows.append(f"| {a} | {self.n_labelled[a]} | {fmt(self.accuracy_fp32[a])} | "
                         f"{fmt(self.accuracy_int8[a])} | {'n/a' if d is None else f'{100 * d:+.1f}'} "
-                        f"| {100 * self.agreement[a]:.1f}% |")
+                        f"| {100 * self.agreement[a]:.1f}% "
+                        f"| {self.max_abs_prob_diff.get(a, float('nan')):.3f} |")
         return "\n".join(rows)
 
 
@@ -165,11 +215,12 @@ def compare_models(fp32_path: str | Path, int8_path: str | Path, images: np.ndar
     fp32, int8 = OnnxClassifier(fp32_path), OnnxClassifier(int8_path)
     p32, _ = fp32.predict(images)
     p8, _ = int8.predict(images)
-    n_lab, acc32, acc8, delta, agree = {}, {}, {}, {}, {}
+    n_lab, acc32, acc8, delta, agree, dprob = {}, {}, {}, {}, {}, {}
     failures: list[str] = []
     for a in fp32.attributes:
         y32, y8 = p32[a].argmax(1), p8[a].argmax(1)
         agree[a] = float(np.mean(y32 == y8)) if len(images) else 1.0
+        dprob[a] = float(np.max(np.abs(p32[a] - p8[a]))) if len(images) else 0.0
         truth = np.asarray(labels.get(a, np.full(len(images), -1)))
         mask = truth >= 0
         n_lab[a] = int(mask.sum())
@@ -186,7 +237,8 @@ def compare_models(fp32_path: str | Path, int8_path: str | Path, images: np.ndar
                             f"(limit {100 * max_drop:.1f})")
     return Int8Report(n_eval_images=int(len(images)), n_labelled=n_lab, accuracy_fp32=acc32,
                       accuracy_int8=acc8, delta=delta, agreement=agree,
-                      calibration_images=int(calibration_images), failures=failures)
+                      calibration_images=int(calibration_images), max_abs_prob_diff=dprob,
+                      failures=failures)
 
 
 def publish_int8(fp32_path: str | Path, folder: str | Path, calibration_images: np.ndarray,

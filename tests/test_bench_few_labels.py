@@ -137,3 +137,39 @@ def test_finetune_goes_through_models_train(tmp_path: Path) -> None:
     assert 0.0 <= res["accuracy"] <= 1.0
     assert res["train_images"] + res["val_images"] == 20 and res["val_images"] == 2
     assert "random" in res["origin"]
+
+
+def test_quick_mode_finetunes_with_and_without_fixmatch(tmp_path: Path, monkeypatch) -> None:
+    """--quick --semi fixmatch: one set, one seed, one pretrained backbone, two budgets, each
+    fine-tuned with and without FixMatch (on a capped unlabelled pool)."""
+    bench = _bench()
+    make_set(tmp_path, "color", 60, ["train", "train", "test"])
+    make_set(tmp_path, "type", 60, ["a", "b", "c"], values={"type": ["sedan", "suv"]})
+    monkeypatch.setattr(bench, "embeddings", lambda spec, data, *a, **k: (
+        np.random.default_rng(0).normal(size=(len(data.paths), 8)).astype(np.float32), "o"))
+    monkeypatch.setattr(bench, "load_pixels", lambda data, size: np.zeros((1,)))
+    calls = []
+
+    def finetune(data, pixels, picks, *, spec, seed, epochs, semi, semi_max_images, **kw):
+        calls.append((data.name, spec, seed, len(picks), semi, epochs, semi_max_images))
+        return {"accuracy": 0.5, "origin": "o", "seconds": 0.0}
+    monkeypatch.setattr(bench, "finetune", finetune)
+    args = bench.parse_args(["--quick", "--semi", "fixmatch", "--data", str(tmp_path),
+                             "--budgets", "12,6,24", "--out", str(tmp_path / "q"),
+                             "--cache-dir", str(tmp_path / "c"), "--force"])
+    assert args.sets == ["color"] and args.seeds == 1 and args.strategies == ["random"]
+    assert args.backbones == ["efficientnet_lite0-imagenet"] and args.budgets == [6, 12]
+    assert bench.main(["--quick", "--semi", "fixmatch", "--data", str(tmp_path), "--sets", "type",
+                       "--budgets", "6,12", "--backbones", "efficientnet_lite0-imagenet",
+                       "--out", str(tmp_path / "q"), "--cache-dir", str(tmp_path / "c"),
+                       "--force", "--threads", "1"]) == 0
+    q = bench.QUICK_SEMI_IMAGES
+    assert sorted(calls) == sorted(
+        ("type", "efficientnet_lite0-imagenet", 0, b, s, bench.QUICK_EPOCHS, q)
+        for b in (6, 12) for s in ("none", "fixmatch"))
+    rows = list(csv.DictReader(open(tmp_path / "q.csv")))
+    assert {(r["semi"], r["budget"]) for r in rows if r["mode"] == "finetune"} == {
+        ("none", "6"), ("fixmatch", "6"), ("none", "12"), ("fixmatch", "12")}
+    assert bench.parse_args(["--quick"]).out.name == "few_labels_quick"   # full results kept
+    assert bench.parse_args(["--budgets", "5"]).finetune_epochs == 8       # defaults unchanged
+    assert bench.parse_args([]).budgets == list(bench.DEFAULT_BUDGETS)

@@ -103,3 +103,55 @@ def test_rank_and_score_cli(workspace, capsys):
     assert "unknown attributes" in capsys.readouterr().err
     assert main([*ws, "rank", "--list"]) == 0
     assert "bald" in capsys.readouterr().out
+
+
+def test_round_cli_first_model_backbone_is_chosen_and_recorded(workspace, tmp_path, monkeypatch):
+    """`round --backbone efficientnet_lite0` builds the first model on Lite0 and records it;
+    the next round warm-starts and keeps Lite0 even when --backbone is not given."""
+    import core.loop as loop
+
+    seen = []
+    real = loop.train_and_promote
+
+    def spy(ws, config, **kw):
+        seen.append((config.backbone, config.weights, config.warm_start))
+        return real(ws, config, **kw)
+    monkeypatch.setattr(loop, "train_and_promote", spy)
+    make_pool(workspace, 36, splits=("train", "val", "test"))
+    with workspace.store() as store:
+        _, seed_ids = sample_first_batch(store, 24, seed=0)
+    csv1 = _labels_csv(workspace, tmp_path / "l1.csv", seed_ids)
+    ws = ["--workspace", str(workspace.root)]
+    tiny = ["--top", "3", "--epochs", "1", "--image-size", "32", "--train-batch-size", "16",
+            "--threads", "1", "--strategy", "entropy"]
+    assert main([*ws, "round", "--backbone", "nope", *tiny]) == 2      # readable refusal
+    assert main([*ws, "round", "--labels", str(csv1), "--backbone", "efficientnet_lite0",
+                 *tiny, "--json"]) == 0
+    with workspace.store() as store:
+        model = store.current_model()
+        rec = store.round(1)["record"]
+        queued = sorted(pending_ids(workspace))
+    assert seen[-1] == ("efficientnet_lite0", None, False)
+    assert model["backbone"] == "efficientnet_lite0"
+    assert rec["model"]["backbone"] == "efficientnet_lite0"
+    assert rec["model"]["weights_origin"]["kind"] == "imagenet-package"
+    csv2 = _labels_csv(workspace, tmp_path / "l2.csv", queued)
+    assert main([*ws, "round", "--labels", str(csv2), *tiny]) == 0
+    with workspace.store() as store:
+        rec2 = store.round(2)["record"]
+    assert seen[-1][2] is True and rec2["warm_started_from"] == model["id"]
+    assert rec2["model"]["backbone"] == "efficientnet_lite0"
+    assert rec2["model"]["weights_origin"]["kind"] == "checkpoint"
+
+
+def test_round_cli_passes_a_backbone_weights_file(workspace, tmp_path, capsys):
+    make_pool(workspace, 18, splits=("train", "val", "test"))
+    with workspace.store() as store:
+        _, seed_ids = sample_first_batch(store, 12, seed=0)
+    csv1 = _labels_csv(workspace, tmp_path / "l1.csv", seed_ids)
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not torch")
+    code = main(["--workspace", str(workspace.root), "round", "--labels", str(csv1),
+                 "--backbone", "resnet18", "--backbone-weights", str(bad), "--epochs", "1",
+                 "--image-size", "32"])
+    assert code == 2 and "not a readable PyTorch weights file" in capsys.readouterr().err

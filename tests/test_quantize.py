@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from onnxruntime.quantization import QuantType
 
 from data.preprocess import normalise_batch
 from core import exports as cx
@@ -39,13 +40,33 @@ def test_calibration_reader_feeds_shared_preprocessing(rng) -> None:
     images = rng.integers(0, 256, (37, SIZE, SIZE, 3), dtype=np.uint8)
     reader = q.CacheCalibrationReader(images, SIZE, batch_size=16)
     batches = list(iter(reader.get_next, None))
-    assert [b["image"].shape[0] for b in batches] == [16, 16, 5] and len(reader) == 3
+    # equal batches only: onnxruntime's percentile/entropy calibrators fail on a ragged tail
+    assert [b["image"].shape[0] for b in batches] == [16, 16] and len(reader) == 2
     np.testing.assert_array_equal(batches[0]["image"], normalise_batch(images[:16], SIZE))
     assert reader.get_next() is None
     reader.rewind()
     assert reader.get_next()["image"].shape == (16, 3, SIZE, SIZE)
+    few = q.CacheCalibrationReader(images[:5], SIZE, batch_size=16)
+    assert [b["image"].shape[0] for b in iter(few.get_next, None)] == [5]
     with pytest.raises(q.QuantizationError):
         q.CacheCalibrationReader(images[:0], SIZE)
+
+
+def test_weight_type_avoids_u8s8_saturation_without_vnni() -> None:
+    """x86 without VNNI saturates U8S8 sums: uint8 weights there, int8 with VNNI and on ARM."""
+    from onnxruntime.quantization import QuantType
+    assert q.default_weight_type("x86_64", {"avx2", "fma"}) == QuantType.QUInt8
+    assert q.default_weight_type("x86_64", {"avx2", "avx512_vnni"}) == QuantType.QInt8
+    assert q.default_weight_type("x86_64", {"avx2", "avx_vnni"}) == QuantType.QInt8
+    assert q.default_weight_type("aarch64", set()) == QuantType.QInt8
+
+
+def test_percentile_calibration_runs_with_a_ragged_image_count(exported, tmp_path) -> None:
+    ws, model_id = exported
+    path = cx.export_dir(ws, model_id) / "model.onnx"
+    out = q.quantize_onnx(path, tmp_path / "pct.onnx", cx.pool_images(ws, 21)[1], SIZE,
+                          calibrate_method="percentile")
+    assert json.loads(ex.read_metadata(out)["cargroup.quantization"])["calibration_images"] == 16
 
 
 def test_int8_model_is_quantized_and_keeps_metadata(exported, quantized) -> None:
@@ -64,6 +85,7 @@ def test_int8_model_is_quantized_and_keeps_metadata(exported, quantized) -> None
     assert meta[ex.META_WEIGHTS_ORIGIN] == fp32_meta[ex.META_WEIGHTS_ORIGIN]
     info = json.loads(meta["cargroup.quantization"])
     assert info["format"] == "QDQ" and info["per_channel"] and info["calibration_images"] == 48
+    assert info["weights"] == ("int8" if q.default_weight_type() == QuantType.QInt8 else "uint8")
     assert cx.find_export(ws, model_id) == path
     assert cx.find_export(ws, model_id, prefer_int8=False).name == "model.onnx"
 
@@ -71,7 +93,9 @@ def test_int8_model_is_quantized_and_keeps_metadata(exported, quantized) -> None
 def test_int8_predictions_mostly_agree_with_fp32(exported, quantized) -> None:
     ws, model_id = exported
     path, report = quantized
-    assert report.agreement["color"] >= 0.9            # the trained head
+    # the trained head passes the product's gate (90 %), on both backbones
+    assert report.agreement["color"] >= q.DEFAULT_MIN_AGREEMENT
+    assert 0.0 <= report.max_abs_prob_diff["color"] <= 0.5   # a few near-tie images move most
     assert report.n_labelled["color"] == report.n_eval_images == 60
     assert report.accuracy_fp32["color"] >= 0.6
     assert abs(report.delta["color"]) <= 0.1

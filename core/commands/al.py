@@ -77,11 +77,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--train-batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-warm-start", action="store_true", help="train from scratch")
-    p.add_argument("--no-pretrained", action="store_true")
+    p.add_argument("--no-pretrained", action="store_true",
+                   help="a first model from random init on purpose (otherwise missing pretrained "
+                        "weights are an error)")
+    p.add_argument("--backbone-weights", default=None, metavar="PATH",
+                   help="local weights file for --backbone's first model (as `train --weights`; "
+                        "--weights here are the acquisition's per-attribute weights)")
     p.add_argument("--force-promote", action="store_true",
                    help="make the new model current even if it is worse on the evaluation set")
     p.add_argument("--json", action="store_true", help="print the round record as JSON")
     p.set_defaults(handler=cmd_round)
+    # In `round`, --backbone also picks the backbone of a first model (later rounds warm-start
+    # from the current model and keep its backbone); `train`'s default applies when omitted.
+    for action in p._actions:
+        if action.dest == "backbone":
+            action.help = ("backbone of a first model (resnet18 default, or efficientnet_lite0: "
+                           "ImageNet weights ship with it) and of typiclust/probcover/auto "
+                           "embeddings; later rounds keep the current model's backbone")
 
 
 def _weights(text: str | None) -> dict[str, float] | None:
@@ -177,20 +189,25 @@ def cmd_round(args: argparse.Namespace, ws: Workspace) -> int:
     require_workspace(ws)
     # Lazy: torch loads only when a command needs it, so `--help` and `status` stay fast.
     from core.loop import run_round
+    from models.backbones import DEFAULT_BACKBONE, check_name
     from models.train import TrainConfig
+
+    if args.backbone is not None:
+        check_name(args.backbone)   # a UserError naming the choices
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     config = TrainConfig(epochs=args.epochs, warm_epochs=args.warm_epochs,
                          image_size=args.image_size, batch_size=args.train_batch_size,
                          num_threads=args.threads, pretrained=not args.no_pretrained,
-                         seed=args.seed)
+                         backbone=args.backbone or DEFAULT_BACKBONE,
+                         weights=args.backbone_weights, seed=args.seed)
     update, close = _bar("round")
     try:
         rep = run_round(ws, labels=args.labels, simulate=args.simulate,
                         error_rate=args.error_rate, strategy=args.strategy, top_k=args.top,
                         weights=_weights(args.weights), diversity=args.diversity,
                         balance=args.balance, sampling=args.sampling, beta=args.beta,
-                        train_config=config,
+                        backbone=args.backbone, train_config=config,
                         warm_start=False if args.no_warm_start else None, seed=args.seed,
                         progress=update, force_promote=args.force_promote)
     finally:
@@ -212,6 +229,9 @@ def cmd_round(args: argparse.Namespace, ws: Workspace) -> int:
     print(f"round {rep.round_number}: model {rep.model_id} trained on "
           f"{rec['train']['train_images']} images "
           f"({'warm start from ' + str(rec['warm_started_from']) if rec['warm_started_from'] else 'from scratch'})")
+    model = rec.get("model") or {}
+    if model:
+        print(f"backbone: {model.get('backbone')}; weights: {model.get('origin')}")
     print(f"test accuracy: {acc_txt}")
     promotion = rec.get("promotion") or {}
     if promotion.get("reason"):
