@@ -1,6 +1,6 @@
 """Car Grouping dashboard entry point: ``streamlit run app/Home.py -- --workspace DIR``.
 
-Only sets up navigation; every page lives in ``app/pages`` and draws through ``app/ui.py``.
+Only sets up navigation; every page lives in ``app/views`` and draws through ``app/ui.py``.
 """
 from __future__ import annotations
 

@@ -39,15 +39,15 @@ READABLE_ERRORS: tuple[type[BaseException], ...] = (
 
 PAGES: list[tuple[str, str, str]] = [
     # (file relative to app/, title, icon)
-    ("pages/0_Overview.py", "Overview", ":material/dashboard:"),
-    ("pages/1_Label.py", "Label", ":material/label:"),
-    ("pages/2_Balance.py", "Balance", ":material/balance:"),
-    ("pages/3_CVAT.py", "CVAT", ":material/cloud_sync:"),
-    ("pages/4_Train.py", "Train", ":material/model_training:"),
-    ("pages/5_Evaluate.py", "Evaluate", ":material/analytics:"),
-    ("pages/6_Queue.py", "Queue", ":material/format_list_numbered:"),
-    ("pages/7_Export.py", "Export", ":material/deployed_code:"),
-    ("pages/8_Review.py", "Review", ":material/rate_review:"),
+    ("views/0_Overview.py", "Overview", ":material/dashboard:"),
+    ("views/1_Label.py", "Label", ":material/label:"),
+    ("views/2_Balance.py", "Balance", ":material/balance:"),
+    ("views/3_CVAT.py", "CVAT", ":material/cloud_sync:"),
+    ("views/4_Train.py", "Train", ":material/model_training:"),
+    ("views/5_Evaluate.py", "Evaluate", ":material/analytics:"),
+    ("views/6_Queue.py", "Queue", ":material/format_list_numbered:"),
+    ("views/7_Export.py", "Export", ":material/deployed_code:"),
+    ("views/8_Review.py", "Review", ":material/rate_review:"),
 ]
 
 
@@ -207,8 +207,27 @@ def guard(what: str | None = None) -> Iterator[None]:
                        icon=":material/extension_off:")
 
 
+def require_sign_in() -> None:
+    """Stop a page that runs without a sign-in while the workspace has accounts.
+
+    ``Home.py``'s gate draws the sign-in form before any page; this is the second fence, for any
+    route that reaches a page file without it (a page's own address once did, see
+    tests/test_signin_every_page.py). It draws nothing of the page, only the way back.
+    """
+    if principal() is not None:
+        return
+    with store() as s:
+        if not has_accounts(s):
+            return  # single-user mode on loopback: the local maintainer
+    st.warning("Sign in first: this workspace has accounts. Open the app's home page to sign in.",
+               icon=":material/lock:")
+    st.markdown("[Go to the sign-in page](/)")
+    st.stop()
+
+
 def run_page(body: Callable[[], None]) -> None:
-    """Run a page body under :func:`guard`."""
+    """Run a page body under :func:`guard`, after :func:`require_sign_in`."""
+    require_sign_in()
     with guard():
         body()
 
@@ -226,7 +245,7 @@ def require_images(s: ProjectStore) -> None:
     if s.count_images() == 0:
         st.info("The pool is empty. Create a demo pool or ingest images on the Overview page.",
                 icon=":material/info:")
-        link("pages/0_Overview.py", "Go to Overview", ":material/dashboard:")
+        link("views/0_Overview.py", "Go to Overview", ":material/dashboard:")
         st.stop()
 
 

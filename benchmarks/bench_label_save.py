@@ -1,7 +1,7 @@
 """Save & next on the Label page, core side, on a 14k-image workspace (issue 13: <= 0.3 s server).
 
 Why: the page's own time per image is the store work of one Save & next plus drawing. This
-times the store work exactly as app/pages/1_Label.py does it after the fragment change, each step
+times the store work exactly as app/views/1_Label.py does it after the fragment change, each step
 on a fresh connection like the page (``ui.store()`` per step):
 
 - ``save``: ``core.labeling.save_label`` with the model's suggestions (label version, values,

@@ -15,7 +15,7 @@ Rounds, labels and models are the same at every N, so a flat line means "indepen
 Timed (median and max of ``--repeat`` runs, ms), each on a fresh connection like a page load:
 - ``open``: open the store (connect, pragmas, schema check);
 - Label page: ``count_images``, ``batches``, ``default_batch``, ``round_items``,
-  ``next_image_id``, ``task_for`` and ``label_page`` (all of them, as app/pages/1_Label.py does
+  ``next_image_id``, ``task_for`` and ``label_page`` (all of them, as app/views/1_Label.py does
   per load), plus ``save_label`` (one label version);
 - ``status``: ``ProjectStore.status_counts`` (CLI ``status``, Overview and Train pages);
 - ``learning_curve``: core.dashboard.learning_curve;

@@ -18,7 +18,7 @@ sys.path.insert(0, str(APP))
 def open_page(ws: Workspace, monkeypatch: pytest.MonkeyPatch, page: str = "1_Label.py",
               query: dict[str, str] | None = None) -> AppTest:
     monkeypatch.setenv(ENV_WORKSPACE, str(ws.root))
-    at = AppTest.from_file(str(APP / "pages" / page), default_timeout=60)
+    at = AppTest.from_file(str(APP / "views" / page), default_timeout=60)
     for key, value in (query or {}).items():
         at.query_params[key] = value
     return at.run()
@@ -144,7 +144,7 @@ def test_signed_in_identity_wins_over_the_url(pool: Workspace, monkeypatch) -> N
     users.add_user(pool, "ann", "annotator", "correct horse battery",
                    principal=Principal("mia", "maintainer"))
     monkeypatch.setenv(ENV_WORKSPACE, str(pool.root))
-    at = AppTest.from_file(str(APP / "pages" / "1_Label.py"), default_timeout=60)
+    at = AppTest.from_file(str(APP / "views" / "1_Label.py"), default_timeout=60)
     at.query_params["annotator"] = "mallory"
     at.session_state["auth_session"] = users.Session(Principal("ann", "annotator"),
                                                      time.time() + 3600)

@@ -14,12 +14,12 @@ from app_fixtures import build_trained
 APP = Path(__file__).resolve().parents[1] / "app"
 sys.path.insert(0, str(APP))
 import ui  # noqa: E402  - the same module object the pages import
-PAGE_FILES = sorted(p.name for p in (APP / "pages").glob("*.py"))
+PAGE_FILES = sorted(p.name for p in (APP / "views").glob("*.py"))
 
 
 def run_page(ws: Workspace, monkeypatch: pytest.MonkeyPatch, page: str) -> AppTest:
     monkeypatch.setenv(ENV_WORKSPACE, str(ws.root))
-    path = APP / "Home.py" if page == "Home.py" else APP / "pages" / page
+    path = APP / "Home.py" if page == "Home.py" else APP / "views" / page
     at = AppTest.from_file(str(path), default_timeout=60)
     return at.run()
 

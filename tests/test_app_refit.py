@@ -16,7 +16,7 @@ sys.path.insert(0, str(APP))
 
 def run_page(ws: Workspace, monkeypatch: pytest.MonkeyPatch, page: str) -> AppTest:
     monkeypatch.setenv(ENV_WORKSPACE, str(ws.root))
-    at = AppTest.from_file(str(APP / "pages" / page), default_timeout=60)
+    at = AppTest.from_file(str(APP / "views" / page), default_timeout=60)
     return at.run()
 
 

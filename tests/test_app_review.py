@@ -59,7 +59,7 @@ def team(pool: Workspace, monkeypatch: pytest.MonkeyPatch) -> Workspace:
 def review_page(ws: Workspace, monkeypatch: pytest.MonkeyPatch,
                 who: Principal | None = None, page: str = "8_Review.py") -> AppTest:
     monkeypatch.setenv(ENV_WORKSPACE, str(ws.root))
-    at = AppTest.from_file(str(APP / "pages" / page), default_timeout=60)
+    at = AppTest.from_file(str(APP / "views" / page), default_timeout=60)
     if who is not None:
         at.session_state[ui.SESSION_KEY] = users.Session(who, time.time() + 3600)
     return at.run()

@@ -68,7 +68,7 @@ def team(team_template: Workspace, tmp_path: Path) -> Workspace:
 def run_as(ws: Workspace, monkeypatch: pytest.MonkeyPatch, page: str,
            who: Principal | None) -> AppTest:
     monkeypatch.setenv(ENV_WORKSPACE, str(ws.root))
-    path = APP / "Home.py" if page == "Home.py" else APP / "pages" / page
+    path = APP / "Home.py" if page == "Home.py" else APP / "views" / page
     at = AppTest.from_file(str(path), default_timeout=60)
     if who is not None:
         at.session_state["auth_session"] = users.Session(who, time.time() + 3600)

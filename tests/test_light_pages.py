@@ -55,7 +55,7 @@ print(json.dumps(found))
 def test_pages_draw_without_torch():
     pages = {p.name: page_imports(p) for p in sorted((ROOT / "app").glob("*.py"))
              if p.name in ("ui.py", "Home.py", "signin.py")}
-    pages.update({p.name: page_imports(p) for p in sorted((ROOT / "app" / "pages").glob("*.py"))
+    pages.update({p.name: page_imports(p) for p in sorted((ROOT / "app" / "views").glob("*.py"))
                   if p.name not in NEEDS_TORCH})
     assert "core.dashboard" in pages["0_Overview.py"] and "core.queue_view" in pages["6_Queue.py"]
     probe = _PROBE.format(root=str(ROOT), app=str(ROOT / "app"))

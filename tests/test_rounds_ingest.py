@@ -136,7 +136,7 @@ def _overview(ws: Workspace, monkeypatch: pytest.MonkeyPatch):
 
     from data.workspace import ENV_WORKSPACE
     monkeypatch.setenv(ENV_WORKSPACE, str(ws.root))
-    return AppTest.from_file(str(APP / "pages" / "0_Overview.py"), default_timeout=60).run()
+    return AppTest.from_file(str(APP / "views" / "0_Overview.py"), default_timeout=60).run()
 
 
 @pytest.fixture
@@ -201,6 +201,6 @@ def test_label_page_opens_on_the_oldest_unfinished_round(demo_ws: Workspace, mon
 
     from data.workspace import ENV_WORKSPACE
     monkeypatch.setenv(ENV_WORKSPACE, str(demo_ws.root))
-    at = AppTest.from_file(str(APP / "pages" / "1_Label.py"), default_timeout=60).run()
+    at = AppTest.from_file(str(APP / "views" / "1_Label.py"), default_timeout=60).run()
     assert not at.exception and not at.error
     assert at.selectbox(key="label_batch").value == 0        # not the newer round 1

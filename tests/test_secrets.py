@@ -73,13 +73,13 @@ def test_failing_cvat_jobs_and_pages_never_show_the_secret(pool: Workspace, monk
         assert "[secret hidden]" in get_job(pool, job_id)["message"]
 
         monkeypatch.setenv(ENV_WORKSPACE, str(pool.root))
-        at = AppTest.from_file(str(APP / "pages" / "3_CVAT.py"), default_timeout=60).run()
+        at = AppTest.from_file(str(APP / "views" / "3_CVAT.py"), default_timeout=60).run()
         assert not at.exception
         cvat_text = _page_text(at)
         assert server.url in cvat_text and ("set" in cvat_text)
         if kind == "password":
             assert "admin" in cvat_text
-        at = AppTest.from_file(str(APP / "pages" / "0_Overview.py"), default_timeout=60).run()
+        at = AppTest.from_file(str(APP / "views" / "0_Overview.py"), default_timeout=60).run()
         assert not at.exception
         overview_text = _page_text(at)
     out, err = capfd.readouterr()

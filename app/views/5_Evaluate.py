@@ -121,7 +121,7 @@ def body() -> None:
         rounds = {r["id"]: r["number"] for r in s.rounds()}
     if not models:
         st.info("No trained model yet: train one on the Train page.", icon=":material/info:")
-        ui.link("pages/4_Train.py", "Train", ":material/model_training:")
+        ui.link("views/4_Train.py", "Train", ":material/model_training:")
         return
     ui.job_panel("evaluate", key="evaluate")
     labels = {m["id"]: model_label(m, rounds) for m in models}

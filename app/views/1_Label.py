@@ -127,7 +127,7 @@ def body() -> None:
     if not infos:
         st.info("Nothing queued yet. Sample a first batch on the Overview page or rank a queue "
                 "on the Queue page.", icon=":material/info:")
-        ui.link("pages/0_Overview.py", "Overview", ":material/dashboard:")
+        ui.link("views/0_Overview.py", "Overview", ":material/dashboard:")
         return
 
     top = st.columns([2, 2, 3])
@@ -190,7 +190,7 @@ def labeller(batch: int) -> None:
             if st.button(f"Show the {len(S.label_skip)} skipped images again"):
                 S.label_skip = set()
                 rerun_fragment()
-        ui.link("pages/4_Train.py", "Retrain with the new labels", ":material/model_training:")
+        ui.link("views/4_Train.py", "Retrain with the new labels", ":material/model_training:")
         back_button()
         after_draw(batch)
         return

@@ -200,11 +200,11 @@ def next_steps(counts: dict, model: dict | None) -> None:
     st.markdown("##### Next")
     cols = st.columns(4)
     with cols[0]:
-        ui.link("pages/1_Label.py", "Label the batch", ":material/label:")
+        ui.link("views/1_Label.py", "Label the batch", ":material/label:")
     with cols[1]:
-        ui.link("pages/4_Train.py", "Retrain", ":material/model_training:")
+        ui.link("views/4_Train.py", "Retrain", ":material/model_training:")
     with cols[2]:
-        ui.link("pages/6_Queue.py", "Ranked queue", ":material/format_list_numbered:")
+        ui.link("views/6_Queue.py", "Ranked queue", ":material/format_list_numbered:")
     with cols[3]:
         if counts["rounds"] and ui.may("simulate") and st.button(
                 "Simulated annotator", icon=":material/smart_toy:", disabled=ui.busy("label_sim"),

@@ -55,7 +55,7 @@ def body() -> None:
         st.info("Nothing to review yet: disagreements appear here once two annotators have "
                 "labelled the same image (sign in as two people and label a round).",
                 icon=":material/info:")
-        ui.link("pages/1_Label.py", "Label", ":material/label:")
+        ui.link("views/1_Label.py", "Label", ":material/label:")
     agreement_tables(report)
     if ui.may("configure_team"):
         with ui.guard("Team settings"):

@@ -118,7 +118,7 @@ def body() -> None:
         if st.button("Label here", icon=":material/label:", width="stretch"):
             st.session_state["label_batch_next"] = number
             try:
-                st.switch_page("pages/1_Label.py")
+                st.switch_page("views/1_Label.py")
             except Exception:  # noqa: BLE001 - standalone page (tests): no navigation
                 st.info("Open the Label page to start.")
     with cols[2]:
@@ -126,7 +126,7 @@ def body() -> None:
                                               width="stretch"):
             st.session_state["cvat_push_round"] = number  # pre-selects the batch there
             try:
-                st.switch_page("pages/3_CVAT.py")
+                st.switch_page("views/3_CVAT.py")
             except Exception:  # noqa: BLE001 - standalone page (tests): no navigation
                 st.info("Open the CVAT page to push this batch.")
     reason = round_reason(ws, number)
