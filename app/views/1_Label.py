@@ -297,6 +297,8 @@ def save_and_next(task: labeling.LabelTask, batch: int) -> None:
     On a fresh image with nothing chosen the first press only arms the confirmation; a second
     press (or choosing unsure for every attribute, key by key) stores an all-unsure label.
     """
+    if task.image.id != S.get("label_image"):
+        return  # a second Enter that left before the next image was drawn: already saved
     S.label_clicked = time.perf_counter()
     schema = ui.workspace().schema
     choice = dict(S.label_choice)
@@ -325,6 +327,8 @@ def save_and_next(task: labeling.LabelTask, batch: int) -> None:
 
 
 def skip(task: labeling.LabelTask, batch: int) -> None:
+    if task.image.id != S.get("label_image"):
+        return  # a stale click: that image was already saved or skipped
     try:
         with ui.store() as s:  # give the image back to the others
             labeling.skip_image(s, task.image.id, annotator=S.annotator, principal=ui.principal())
