@@ -14,7 +14,7 @@ from core.evalset import accuracy_interval
 from core.promotion import PromotionDecision
 from data.schema import LabelSchema
 from data.store import ProjectStore
-from models.backbones import LABELS, WeightsOrigin
+from models.weights_catalog import LABELS, WeightsOrigin
 
 MIN_LABELLED_PER_HEAD = 30
 """Fewer labelled images than this for a head, in the val or the evaluation set, "cannot decide".
@@ -58,6 +58,9 @@ class ModelProvenance:
             return "not recorded"
         of = f" of {self.epochs_run}" if self.epochs_run else ""
         loss = "" if self.best_val_loss is None else f" (lowest validation loss {self.best_val_loss:.3f})"
+        if self.kept_epoch == 0:  # models.train: the linear probe beat every fine-tuned epoch
+            return f"epoch 0 of {self.epochs_run or '?'}: the linear-probe heads, before any " \
+                   f"fine-tuning{loss}"
         return f"epoch {self.kept_epoch}{of}{loss}"
 
 

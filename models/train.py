@@ -39,12 +39,18 @@ from data.progress import CancelFn, Progress, ProgressFn
 from data.schema import LabelSchema
 from data.transforms import apply_albumentations, eval_transform, train_transform
 from models.backbones import WeightsOrigin, offline_advice
+from models.embed import embed_images
+from models.heads import fit_heads
 from models.checkpoint import CHECKPOINT_NAME, model_meta, save_checkpoint
 from models.evaluate import predict_arrays
 from models.network import MultiHeadResNet, build_model
 from models.semi import DEFAULT_THRESHOLD, SEMI_METHODS, FixMatchTerm
 
 log = logging.getLogger(__name__)
+
+HEAD_INITS: tuple[str, ...] = ("probe", "random")
+#: Logit bias of a class no training label shows, after a probe: far below the seen classes.
+UNSEEN_CLASS_BIAS = -10.0
 
 
 @dataclass
@@ -77,6 +83,7 @@ class TrainConfig:
     semi_threshold: float = DEFAULT_THRESHOLD  # pseudo-label only above this confidence
     semi_weight: float = 1.0            # lambda_u, weight of the unlabelled loss
     semi_max_images: int | None = None  # seeded subset of the unlabelled pool; None: all
+    head_init: str = "probe"            # "probe": linear-probe the heads first (LP-FT); "random"
 
     def effective_epochs(self) -> int:
         if self.warm_start:
@@ -278,6 +285,38 @@ def fresh_model(schema: LabelSchema, config: TrainConfig) -> tuple[MultiHeadResN
     return model, origin
 
 
+def probe_heads(model: MultiHeadResNet, train_data: SplitData, schema: LabelSchema,
+                image_size: int) -> dict[str, int]:
+    """Start each head from a linear probe on the frozen pretrained features (LP-FT).
+
+    Why: with a few hundred labels, fine-tuning a pretrained backbone under randomly initialised
+    heads spends its few steps pushing large, wrong gradients through the backbone, and ends far
+    below a linear head on the same frozen features (docs/BENCHMARKS.md, "Learning from few
+    labels": Lite0 on type, 0.25 fine-tuned vs 0.61 head-only at 100 labels). Kumar et al.,
+    "Fine-Tuning can Distort Pretrained Features and Underperform Out-of-Distribution" (ICLR
+    2022) fit the linear probe first and fine-tune from it; that is what this does. The probe is
+    :func:`models.heads.fit_heads` (the head refit's solver) on un-augmented train images;
+    classes no label shows get a far-below bias. Returns the labelled rows per head.
+    """
+    features = embed_images(model.backbone, train_data.images, image_size)
+    fit = fit_heads(features, train_data.labels, schema.classes, reference=features)
+    with torch.no_grad():
+        for attr, head in fit.heads.items():
+            if not head.fitted:
+                continue  # fewer than two classes labelled: torch's random init stays
+            layer = model.heads[attr]
+            weight = torch.zeros_like(layer.weight)
+            bias = torch.full_like(layer.bias, UNSEEN_CLASS_BIAS + float(head.intercept.min()))
+            cols = torch.from_numpy(head.columns)
+            weight[cols] = torch.from_numpy(head.coef).to(weight.dtype)
+            bias[cols] = torch.from_numpy(head.intercept).to(bias.dtype)
+            layer.weight.copy_(weight)
+            layer.bias.copy_(bias)
+    log.info("heads started from a linear probe on %d images (%s)", len(train_data),
+             ", ".join(f"{a}: {n}" for a, n in fit.n_train().items()))
+    return fit.n_train()
+
+
 def make_dataset(train_data: SplitData, schema: LabelSchema, config: TrainConfig
                  ) -> tuple[LabelledImageDataset, dict[str, dict[str, int]] | None]:
     """The training dataset (augmented, optionally flip-balanced) and the balance plan's counts."""
@@ -312,6 +351,9 @@ def train(train_data: SplitData, val_data: SplitData, schema: LabelSchema, out_d
     if config.semi_supervised not in SEMI_METHODS:
         raise UserError(f"unknown semi-supervised method {config.semi_supervised!r}; "
                         f"choose one of {', '.join(SEMI_METHODS)}")
+    if config.head_init not in HEAD_INITS:
+        raise UserError(f"unknown head init {config.head_init!r}; choose one of "
+                        f"{', '.join(HEAD_INITS)}")
     if len(train_data) == 0:
         raise UserError("no labelled training images; label some first (or import labels)")
     if len(val_data) == 0:
@@ -338,8 +380,12 @@ def _run(train_data: SplitData, val_data: SplitData, schema: LabelSchema, out_di
     device = resolve_device(config.device)
     use_bf16 = bf16_supported(device) if config.bf16 is None else bool(config.bf16)
     dataset, balance = make_dataset(train_data, schema, config)
+    probed = False
     if given_model is None:
         model, weights_origin = fresh_model(schema, config)
+        if config.head_init == "probe" and weights_origin.pretrained:
+            probe_heads(model, train_data, schema, config.image_size)
+            probed = True
     else:
         model = given_model
         weights_origin = getattr(model, "weights_origin", None) or WeightsOrigin(
@@ -387,6 +433,17 @@ def _run(train_data: SplitData, val_data: SplitData, schema: LabelSchema, out_di
                    "best_val_loss": best_loss}
         progress(Progress(((epoch - 1) * steps + step) / max(epochs * steps, 1),
                           f"epoch {epoch}/{epochs}, step {step}/{steps}", details))
+
+    if probed and len(val_data):
+        # Epoch 0 is the linear probe itself: fine-tuning has to beat it on validation loss to
+        # be kept (with a few hundred labels it can distort the pretrained features instead).
+        best_loss, best_acc = evaluate(model, val_data, schema, config.image_size, device=device,
+                                       channels_last=config.channels_last)
+        best_epoch = 0
+        meta["best_epoch"] = 0
+        save_checkpoint(ckpt_path, model, meta)
+        last_val = (best_loss, best_acc)
+        log.info("linear probe (epoch 0): val %.4f acc %s", best_loss, best_acc)
 
     for epoch in range(1, epochs + 1):
         def on_step(step: int, loss: float, seen: int, seconds: float, epoch: int = epoch) -> None:

@@ -411,3 +411,34 @@ def test_current_model_row_decodes_origin(tmp_path: Path) -> None:
         current = store.current_model()
     assert current["backbone"] == "resnet18"
     assert bb.WeightsOrigin.from_dict(current["weights_origin"]) == origin
+
+
+# -- the torch-free catalog the Train page reads ----------------------------------------------
+def test_catalog_finds_torchs_hub_dir_and_torchvisions_file_name(hub_dir, monkeypatch) -> None:
+    from torchvision.models import ResNet18_Weights
+
+    from models import weights_catalog as cat
+
+    assert cat.RESNET18_FILE == ResNet18_Weights.IMAGENET1K_V1.url.rsplit("/", 1)[-1]
+    assert cat.torch_hub_dir() == Path(torch.hub.get_dir()) == hub_dir
+    monkeypatch.delenv("TORCH_HOME")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(hub_dir.parent / "xdg"))
+    assert cat.torch_hub_dir() == Path(torch.hub.get_dir())
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert cat.torch_hub_dir() == Path(torch.hub.get_dir())
+
+
+def test_catalog_status_agrees_with_loading_and_refuses_a_missing_file(hub_dir, tmp_path) -> None:
+    from models import weights_catalog as cat
+
+    for name in bb.BACKBONES:
+        assert cat.located_status(name) == bb.weights_status(name)
+        assert cat.located_status(name, pretrained=False) == bb.weights_status(name, pretrained=False)
+    _resnet18_file(bb.resnet18_cache_path(), seed=1)
+    assert cat.located_status("resnet18").kind == "imagenet" == bb.weights_status("resnet18").kind
+    with pytest.raises(UserError, match="does not exist"):
+        cat.located_status("resnet18", tmp_path / "nope.pth")
+    named = tmp_path / "r18.pth"
+    _resnet18_file(named, seed=2)
+    located = cat.located_status("resnet18", named)
+    assert located.kind == "imagenet-file" and "verified key by key when training" in located.detail

@@ -13,10 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT = ("data", "models", "cvat_bridge", "core", "ui", "signin")
 # Pages that still need torch to draw, and why (see docs/ARCHITECTURE.md, "Torch-free pages").
-NEEDS_TORCH = {
-    "4_Train.py": "models.backbones.weights_status finds torch's hub cache and checks a named "
-                  "weights file with torch",
-}
+NEEDS_TORCH: dict[str, str] = {}  # none left: the Train page reads models.weights_catalog
 
 
 def page_imports(path: Path) -> list[str]:

@@ -21,8 +21,8 @@ from core.guardrails import (ModelProvenance, model_provenance, refused_model,  
                              small_sets)
 from core.jobs import ACTIVE  # noqa: E402
 from data.errors import UserError  # noqa: E402
-from models.backbones import (BACKBONES, LABELS, OFFLINE_BACKBONE, WeightsOrigin,  # noqa: E402
-                              weights_status)
+from models.weights_catalog import (BACKBONES, LABELS, OFFLINE_BACKBONE,  # noqa: E402
+                                    WeightsOrigin, located_status)
 
 BACKBONE_KEY = "train_backbone"
 
@@ -40,9 +40,9 @@ def weights_panel(backbone: str, weights_path: str | None, pretrained: bool) -> 
     backbone whose ImageNet weights ship with the app.
     """
     try:
-        status = weights_status(backbone, weights_path or None, pretrained=pretrained)
+        status = located_status(backbone, weights_path or None, pretrained=pretrained)
     except UserError as exc:
-        st.error(f"Weights file refused: {exc}")
+        st.error(f"Weights file: {exc}")
         return
     if status.pretrained:
         st.success(f"Starting weights: {origin_text(status.to_dict())}", icon=":material/verified:")

@@ -57,6 +57,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="confidence a pseudo-label needs (default 0.95)")
     p.add_argument("--semi-weight", type=float, default=1.0,
                    help="weight of the unlabelled loss (lambda_u, default 1)")
+    p.add_argument("--head-init", choices=("probe", "random"), default="probe",
+                   help="probe (default): start a fresh pretrained model's heads from a linear "
+                        "probe on its frozen features, then fine-tune (LP-FT); random: torch's "
+                        "random heads")
     p.add_argument("--no-eval", action="store_true", help="skip the test-split evaluation")
     p.add_argument("--force-promote", action="store_true",
                    help="make the new model current even if it is worse than the current one "
@@ -123,7 +127,7 @@ def cmd_train(args: argparse.Namespace, ws: Workspace) -> int:
         backbone=args.backbone, weights=args.weights, seed=args.seed, num_threads=args.threads,
         patience=args.patience, bf16=False if args.no_bf16 else None,
         semi_supervised=args.semi_supervised, semi_threshold=args.semi_threshold,
-        semi_weight=args.semi_weight)
+        semi_weight=args.semi_weight, head_init=args.head_init)
     if args.warm_start:
         before = "warm start from the current model's weights (if there is one)"
     else:
