@@ -15,6 +15,7 @@ pages"). Everything here reads names, environment variables and file paths only.
 from __future__ import annotations
 
 import os
+import zipfile
 from dataclasses import asdict, dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -77,6 +78,33 @@ def random_origin(name: str, reason: str) -> WeightsOrigin:
     return WeightsOrigin(name, "random", f"random init ({reason})")
 
 
+#: A tensor name every state dict of the backbone holds (also under our checkpoints' prefixes and
+#: the Lite0 package's own names, ``_conv_head``), read from the file's pickle without torch.
+SIGNATURE_KEYS: dict[str, bytes] = {"resnet18": b"layer4.1.bn2.running_var",
+                                     "efficientnet_lite0": b"conv_head.weight"}
+
+
+def _pickle_bytes(path: Path) -> bytes:
+    """The pickle that names a torch file's tensors (torch's zip format), else the raw bytes."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            member = next((n for n in archive.namelist() if n.endswith("/data.pkl")), None)
+            return archive.read(member) if member else b""
+    with open(path, "rb") as f:
+        return f.read(64 << 20)
+
+
+def plausible_weights(name: str, path: Path) -> None:
+    """Refuse a file that cannot hold ``name``'s weights (no torch: tensor names only).
+
+    The full check, key by key and shape by shape, runs when training loads the file.
+    """
+    if SIGNATURE_KEYS[name] not in _pickle_bytes(path):
+        article = "an" if LABELS[name][0] in "AEIOU" else "a"
+        raise UserError(f"{path} is not {article} {LABELS[name]} state dict: it has no tensor named "
+                        f"{SIGNATURE_KEYS[name].decode()}")
+
+
 def torch_hub_dir() -> Path:
     """torch's hub folder, by torch's own rule for the environment (no torch import)."""
     cache = os.getenv("XDG_CACHE_HOME", os.path.join("~", ".cache"))
@@ -129,6 +157,7 @@ def located_status(name: str = DEFAULT_BACKBONE, weights_path: str | Path | None
         path = Path(weights_path).expanduser()
         if not path.is_file():
             raise UserError(f"weights file {path} does not exist")
+        plausible_weights(name, path)
         return WeightsOrigin(name, "imagenet-file",
                              f"weights from local file {path} (verified key by key when "
                              "training starts)")

@@ -442,3 +442,5 @@ def test_catalog_status_agrees_with_loading_and_refuses_a_missing_file(hub_dir, 
     _resnet18_file(named, seed=2)
     located = cat.located_status("resnet18", named)
     assert located.kind == "imagenet-file" and "verified key by key when training" in located.detail
+    with pytest.raises(UserError, match="not an EfficientNet-Lite0 state dict"):
+        cat.located_status("efficientnet_lite0", named)
