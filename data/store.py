@@ -354,13 +354,26 @@ def _now() -> float:
 class ProjectStore:
     """Typed access to the project database. One instance per thread/process."""
 
+    def _set_wal(self, timeout: float) -> None:
+        """Switch to WAL, retrying: the switch needs an exclusive lock, and SQLite may answer
+        "database is locked" at once (no busy wait) while another process opens a fresh file."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
     def __init__(self, path: str | Path, *, timeout: float = 30.0) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.conn = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None,
                                     check_same_thread=False)
         self.conn.row_factory = sqlite3.Row
-        self.conn.execute("PRAGMA journal_mode=WAL")
+        self._set_wal(timeout)
         self.conn.execute("PRAGMA foreign_keys=ON")
         self.conn.execute("PRAGMA synchronous=NORMAL")
         # Pages are read through a memory map: every page load opens a fresh connection with a
