@@ -7,6 +7,10 @@ size) and kept under ``<workspace>/embeddings/<backbone>_<origin>_<size>px.npz``
 origin). New images (a later ingest) are embedded on the next call and appended; nothing else
 is recomputed.
 
+Mirror views (``mirrored=True``): the same images flipped left-right, cached beside the plain
+ones (``..._<size>px_mirror.npz``). Mirror-aware head refits (:mod:`models.heads`) train and
+predict on both views; they double the one-time embedding cost, not the refit's.
+
 The origin is part of the key and of the result: embeddings of a random-init network carry
 almost no information, and callers say so to the user (``PoolEmbeddings.pretrained``). A cache
 made from random weights is not reused once pretrained weights become loadable.
@@ -47,6 +51,7 @@ class PoolEmbeddings:
     origin: WeightsOrigin
     image_size: int = 0
     computed: int = 0          # how many images this call had to embed (0: all from the cache)
+    mirrored: bool = False     # vectors of the images flipped left-right
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -73,18 +78,24 @@ def embeddings_dir(ws: Workspace) -> Path:
     return ws.root / EMBEDDINGS_DIR
 
 
-def cache_path(ws: Workspace, backbone: str, origin_kind: str, image_size: int) -> Path:
-    return embeddings_dir(ws) / f"{backbone}_{origin_kind}_{int(image_size)}px.npz"
+def _view(mirrored: bool) -> str:
+    return "_mirror" if mirrored else ""
 
 
-def _load(path: Path, backbone: str, image_size: int) -> PoolEmbeddings | None:
+def cache_path(ws: Workspace, backbone: str, origin_kind: str, image_size: int,
+               mirrored: bool = False) -> Path:
+    return embeddings_dir(ws) / f"{backbone}_{origin_kind}_{int(image_size)}px{_view(mirrored)}.npz"
+
+
+def _load(path: Path, backbone: str, image_size: int, mirrored: bool = False
+          ) -> PoolEmbeddings | None:
     if not path.is_file():
         return None
     try:
         with np.load(path, allow_pickle=False) as z:
             origin = WeightsOrigin(backbone, str(z["origin_kind"]), str(z["origin_detail"]))
             return PoolEmbeddings(z["ids"].astype(np.int64), z["vectors"].astype(np.float32),
-                                  backbone, origin, image_size)
+                                  backbone, origin, image_size, mirrored=mirrored)
     except (OSError, KeyError, ValueError) as exc:   # a torn or foreign file: recompute
         log.warning("ignoring unreadable embeddings cache %s (%s)", path, exc)
         return None
@@ -98,18 +109,22 @@ def _save(path: Path, emb: PoolEmbeddings) -> None:
     tmp.replace(path)   # atomic: a reader sees the old or the new file, never half of one
 
 
-def _cached(ws: Workspace, backbone: str, image_size: int) -> list[PoolEmbeddings]:
-    """Caches for this backbone and size, pretrained ones first."""
+def _cached(ws: Workspace, backbone: str, image_size: int, mirrored: bool = False
+            ) -> list[PoolEmbeddings]:
+    """Caches for this backbone, size and view, pretrained ones first."""
     found = []
-    for path in sorted(embeddings_dir(ws).glob(f"{backbone}_*_{int(image_size)}px.npz")):
-        emb = _load(path, backbone, image_size)
-        if emb is not None and path == cache_path(ws, backbone, emb.origin.kind, image_size):
+    pattern = f"{backbone}_*_{int(image_size)}px{_view(mirrored)}.npz"
+    for path in sorted(embeddings_dir(ws).glob(pattern)):
+        emb = _load(path, backbone, image_size, mirrored)
+        if emb is not None and path == cache_path(ws, backbone, emb.origin.kind, image_size,
+                                                  mirrored):
             found.append(emb)
     return sorted(found, key=lambda e: not e.pretrained)
 
 
 def pool_embeddings(ws: Workspace, backbone: str | None = None, image_size: int | None = None,
-                    progress: ProgressFn | None = None) -> PoolEmbeddings:
+                    progress: ProgressFn | None = None, *, mirrored: bool = False
+                    ) -> PoolEmbeddings:
     """Embeddings of every image with cached pixels, from ``backbone``'s best available weights.
 
     - ``backbone``: a name from :data:`models.backbones.BACKBONES` (default
@@ -118,6 +133,7 @@ def pool_embeddings(ws: Workspace, backbone: str | None = None, image_size: int 
     - A pretrained cache is trusted without loading the network when it already covers every
       image. A random-init cache is used only if pretrained weights are still unavailable.
     - Only images missing from the cache are embedded; the cache file is then rewritten.
+    - ``mirrored``: the images flipped left-right (a separate cache; see the module docstring).
     """
     name = backbone or default_backbone()
     if name not in BACKBONES:
@@ -128,7 +144,7 @@ def pool_embeddings(ws: Workspace, backbone: str | None = None, image_size: int 
     records.sort(key=lambda r: r.id)
     all_ids = np.array([r.id for r in records], dtype=np.int64)
 
-    cached = _cached(ws, name, size)
+    cached = _cached(ws, name, size, mirrored)
     best = cached[0] if cached else None
     if best is not None and best.pretrained and np.isin(all_ids, best.ids).all():
         return _restrict(best, all_ids)
@@ -139,7 +155,8 @@ def pool_embeddings(ws: Workspace, backbone: str | None = None, image_size: int 
         # weights is not mixed with this one
         best = next((c for c in cached if c.origin.kind == net.origin.kind), None)
     have = best if best is not None else PoolEmbeddings(
-        np.zeros(0, np.int64), np.zeros((0, net.feature_dim), np.float32), name, net.origin, size)
+        np.zeros(0, np.int64), np.zeros((0, net.feature_dim), np.float32), name, net.origin, size,
+        mirrored=mirrored)
     known = set(have.ids.tolist())
     missing = [r for r in records if r.id not in known]
     if not missing:
@@ -152,16 +169,20 @@ def pool_embeddings(ws: Workspace, backbone: str | None = None, image_size: int 
     for start in range(0, len(missing), BATCH):
         chunk = missing[start:start + BATCH]
         pixels = cache.read([r.cache_row for r in chunk])
+        if mirrored:
+            pixels = np.ascontiguousarray(pixels[:, :, ::-1])
         parts.append(embed_images(net.module, pixels, size))
         if progress is not None:
             done = min(start + BATCH, len(missing))
-            progress(Progress(done / len(missing), f"embedded {done}/{len(missing)} images with {name}"))
+            what = "mirrored images" if mirrored else "images"
+            progress(Progress(done / len(missing), f"embedded {done}/{len(missing)} {what} with {name}"))
     new_ids = np.array([r.id for r in missing], dtype=np.int64)
     ids = np.concatenate([have.ids, new_ids])
     vectors = np.concatenate([have.vectors, *parts]).astype(np.float32)
     order = np.argsort(ids, kind="stable")
-    out = PoolEmbeddings(ids[order], vectors[order], name, net.origin, size, computed=len(missing))
-    _save(cache_path(ws, name, net.origin.kind, size), out)
+    out = PoolEmbeddings(ids[order], vectors[order], name, net.origin, size, computed=len(missing),
+                         mirrored=mirrored)
+    _save(cache_path(ws, name, net.origin.kind, size, mirrored), out)
     return _restrict(out, all_ids)
 
 
@@ -171,4 +192,4 @@ def _restrict(emb: PoolEmbeddings, ids: np.ndarray) -> PoolEmbeddings:
         return emb
     keep = np.isin(emb.ids, ids)
     return PoolEmbeddings(emb.ids[keep], emb.vectors[keep], emb.backbone, emb.origin,
-                          emb.image_size, emb.computed)
+                          emb.image_size, emb.computed, emb.mirrored)

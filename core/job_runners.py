@@ -299,7 +299,9 @@ def run_refit(ws: Workspace, params: dict, ctx: JobContext) -> dict[str, Any]:
     """
     _threads()
     every = int(params.get("every", DEFAULT_EVERY))
-    options = {k: params[k] for k in ("backbone", "class_weight", "strategy") if params.get(k)}
+    options: dict[str, Any] = {k: params[k] for k in ("backbone", "class_weight", "strategy")
+                               if params.get(k)}
+    options["mirror"] = bool(params.get("mirror", True))
     runs = 0
     while True:
         record = refit_and_rerank(ws, progress=ctx.stage(0.0, 0.9, "embedding the pool"),
@@ -310,7 +312,8 @@ def run_refit(ws: Workspace, params: dict, ctx: JobContext) -> dict[str, Any]:
         ctx.check_cancel()
     ranked = ", ".join(f"round {n}: {k}" for n, k in record.reranked.items()) or "no open batch"
     return {"refit": record.to_dict(), "runs": runs,
-            "message": f"heads refitted on {record.train_labels} labels in "
+            "message": f"heads refitted on {record.train_labels} labels"
+                       f"{' and their mirror views' if record.mirror else ''} in "
                        f"{record.timings['refit_to_rerank_s']:.1f} s; re-ranked {ranked}"}
 
 

@@ -25,6 +25,11 @@ lock while annotators save; the arrays file serves the queue and the Queue page 
 The refit's record (when, on how many labels, which backbone) is the ``head_refit`` entry of the
 store's meta table and each re-ranked round's ``record["reranked"]``.
 
+Mirror views (``mirror=True``, the default): the heads are fitted on every labelled image and
+its left-right mirror (orientation through the schema's flip map) and predict the mean of both
+views (:mod:`models.heads`). It needs the pool's mirrored embeddings, computed once beside the
+plain ones. Measured gain and cost: docs/BENCHMARKS.md, "Mirror views".
+
 BALD needs MC-dropout samples, which a refitted linear head does not have: its scores carry no
 BALD (``mc_passes=0``), and a round ranked by BALD is re-ranked by entropy with the same head
 combination. Rounds chosen by typicality, ``auto`` or at random are re-ordered by ``entropy``.
@@ -44,6 +49,7 @@ from core.queue import EXCLUDED_SPLITS, rank_scores
 from core.pool_scores import PoolScores
 from core.refit_status import (BACKEND, DEFAULT_STRATEGY, HEAD_REFIT_ID, META_KEY,
                                RERANK_STRATEGIES, RefitRecord, complete_rounds, refit_dir)
+from data.balance import mirror_maps
 from data.errors import UserError
 from data.progress import CancelFn, ProgressFn
 from data.workspace import Workspace
@@ -81,11 +87,14 @@ def refit_and_rerank(ws: Workspace, *, embeddings: PoolEmbeddings | None = None,
                      backbone: str | None = None, class_weight: str | None = None,
                      C: float = DEFAULT_C, strategy: str = DEFAULT_STRATEGY,
                      rerank: bool = True, progress: ProgressFn | None = None,
-                     should_cancel: CancelFn | None = None) -> RefitRecord:
+                     should_cancel: CancelFn | None = None, mirror: bool = True,
+                     mirrored: PoolEmbeddings | None = None) -> RefitRecord:
     """Refit the heads on the train split's labels and re-rank every open batch's remainder.
 
     ``embeddings`` may be given (tests, benchmarks); otherwise the cached pool embeddings of
-    ``backbone`` are used (computed first when missing, the only slow step).
+    ``backbone`` are used (computed first when missing, the only slow step). With ``mirror``
+    the mirrored views are used too: ``mirrored`` when given, else the cached mirrored
+    embeddings of the same backbone (computed when missing) unless ``embeddings`` was given.
     """
     if strategy not in RERANK_STRATEGIES:
         raise UserError(f"a head refit ranks by {', '.join(RERANK_STRATEGIES)}; "
@@ -101,36 +110,51 @@ def refit_and_rerank(ws: Workspace, *, embeddings: PoolEmbeddings | None = None,
         items = {r["number"]: store.round_items(r["number"]) for r in open_rounds}
     complete = complete_rounds([(n, [it["image_id"] for it in its]) for n, its in items.items()], visited)
     t_read = time.perf_counter()
+    given = embeddings is not None
     if embeddings is None:
         embeddings = pool_embeddings(ws, backbone, progress=progress)
+    if mirror and mirrored is None and not given:
+        if should_cancel is not None and should_cancel():
+            raise UserError("head refit cancelled")
+        mirrored = pool_embeddings(ws, embeddings.backbone, embeddings.image_size or None,
+                                   progress=progress, mirrored=True)
     t_emb = time.perf_counter()
     if should_cancel is not None and should_cancel():
         raise UserError("head refit cancelled")
     row_of = {int(i): r for r, i in enumerate(embeddings.ids)}
     vectors = embeddings.vectors
+    # the mirror view of row r of ``vectors`` is row r of ``flipped`` (None: no mirror views)
+    flipped = _aligned_mirror(embeddings, mirrored) if mirror else None
 
     train_ids = [i for i, v in visited.items() if v and split_of.get(i) == "train" and i in row_of]
     if not train_ids:
         raise UserError("no labelled train-split images yet; label a few before refitting")
     reference = [row_of[i] for i, s in split_of.items() if s == "train" and i in row_of]
     classes = {a: list(schema.classes[a]) for a in schema.attributes}
-    fit = fit_heads(vectors[[row_of[i] for i in train_ids]], [visited[i] for i in train_ids],
-                    classes, reference=vectors[reference], class_weight=class_weight, C=C)
+    train_rows = [row_of[i] for i in train_ids]
+    fit = fit_heads(vectors[train_rows], [visited[i] for i in train_ids],
+                    classes, reference=vectors[reference], class_weight=class_weight, C=C,
+                    mirrored=None if flipped is None else flipped[train_rows],
+                    mirror_map=mirror_maps(schema))
     t_fit = time.perf_counter()
+
+    def predict(rows: list[int] | np.ndarray) -> dict[str, np.ndarray]:
+        return fit.predict_proba(vectors[rows], None if flipped is None else flipped[rows])
 
     pool_ids = [i for i in pool_ids if i in row_of]
     pool_rows = np.array([row_of[i] for i in pool_ids], dtype=np.int64)
-    probs = fit.predict_proba(vectors[pool_rows])
+    probs = predict(pool_rows)
     scores = PoolScores(HEAD_REFIT_ID, np.array(pool_ids, dtype=np.int64), probs,
                         np.zeros((len(pool_ids), 0), np.float32), {}, classes, BACKEND)
     val_ids = [i for i, v in visited.items() if v and split_of.get(i) == "val" and i in row_of]
-    val_acc = _accuracy(fit.predict_proba(vectors[[row_of[i] for i in val_ids]]), classes,
+    val_acc = _accuracy(predict([row_of[i] for i in val_ids]), classes,
                         [visited[i] for i in val_ids]) if val_ids else {}
     t_pred = time.perf_counter()
 
     record = RefitRecord(created_at=created, labelled=len(visited), n_train=fit.n_train(),
                          backbone=embeddings.backbone, origin=embeddings.origin.sentence(),
-                         pool=len(pool_ids), complete=complete, val_accuracy=val_acc, warnings=list(fit.warnings))
+                         pool=len(pool_ids), complete=complete, val_accuracy=val_acc,
+                         warnings=list(fit.warnings), mirror=flipped is not None)
     if rerank:
         index = {int(i): r for r, i in enumerate(scores.image_ids)}
         for rnd in open_rounds:
@@ -143,7 +167,8 @@ def refit_and_rerank(ws: Workspace, *, embeddings: PoolEmbeddings | None = None,
                 store.reorder_round(rnd["number"], order)
                 store.update_round_record(rnd["number"], {"reranked": {
                     "at": created, "source": BACKEND, "strategy": strat,
-                    "labels": record.train_labels, "items": len(order)}})
+                    "labels": record.train_labels, "items": len(order),
+                    "mirror": record.mirror}})
             record.reranked[str(rnd["number"])] = len(order)
             record.strategies[str(rnd["number"])] = strat
     t_rank = time.perf_counter()
@@ -156,6 +181,19 @@ def refit_and_rerank(ws: Workspace, *, embeddings: PoolEmbeddings | None = None,
     with ws.store() as store:
         store.set_meta(META_KEY, json.dumps(record.to_dict()))
     return record
+
+
+def _aligned_mirror(plain: PoolEmbeddings, mirrored: PoolEmbeddings | None) -> np.ndarray | None:
+    """``mirrored``'s vectors in ``plain``'s row order, or None when they do not fit (another
+    backbone or weights, or images missing): the refit then runs on plain views alone."""
+    if mirrored is None or mirrored.backbone != plain.backbone \
+            or mirrored.origin.kind != plain.origin.kind \
+            or mirrored.vectors.shape[1:] != plain.vectors.shape[1:]:
+        return None
+    try:
+        return mirrored.take(plain.ids)
+    except KeyError:
+        return None
 
 
 def _rerank_round(rnd: Mapping[str, Any], items: list[dict[str, Any]], visited: Mapping[int, Any],

@@ -49,6 +49,7 @@ class RefitRecord:
     val_accuracy: dict[str, float] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    mirror: bool = False                 # fitted and predicted on mirror views too
 
     @property
     def train_labels(self) -> int:
@@ -116,8 +117,9 @@ def ranking_source(ws: Workspace, round_number: int, *, now: float | None = None
         rnd = store.round(round_number)
     rer = rnd["record"].get("reranked")
     if rer:
+        views = " and their mirror views" if rer.get("mirror") else ""
         return (f"ranked {_age(now - float(rer['at']))} ago from head refit on "
-                f"{int(rer['labels'])} labels ({rer['strategy']})")
+                f"{int(rer['labels'])} labels{views} ({rer['strategy']})")
     if rnd.get("model_id"):
         return f"ranked {_age(now - float(rnd['created_at']))} ago from model #{rnd['model_id']}"
     return f"{rnd['strategy'] or rnd['kind']} order, made {_age(now - float(rnd['created_at']))} ago"

@@ -36,6 +36,15 @@ def flip_label(values: Mapping[str, str], schema: LabelSchema) -> dict[str, str]
     return out
 
 
+def mirror_maps(schema: LabelSchema) -> dict[str, dict[str, str]]:
+    """{flip attribute: {class: the class a mirror shows}}, every class listed; attributes a
+    mirror leaves unchanged (colour, type) are absent. What mirror-aware heads are fitted with."""
+    attr = schema.flip_attribute
+    if attr not in schema.classes:
+        return {}
+    return {attr: {c: schema.flip_value(c) for c in schema.classes[attr]}}
+
+
 def class_counts(labels: Mapping[int, Mapping[str, str]], schema: LabelSchema,
                  attribute: str | None = None) -> dict[str, int]:
     """Per-class counts of one attribute (default: the flip attribute), every class listed."""

@@ -278,7 +278,8 @@ def test_refit_end_to_end_on_a_demo_pool_changes_the_queue_order(tmp_path, monke
 
     first = refit_and_rerank(ws)
     assert first.backbone == emb_mod.default_backbone()
-    assert sum(embedded) == 80                       # every pool image embedded once
+    assert sum(embedded) == 160                      # every pool image embedded once, and mirrored
+    assert first.mirror
     assert (ws.root / "embeddings").is_dir()
     with ws.store() as store:
         after = [it["image_id"] for it in store.round_items(number)]
@@ -292,7 +293,7 @@ def test_refit_end_to_end_on_a_demo_pool_changes_the_queue_order(tmp_path, monke
     assert main(["--workspace", str(ws.root), "refit", "--json"]) == 0
     second = last_refit(ws)
     assert second.labelled == first.labelled + 10
-    assert sum(embedded) == 80                       # the second refit reused the cache
+    assert sum(embedded) == 160                      # the second refit reused both caches
     with ws.store() as store:
         again = [it["image_id"] for it in store.round_items(number)]
     assert again != after

@@ -19,6 +19,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="weight classes inversely to their label counts")
     p.add_argument("--strategy", default="entropy", choices=list(RERANK_STRATEGIES),
                    help="uncertainty for batches whose own strategy has none (default entropy)")
+    p.add_argument("--no-mirror", action="store_true",
+                   help="plain views only: do not fit and predict on left-right mirrored "
+                        "embeddings too (they are computed once, beside the plain ones)")
     p.add_argument("--no-rerank", action="store_true", help="refit and save scores only")
     p.add_argument("--json", action="store_true", help="print the refit record as JSON")
     p.set_defaults(handler=cmd_refit)
@@ -31,12 +34,14 @@ def cmd_refit(args: argparse.Namespace, ws: Workspace) -> int:
 
     record = refit_and_rerank(ws, backbone=args.backbone,
                               class_weight="balanced" if args.balanced else None,
-                              strategy=args.strategy, rerank=not args.no_rerank)
+                              strategy=args.strategy, rerank=not args.no_rerank,
+                              mirror=not args.no_mirror)
     if args.json:
         print(json.dumps(record.to_dict(), indent=2))
         return 0
     t = record.timings
-    print(f"heads refitted on {record.train_labels} train labels ({record.origin}); "
+    views = "plain and mirrored views" if record.mirror else "plain views only"
+    print(f"heads refitted on {record.train_labels} train labels, {views} ({record.origin}); "
           f"{record.pool} pool images predicted; fit+predict+re-rank {t['refit_to_rerank_s']:.2f} s "
           f"(embeddings {t['embeddings_s']:.1f} s)")
     for number, n in record.reranked.items():
