@@ -31,6 +31,13 @@ attribute labelled per set), at 128 px, over >= 3 seeds (mean +- sample std):
    per seed, few epochs, val carved from the labelled budget (10 %), tested on the same split.
    ``--finetune-semi`` (or ``--semi fixmatch``) adds the claimed point with
    ``semi_supervised="fixmatch"``.
+5b. ``--mirror``: every strategy again with the product's mirror-aware head refit
+   (:func:`models.heads.fit_heads` with the images' left-right mirror views, orientation classes
+   swapped through the schema's flip map, prediction averaged over both views); reported as
+   backbone ``<spec>+mirror`` and judged against the plain backbone's A.
+   ``--finetune-points random@500,random@1000`` fine-tunes exactly those points, and
+   ``--merge-rows earlier.csv`` brings an earlier run's fine-tuned rows (A) into this one's
+   tables, so the head-only sweep need not fine-tune again.
 6. ``--quick``: what FixMatch adds, affordably (meant to finish in < 20 min on 2 cores; not yet
    timed at full size): one set (the first of ``--sets``), one seed, one pretrained backbone
    (the first non-random of ``--backbones``; default Lite0), two budgets (``QUICK_BUDGETS``
@@ -239,11 +246,15 @@ def load_backbone_spec(spec: str, weights: Path | None = None) -> tuple[Any, str
 
 
 def embeddings(spec: str, data: SetData, size: int, pixels: Callable[[], np.ndarray],
-               cache_dir: Path, weights: Path | None = None) -> tuple[np.ndarray, str] | None:
-    """Cached ``(N, D)`` float32 features of every image of ``data`` (computed once)."""
+               cache_dir: Path, weights: Path | None = None, mirrored: bool = False
+               ) -> tuple[np.ndarray, str] | None:
+    """Cached ``(N, D)`` float32 features of every image of ``data`` (computed once);
+    ``mirrored``: of the images flipped left-right (the product's mirror views)."""
     from models.embed import embed_images
 
-    path = cache_dir / f"{data.name}_{spec}_{size}px_{len(data.paths)}_{data.digest()}.npy"
+    view = "_mirror" if mirrored else ""
+    path = cache_dir / (f"{data.name}_{spec}_{size}px{view}_{len(data.paths)}_"
+                        f"{data.digest()}.npy")
     meta = path.with_suffix(".json")
     if path.exists() and meta.exists():
         return np.load(path), json.loads(meta.read_text())["origin"]
@@ -252,11 +263,13 @@ def embeddings(spec: str, data: SetData, size: int, pixels: Callable[[], np.ndar
         return None
     bb, origin = loaded
     t = time.perf_counter()
-    feats = embed_images(bb.module, pixels(), size)
+    images = pixels()
+    feats = embed_images(bb.module, np.ascontiguousarray(images[:, :, ::-1]) if mirrored
+                         else images, size)
     cache_dir.mkdir(parents=True, exist_ok=True)
     np.save(path, feats)
     meta.write_text(json.dumps({"origin": origin, "seconds": time.perf_counter() - t}))
-    print(f"  {spec}: embedded {len(feats)} images in {time.perf_counter() - t:.1f} s "
+    print(f"  {spec}{view}: embedded {len(feats)} images in {time.perf_counter() - t:.1f} s "
           f"({origin})", flush=True)
     return feats, origin
 
@@ -292,6 +305,33 @@ class Head:
             return out
         out[:, self.model.classes_] = self.model.predict_proba(x)
         return out
+
+
+@dataclass
+class MirrorHead:
+    """The product's mirror-aware head refit (:func:`models.heads.fit_heads` with
+    ``mirrored=``): each labelled row trains as itself and as its mirror view, with its class
+    through ``flip`` (class index -> class index of the mirror); prediction averages both
+    views. Features arrive standardised, so the reference scaling is the identity."""
+
+    classes: Sequence[str]
+    flip: np.ndarray
+    c: float = 1.0
+    fit_: Any = None
+
+    def fit(self, x: np.ndarray, y: np.ndarray, xm: np.ndarray) -> "MirrorHead":
+        from models.heads import fit_heads
+
+        names = list(self.classes)
+        mirror_map = {"y": {names[k]: names[int(self.flip[k])] for k in range(len(names))}}
+        self.fit_ = fit_heads(x, [{"y": names[int(v)]} for v in y], {"y": names},
+                              C=self.c, mirrored=xm, mirror_map=mirror_map,
+                              reference=np.stack([-np.ones(x.shape[1]), np.ones(x.shape[1])]))
+        # (that reference has mean 0 and std 1 per feature: the identity scaling)
+        return self
+
+    def probs(self, x: np.ndarray, xm: np.ndarray) -> np.ndarray:
+        return self.fit_.predict_proba(x, xm)["y"]
 
 
 def spread_augment(x_lab: np.ndarray, y_lab: np.ndarray, x_pool: np.ndarray, n_classes: int,
@@ -506,8 +546,14 @@ class Trajectory:
 
 def simulate(data: SetData, x_all: np.ndarray, select: Selector, *, strategy: str, seed: int,
              budgets: Sequence[int], max_batch: int, semi: bool, spread_threshold: float,
-             base: dict[str, Any], head_c: float = 1.0) -> Trajectory:
-    """One AL run on embeddings: rounds of <= max_batch, accuracy recorded at each budget."""
+             base: dict[str, Any], head_c: float = 1.0,
+             x_mirror: np.ndarray | None = None, flip: np.ndarray | None = None) -> Trajectory:
+    """One AL run on embeddings: rounds of <= max_batch, accuracy recorded at each budget.
+
+    ``x_mirror`` (mirror views of every image, row for row) and ``flip`` (class -> mirrored
+    class): the heads are the product's mirror-aware refit (:class:`MirrorHead`), for
+    selection and test alike.
+    """
     x = normalise(x_all)
     x_pool, y_pool = x[data.pool], data.y[data.pool]
     y_test = data.y[data.test]
@@ -515,16 +561,38 @@ def simulate(data: SetData, x_all: np.ndarray, select: Selector, *, strategy: st
     # never the test rows); selection keeps the cosine geometry of x_pool
     mu, sd = x_pool.mean(axis=0), x_pool.std(axis=0) + 1e-6
     z_pool, z_test = (x_pool - mu) / sd, (x[data.test] - mu) / sd
+    if x_mirror is not None:
+        xm = normalise(x_mirror)
+        zm_pool, zm_test = (xm[data.pool] - mu) / sd, (xm[data.test] - mu) / sd
+
+        def fit_head(rows: np.ndarray) -> Any:
+            return MirrorHead(data.classes, flip, c=head_c).fit(z_pool[rows], y_pool[rows],
+                                                               zm_pool[rows])
+
+        def pool_probs(h: Any) -> np.ndarray:
+            return h.probs(z_pool, zm_pool)
+
+        def test_probs(h: Any) -> np.ndarray:
+            return h.probs(z_test, zm_test)
+    else:
+        def fit_head(rows: np.ndarray) -> Any:
+            return Head(data.n_classes, c=head_c).fit(z_pool[rows], y_pool[rows])
+
+        def pool_probs(h: Any) -> np.ndarray:
+            return h.probs(z_pool)
+
+        def test_probs(h: Any) -> np.ndarray:
+            return h.probs(z_test)
     labelled = np.zeros(len(data.pool), dtype=bool)
     traj = Trajectory()
-    head: Head | None = None
+    head: Any = None
     memo: dict[str, Any] = {}
     rnd = 0
     started = time.perf_counter()
     for budget in sorted(b for b in budgets if b <= len(data.pool)):
         while labelled.sum() < budget:
             k = min(max_batch, budget - int(labelled.sum()))
-            probs = head.probs(z_pool) if head is not None else None
+            probs = pool_probs(head) if head is not None else None
             picks = np.asarray(select(Context(x_pool, labelled, probs, seed, rnd,
                                               data.n_classes, memo), k), dtype=np.int64)
             picks = picks[~labelled[picks]][:k]
@@ -533,13 +601,13 @@ def simulate(data: SetData, x_all: np.ndarray, select: Selector, *, strategy: st
             labelled[picks] = True
             traj.order.extend(int(i) for i in picks)
             rnd += 1
-            head = Head(data.n_classes, c=head_c).fit(z_pool[labelled], y_pool[labelled])
-        acc = float((head.probs(z_test).argmax(1) == y_test).mean())
+            head = fit_head(labelled)
+        acc = float((test_probs(head).argmax(1) == y_test).mean())
         traj.rows.append(base | {"strategy": strategy, "semi": "none", "seed": seed,
                                  "budget": budget, "accuracy": acc, "mode": "head-only",
                                  "pseudo_labels": 0,
                                  "seconds": round(time.perf_counter() - started, 2)})
-        if semi:
+        if semi and x_mirror is None:
             t = time.perf_counter()
             xs, ys, n_pseudo = spread_augment(z_pool[labelled], y_pool[labelled],
                                               z_pool[~labelled], data.n_classes,
@@ -649,7 +717,12 @@ def labels_to_reach(curve: dict[int, list[float]], target: float) -> int | None:
 
 def reference(rows: Sequence[dict[str, Any]], set_name: str, backbone: str, budget: int
               ) -> tuple[float | None, str]:
-    """A for one (set, backbone): fine-tuned random@budget if measured, else head-only proxy."""
+    """A for one (set, backbone): fine-tuned random@budget if measured, else head-only proxy.
+
+    A variant of a backbone (``<spec>+mirror``) is judged against the plain backbone's A: the
+    reference is the write-up's protocol, not an improved pipeline.
+    """
+    backbone = backbone.split("+")[0]
     c = curves(rows)
     ft = c.get((set_name, backbone, "random", "none", "finetune"), {}).get(budget)
     if ft:
@@ -697,7 +770,7 @@ def ablation(rows: Sequence[dict[str, Any]], set_name: str, budget: int, backbon
     base = at(rows, base_key, budget)
     if base is None:
         return None
-    cands = [b for b in backbones if b != "resnet18-random"
+    cands = [b for b in backbones if b != "resnet18-random" and "+" not in b
              and at(rows, (set_name, b, "random", "none", "head-only"), budget) is not None]
     bb = max(cands, key=lambda b: at(rows, (set_name, b, "random", "none", "head-only"), budget),
              default="resnet18-random")
@@ -707,14 +780,18 @@ def ablation(rows: Sequence[dict[str, Any]], set_name: str, budget: int, backbon
     strat = max(strat_acc, key=strat_acc.get) if strat_acc else "random"
     a_sel = strat_acc.get(strat, a_bb)
     a_semi = at(rows, (set_name, bb, strat, "labelspread", "head-only"), budget)
+    a_mirror = at(rows, (set_name, f"{bb}+mirror", strat, "none", "head-only"), budget)
     gains = {"backbone": a_bb - base, "selection": a_sel - a_bb,
-             "semi-supervised": (a_semi - a_sel) if a_semi is not None else None}
+             "semi-supervised": (a_semi - a_sel) if a_semi is not None else None,
+             "mirror views": (a_mirror - a_sel) if a_mirror is not None else None}
+    # semi-supervised and mirror views are each measured on top of the selection step
     total = sum(g for g in gains.values() if g is not None)
     shares = {k: (g / total if (g is not None and abs(total) > 1e-12) else None)
               for k, g in gains.items()}
     return {"budget": budget, "baseline": base, "backbone": bb, "strategy": strat,
             "accuracy": {"baseline": base, "+backbone": a_bb, "+selection": a_sel,
-                         "+semi": a_semi}, "gains": gains, "shares": shares}
+                         "+semi": a_semi, "+mirror": a_mirror}, "gains": gains,
+            "shares": shares}
 
 
 def write_outputs(out: Path, rows: list[dict[str, Any]], info: dict[str, Any],
@@ -742,7 +819,8 @@ def write_outputs(out: Path, rows: list[dict[str, Any]], info: dict[str, Any],
     summary: dict[str, Any] = {"machine": info, "skipped": skipped, "sets": {}}
     for set_name in args.sets:
         lines += [f"## {set_name}", ""]
-        backbones = [b for b in BACKBONE_SPECS if any(k[0] == set_name and k[1] == b for k in c)]
+        backbones = [b for spec in BACKBONE_SPECS for b in (spec, f"{spec}+mirror")
+                     if any(k[0] == set_name and k[1] == b for k in c)]
         for bb in backbones:
             origin = next((r["origin"] for r in rows if r["set"] == set_name
                            and r["backbone"] == bb), "")
@@ -797,7 +875,10 @@ def write_outputs(out: Path, rows: list[dict[str, Any]], info: dict[str, Any],
                       f"{num(abl['gains']['selection'])} | {pct(shares['selection'])} |",
                       f"| + semi-supervised (label spreading) | {num(acc['+semi'])} | "
                       f"{num(abl['gains']['semi-supervised'])} | "
-                      f"{pct(shares['semi-supervised'])} |", ""]
+                      f"{pct(shares['semi-supervised'])} |",
+                      f"| + mirror views instead (same strategy) | {num(acc['+mirror'])} | "
+                      f"{num(abl['gains']['mirror views'])} | {pct(shares['mirror views'])} |",
+                      ""]
         summary["sets"][set_name] = {"reach": set_summary, "ablation": abl}
     out.with_suffix(".md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     out.with_suffix(".json").write_text(json.dumps(summary, indent=2, default=str),
@@ -842,6 +923,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ablation-budget", type=int, default=500)
     p.add_argument("--finetune", action="store_true",
                    help="also fine-tune (models.train): A and the best pipeline's claimed point")
+    p.add_argument("--mirror", action="store_true",
+                   help="also run every strategy with the product's mirror-aware heads "
+                        "(backbone '<spec>+mirror'; A stays the plain backbone's)")
+    p.add_argument("--merge-rows", type=Path, default=None,
+                   help="CSV of an earlier run whose fine-tuned rows (e.g. A) join this one's")
+    p.add_argument("--finetune-points", default="",
+                   help="with --finetune: fine-tune exactly these 'strategy@budget' points "
+                        "(comma-separated, e.g. random@500,random@1000) instead of A and the "
+                        "claimed point")
     p.add_argument("--finetune-semi", action="store_true",
                    help="with --finetune: the claimed point again with FixMatch")
     p.add_argument("--semi", choices=("none", "fixmatch"), default="none",
@@ -911,7 +1001,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not selectors:
         print("no strategy to run", file=sys.stderr)
         return 2
-    rows: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = merged_rows(args.merge_rows, args.sets) if args.merge_rows \
+        else []
     seeds = list(range(args.seeds))
     tmp = tempfile.TemporaryDirectory(prefix="few_labels_") if args.finetune else None
     workdir = args.workdir or (Path(tmp.name) if tmp else None)
@@ -959,6 +1050,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         print(f"  {spec}/{strat}: acc@{last} = "
                               f"{fmt([r['accuracy'] for r in done if r['budget'] == last])}",
                               flush=True)
+                if args.mirror and not spec.endswith("-random"):
+                    rows.extend(run_mirrored(args, data, spec, x_all, pixels, selectors, seeds,
+                                             skipped))
                 if args.finetune and not spec.endswith("-random"):
                     rows.extend(run_finetunes(args, data, pixels(), spec, origin, trajectories,
                                               rows, seeds, workdir))
@@ -973,6 +1067,54 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def merged_rows(path: Path, sets: Sequence[str]) -> list[dict[str, Any]]:
+    """Fine-tuned rows of an earlier run's CSV (``--merge-rows``), e.g. the reference A, so a
+    head-only sweep can be judged against it without fine-tuning again."""
+    out = []
+    with open(path, newline="", encoding="utf-8") as fh:
+        for r in csv.DictReader(fh):
+            if r["mode"] != "finetune" or r["set"] not in sets or not r["accuracy"]:
+                continue
+            out.append(r | {"seed": int(r["seed"]), "budget": int(r["budget"]),
+                            "accuracy": float(r["accuracy"])})
+    print(f"merged {len(out)} fine-tuned rows from {path}")
+    return out
+
+
+def run_mirrored(args: argparse.Namespace, data: SetData, spec: str, x_all: np.ndarray,
+                 pixels: Callable[[], np.ndarray], selectors: dict[str, Selector],
+                 seeds: Sequence[int], skipped: dict[str, str]) -> list[dict[str, Any]]:
+    """Every strategy again with the product's mirror-aware heads (backbone ``<spec>+mirror``)."""
+    from data.balance import mirror_maps
+    from data.schema import DEFAULT_SCHEMA
+
+    emb = embeddings(spec, data, args.image_size, pixels, args.cache_dir,
+                     weights_for(spec, args), mirrored=True)
+    if emb is None:
+        return []
+    flips = mirror_maps(DEFAULT_SCHEMA).get(data.attribute, {})
+    flip = np.array([data.classes.index(flips.get(c, c)) for c in data.classes])
+    base = {"set": data.name, "backbone": f"{spec}+mirror", "origin": emb[1]}
+    out: list[dict[str, Any]] = []
+    for strat, select in selectors.items():
+        for seed in seeds:
+            try:
+                traj = simulate(data, x_all, select, strategy=strat, seed=seed,
+                                budgets=args.budgets, max_batch=args.max_batch, semi=False,
+                                spread_threshold=args.spread_threshold, base=base,
+                                head_c=args.head_c, x_mirror=emb[0], flip=flip)
+            except Exception as exc:  # a strategy's API mismatch: say it, go on
+                skipped[f"{data.name}/{spec}+mirror/{strat}"] = f"{type(exc).__name__}: {exc}"
+                break
+            out.extend(traj.rows)
+        done = [r for r in out if r["strategy"] == strat]
+        if done:
+            last = max(r["budget"] for r in done)
+            print(f"  {spec}+mirror/{strat}: acc@{last} = "
+                  f"{fmt([r['accuracy'] for r in done if r['budget'] == last])}", flush=True)
+    return out
+
+
 def run_finetunes(args: argparse.Namespace, data: SetData, pixels: np.ndarray, spec: str,
                   origin: str, trajectories: dict[tuple[str, int], Trajectory],
                   rows: list[dict[str, Any]], seeds: Sequence[int], workdir: Path
@@ -984,7 +1126,10 @@ def run_finetunes(args: argparse.Namespace, data: SetData, pixels: np.ndarray, s
     strat, semi, claimed = best_pipeline(rows, data.name, spec, head_a) if head_a else \
         ("random", "none", None)
     points = [("random", ref, "none")]
-    if getattr(args, "quick", False):  # FixMatch's share: random picks, both budgets, with/without
+    if getattr(args, "finetune_points", ""):
+        points = [(p.split("@")[0], int(p.split("@")[1]), "none")
+                  for p in args.finetune_points.split(",") if p.strip()]
+    elif getattr(args, "quick", False):  # FixMatch's share: random picks, both budgets, with/without
         semis = ["none", "fixmatch"] if args.finetune_semi else ["none"]
         points = [("random", b, s) for b in args.budgets for s in semis]
     elif claimed is not None and (strat, claimed) != ("random", ref):

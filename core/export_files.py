@@ -27,7 +27,34 @@ def load_parity(ws: Workspace, model_id: int) -> dict[str, Any] | None:
 
 
 def find_export(ws: Workspace, model_id: int, prefer_int8: bool = True) -> Path | None:
-    return export_files.find_export(export_dir(ws, model_id), prefer_int8)
+    """The published ONNX file to run: int8 when asked for and present, unless this model's
+    measured latency table says int8 is slower than fp32 here (:func:`int8_slower`)."""
+    return export_files.find_export(export_dir(ws, model_id),
+                                    prefer_int8 and not int8_slower(ws, model_id))
+
+
+def int8_slower(ws: Workspace, model_id: int) -> bool:
+    """True when this model's latency table (measured on this machine) has int8 slower per
+    image than fp32 at the largest batch both were timed at.
+
+    Why: int8 is not always faster. EfficientNet-Lite0's int8 ran 4-7x slower than its fp32 on
+    a CPU without VNNI (docs/BENCHMARKS.md, "EfficientNet-Lite0 beside ResNet18: latency"),
+    while ResNet18's int8 was faster on the same CPU; so the choice follows the measurement,
+    and int8 stays the default where nothing was measured.
+    """
+    per_image: dict[int, dict[str, float]] = {}
+    for row in load_results(ws, model_id):
+        try:
+            per_image.setdefault(int(row["batch"]), {})[str(row["backend"])] = \
+                float(row["ms per image"])
+        except (KeyError, TypeError, ValueError):
+            continue
+    both = [b for b, t in per_image.items()
+            if "ONNX Runtime fp32" in t and "ONNX Runtime int8" in t]
+    if not both:
+        return False
+    t = per_image[max(both)]
+    return t["ONNX Runtime int8"] > t["ONNX Runtime fp32"]
 
 
 def load_int8_report(ws: Workspace, model_id: int) -> dict[str, Any] | None:

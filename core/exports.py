@@ -15,7 +15,7 @@ from data.cache import ImageCache
 from data.dataset import encode_targets
 from data.schema import LabelSchema
 from data.workspace import Workspace
-from core.export_files import (export_dir, find_export, load_int8_report,  # noqa: F401
+from core.export_files import (export_dir, find_export, int8_slower, load_int8_report,  # noqa: F401
                                load_parity)
 from core.registry import load_model
 from models import export as onnx_export

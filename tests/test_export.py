@@ -11,6 +11,7 @@ import pytest
 import torch
 from onnx import numpy_helper
 
+import core.export_files as export_files_mod
 from core.cli import main
 from data.errors import UserError
 from data.workspace import Workspace, WorkspaceConfig
@@ -180,6 +181,37 @@ def test_find_export_prefers_int8_and_ignores_rejects(tmp_path) -> None:
     (folder / "model.int8.onnx").write_bytes(b"x")
     assert cx.find_export(ws, 7) == folder / "model.int8.onnx"
     assert cx.find_export(ws, 7, prefer_int8=False) == folder / "model.onnx"
+
+
+def _latency(ws, model_id, rows) -> None:
+    path = export_files_mod.results_path(ws, model_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"rows": [
+        {"backend": name, "batch": batch, "ms per image": ms} for name, batch, ms in rows]}))
+
+
+def test_find_export_skips_an_int8_file_measured_slower_than_fp32_here(tmp_path) -> None:
+    """Lite0's int8 ran 4-7x slower than fp32 on a CPU without VNNI: scoring then uses fp32.
+    The largest batch both were timed at decides; without a measurement int8 stays first."""
+    ws = Workspace(tmp_path / "ws")
+    folder = cx.export_dir(ws, 3)
+    folder.mkdir(parents=True)
+    (folder / "model.onnx").write_bytes(b"x")
+    (folder / "model.int8.onnx").write_bytes(b"x")
+    assert not cx.int8_slower(ws, 3)
+    assert cx.find_export(ws, 3) == folder / "model.int8.onnx"
+    _latency(ws, 3, [("PyTorch eager", 16, 9.0), ("ONNX Runtime fp32", 1, 2.7),
+                     ("ONNX Runtime int8", 1, 18.4), ("ONNX Runtime fp32", 16, 1.1),
+                     ("ONNX Runtime int8", 16, 6.0)])
+    assert cx.int8_slower(ws, 3)
+    assert cx.find_export(ws, 3) == folder / "model.onnx"
+    # faster at the largest batch (what pool scoring runs) wins, even if slower at batch 1
+    _latency(ws, 3, [("ONNX Runtime fp32", 1, 2.0), ("ONNX Runtime int8", 1, 3.0),
+                     ("ONNX Runtime fp32", 16, 1.2), ("ONNX Runtime int8", 16, 0.8)])
+    assert cx.find_export(ws, 3) == folder / "model.int8.onnx"
+    # a table without int8 (not built when timed) or unreadable rows: int8 stays first
+    _latency(ws, 3, [("ONNX Runtime fp32", 16, 1.2), ("ONNX Runtime int8", "x", None)])
+    assert cx.find_export(ws, 3) == folder / "model.int8.onnx"
 
 
 def test_cli_export_with_jetson_bundle(trained, exported, capsys) -> None:
