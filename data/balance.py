@@ -45,6 +45,17 @@ def mirror_maps(schema: LabelSchema) -> dict[str, dict[str, str]]:
     return {attr: {c: schema.flip_value(c) for c in schema.classes[attr]}}
 
 
+def mirror_permutations(schema: LabelSchema) -> dict[str, list[int]]:
+    """{attribute: perm} with ``perm[k]`` the class index class k becomes in a mirror, for every
+    attribute (the identity where a mirror changes nothing). What a network's mirror views use."""
+    maps = mirror_maps(schema)
+    out = {}
+    for attr, names in schema.classes.items():
+        flips = maps.get(attr, {})
+        out[attr] = [list(names).index(flips.get(c, c)) for c in names]
+    return out
+
+
 def class_counts(labels: Mapping[int, Mapping[str, str]], schema: LabelSchema,
                  attribute: str | None = None) -> dict[str, int]:
     """Per-class counts of one attribute (default: the flip attribute), every class listed."""

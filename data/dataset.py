@@ -92,7 +92,8 @@ class LabelledImageDataset(Dataset):
 
     def __init__(self, data: SplitData, schema: LabelSchema,
                  transform: Callable[[np.ndarray], np.ndarray],
-                 entries: Sequence[tuple[int, bool]] | None = None) -> None:
+                 entries: Sequence[tuple[int, bool]] | None = None, *,
+                 mirror_prob: float = 0.0, seed: int = 0) -> None:
         self.data = data
         self.schema = schema
         self.transform = transform
@@ -100,16 +101,23 @@ class LabelledImageDataset(Dataset):
         labels = [flip_label(data.labels[i], schema) if flipped else data.labels[i]
                   for i, flipped in self.entries]
         self.targets = encode_targets(labels, schema)
+        # random mirror augmentation: each time an item is drawn, with probability
+        # ``mirror_prob`` it comes mirrored with its mirrored label (orientation swapped)
+        self.mirror_prob = float(mirror_prob)
+        self.mirror_targets = encode_targets([flip_label(v, schema) for v in labels], schema) \
+            if self.mirror_prob > 0 else self.targets
+        self._rng = np.random.default_rng(seed)
 
     @classmethod
     def balanced(cls, data: SplitData, schema: LabelSchema,
                  transform: Callable[[np.ndarray], np.ndarray], *,
-                 seed: int = 0) -> tuple["LabelledImageDataset", BalancePlan]:
+                 seed: int = 0, mirror_prob: float = 0.0
+                 ) -> tuple["LabelledImageDataset", BalancePlan]:
         """A flip-balanced view of ``data`` and the plan with before/after class counts."""
         position = {image_id: k for k, image_id in enumerate(data.image_ids)}
         plan = plan_orientation_balance(dict(zip(data.image_ids, data.labels)), schema, seed=seed)
         entries = [(position[image_id], flipped) for image_id, flipped in plan.entries]
-        return cls(data, schema, transform, entries), plan
+        return cls(data, schema, transform, entries, mirror_prob=mirror_prob, seed=seed), plan
 
     @property
     def attributes(self) -> tuple[str, ...]:
@@ -128,9 +136,13 @@ class LabelledImageDataset(Dataset):
         return len(self.entries)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image = self.transform(self.raw_image(index))
+        image = self.raw_image(index)
+        targets = self.targets[index]
+        if self.mirror_prob > 0 and self._rng.random() < self.mirror_prob:
+            image, targets = flip_image(image), self.mirror_targets[index]
+        image = self.transform(image)
         tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))
-        return tensor, torch.from_numpy(self.targets[index])
+        return tensor, torch.from_numpy(targets)
 
 
 @dataclass

@@ -105,6 +105,7 @@ def save_checkpoint(path: str | Path, model: MultiHeadNet, meta: Mapping[str, An
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     meta = dict(meta)
     meta["backbone"] = getattr(model, "backbone_name", DEFAULT_BACKBONE)
+    meta["mirror_perms"] = getattr(model, "mirror_perms", None)
     origin = getattr(model, "weights_origin", None)
     if meta.get("weights_origin") is None and origin is not None:
         meta["weights_origin"] = origin.to_dict()
@@ -134,7 +135,8 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     origin = WeightsOrigin.from_dict(meta.get("weights_origin")) or WeightsOrigin(
         name, "checkpoint", str(meta.get("origin") or "unrecorded"))
     model = MultiHeadNet(schema_from_meta(meta), backbone=Backbone(
-        name, build_architecture(name), FEATURE_DIMS[name], origin))
+        name, build_architecture(name), FEATURE_DIMS[name], origin),
+        mirror_perms=meta.get("mirror_perms"))   # absent in older checkpoints: plain view
     model.load_state_dict(blob["model_state"])
     model.eval()
     return model, meta

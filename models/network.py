@@ -5,11 +5,21 @@ Heads are sized from the :class:`~data.schema.LabelSchema`, and ``forward`` retu
 logits keyed by attribute name, so adding a class to the schema never touches this file. The
 backbone is any feature extractor mapping ``(N, 3, H, W)`` to ``(N, D)``; the model remembers the
 backbone's name and where its starting weights came from, so checkpoints and exports can say so.
+
+Mirror views (``mirror_perms``): in eval mode the network also looks at the image mirrored
+left-right and averages the two views' class probabilities, the mirror view's classes mapped
+back through ``mirror_perms[attribute]`` (left <-> right for orientation, the identity for colour
+and type). ``forward`` then returns log-probabilities, which every consumer treats as logits
+(``softmax(log p) == p``), so evaluation, scoring, the ONNX export and its parity check all see
+the averaged prediction without knowing about it. It costs a second backbone pass at inference.
+Training mode runs the plain view only (the training set is mirrored at random instead,
+:class:`data.dataset.LabelledImageDataset`). Why: docs/BENCHMARKS.md, "Mirror views".
 """
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -64,7 +74,8 @@ class MultiHeadNet(nn.Module):
     """
 
     def __init__(self, schema: LabelSchema, *, dropout: float = 0.2,
-                 backbone: Backbone | nn.Module | None = None) -> None:
+                 backbone: Backbone | nn.Module | None = None,
+                 mirror_perms: Mapping[str, Sequence[int]] | None = None) -> None:
         super().__init__()
         self.attributes = list(schema.attributes)
         self.class_names = {a: list(schema.classes[a]) for a in self.attributes}
@@ -86,19 +97,44 @@ class MultiHeadNet(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.heads = HeadDict(
             {a: nn.Linear(self.feature_dim, schema.num_classes(a)) for a in self.attributes})
+        self.mirror_perms: dict[str, list[int]] | None = None
+        self.set_mirror_views(mirror_perms)
+
+    def set_mirror_views(self, perms: Mapping[str, Sequence[int]] | None) -> None:
+        """Turn mirror views on (``{attribute: class permutation}``) or off (None)."""
+        if perms is None:
+            self.mirror_perms = None
+            return
+        out = {}
+        for a in self.attributes:
+            perm = [int(k) for k in perms.get(a, range(len(self.class_names[a])))]
+            if sorted(perm) != list(range(len(self.class_names[a]))):
+                raise ValueError(f"mirror permutation for {a!r} is not a permutation: {perm}")
+            out[a] = perm
+        self.mirror_perms = out
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Penultimate-layer features (N, feature_dim), used for diversity sampling."""
         return self.backbone(x)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        feats = self.dropout(self.backbone(x))
-        return {a: head(feats) for a, head in self.heads.items()}
+        return self.forward_with_embedding(x)[0]
 
     def forward_with_embedding(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """(logits per head, plain-view embedding); with mirror views in eval mode the "logits"
+        are the log of the two views' mean probabilities (see the module docstring)."""
         emb = self.backbone(x)
         feats = self.dropout(emb)
-        return {a: head(feats) for a, head in self.heads.items()}, emb
+        logits = {a: head(feats) for a, head in self.heads.items()}
+        if self.mirror_perms is None or self.training:
+            return logits, emb
+        mirrored = self.dropout(self.backbone(torch.flip(x, dims=[3])))
+        out = {}
+        for a, head in self.heads.items():
+            p = torch.softmax(logits[a], dim=1)
+            q = torch.softmax(head(mirrored), dim=1)[:, self.mirror_perms[a]]
+            out[a] = torch.log((0.5 * (p + q)).clamp_min(1e-12))
+        return out, emb
 
 
 #: The network was ResNet18-only; the old name stays so existing code and tests keep working.
@@ -107,7 +143,8 @@ MultiHeadResNet = MultiHeadNet
 
 def build_model(schema: LabelSchema, *, backbone: str = DEFAULT_BACKBONE, pretrained: bool = True,
                 weights: str | Path | None = None, checkpoint: str | Path | None = None,
-                dropout: float = 0.2) -> tuple[MultiHeadNet, WeightsOrigin]:
+                dropout: float = 0.2, mirror_perms: Mapping[str, Sequence[int]] | None = None
+                ) -> tuple[MultiHeadNet, WeightsOrigin]:
     """Create the network; returns (model, where the backbone's weights came from).
 
     ``weights`` (``checkpoint`` is its old name) is a local file, verified against the
@@ -118,5 +155,5 @@ def build_model(schema: LabelSchema, *, backbone: str = DEFAULT_BACKBONE, pretra
     """
     path = weights if weights is not None else checkpoint
     bb = load_backbone(backbone, pretrained=pretrained, weights_path=path)
-    model = MultiHeadNet(schema, dropout=dropout, backbone=bb)
+    model = MultiHeadNet(schema, dropout=dropout, backbone=bb, mirror_perms=mirror_perms)
     return model, bb.origin

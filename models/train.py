@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from sklearn.utils.class_weight import compute_class_weight
 from torch.utils.data import DataLoader
 
+from data.balance import mirror_maps, mirror_permutations
 from data.dataset import LabelledImageDataset, SplitData, encode_targets
 from data.errors import UserError
 from data.progress import CancelFn, Progress, ProgressFn
@@ -49,6 +50,8 @@ from models.semi import DEFAULT_THRESHOLD, SEMI_METHODS, FixMatchTerm
 log = logging.getLogger(__name__)
 
 HEAD_INITS: tuple[str, ...] = ("probe", "random")
+#: With mirror views, the chance that a training image is drawn mirrored (label mirrored too).
+MIRROR_PROB = 0.5
 #: Logit bias of a class no training label shows, after a probe: far below the seen classes.
 UNSEEN_CLASS_BIAS = -10.0
 
@@ -84,6 +87,7 @@ class TrainConfig:
     semi_weight: float = 1.0            # lambda_u, weight of the unlabelled loss
     semi_max_images: int | None = None  # seeded subset of the unlabelled pool; None: all
     head_init: str = "probe"            # "probe": linear-probe the heads first (LP-FT); "random"
+    mirror_views: bool = False          # train on random mirrors, predict on both views
 
     def effective_epochs(self) -> int:
         if self.warm_start:
@@ -277,7 +281,9 @@ def fresh_model(schema: LabelSchema, config: TrainConfig) -> tuple[MultiHeadResN
     network that is barely better than the majority class.
     """
     model, origin = build_model(schema, backbone=config.backbone, pretrained=config.pretrained,
-                                weights=config.weights or config.checkpoint)
+                                weights=config.weights or config.checkpoint,
+                                mirror_perms=mirror_permutations(schema) if config.mirror_views
+                                else None)
     if config.pretrained and not origin.pretrained:
         raise UserError(f"pretrained weights for {config.backbone} are not available "
                         f"({origin.detail}). {offline_advice(config.backbone)} To train from "
@@ -286,7 +292,7 @@ def fresh_model(schema: LabelSchema, config: TrainConfig) -> tuple[MultiHeadResN
 
 
 def probe_heads(model: MultiHeadResNet, train_data: SplitData, schema: LabelSchema,
-                image_size: int) -> dict[str, int]:
+                image_size: int, *, mirror: bool = False) -> dict[str, int]:
     """Start each head from a linear probe on the frozen pretrained features (LP-FT).
 
     Why: with a few hundred labels, fine-tuning a pretrained backbone under randomly initialised
@@ -297,9 +303,16 @@ def probe_heads(model: MultiHeadResNet, train_data: SplitData, schema: LabelSche
     2022) fit the linear probe first and fine-tune from it; that is what this does. The probe is
     :func:`models.heads.fit_heads` (the head refit's solver) on un-augmented train images;
     classes no label shows get a far-below bias. Returns the labelled rows per head.
+
+    With ``mirror`` (a network with mirror views) the probe is fitted on each image and its
+    mirror, as the head refit does (:mod:`models.heads`), so it predicts what the network's two
+    views will average.
     """
     features = embed_images(model.backbone, train_data.images, image_size)
-    fit = fit_heads(features, train_data.labels, schema.classes, reference=features)
+    mirrored = embed_images(model.backbone, np.ascontiguousarray(train_data.images[:, :, ::-1]),
+                            image_size) if mirror else None
+    fit = fit_heads(features, train_data.labels, schema.classes, reference=features,
+                    mirrored=mirrored, mirror_map=mirror_maps(schema) if mirror else None)
     with torch.no_grad():
         for attr, head in fit.heads.items():
             if not head.fitted:
@@ -322,9 +335,12 @@ def make_dataset(train_data: SplitData, schema: LabelSchema, config: TrainConfig
     """The training dataset (augmented, optionally flip-balanced) and the balance plan's counts."""
     transform = (apply_albumentations(train_transform(config.image_size, seed=config.seed))
                  if config.augment else eval_transform(config.image_size))
+    mirror_prob = MIRROR_PROB if config.mirror_views else 0.0
     if not config.balance_orientation:
-        return LabelledImageDataset(train_data, schema, transform), None
-    dataset, plan = LabelledImageDataset.balanced(train_data, schema, transform, seed=config.seed)
+        return LabelledImageDataset(train_data, schema, transform, mirror_prob=mirror_prob,
+                                    seed=config.seed), None
+    dataset, plan = LabelledImageDataset.balanced(train_data, schema, transform, seed=config.seed,
+                                                  mirror_prob=mirror_prob)
     log.info("orientation balance: %s -> %s", plan.before, plan.after)
     return dataset, {"before": plan.before, "after": plan.after, "added": plan.added}
 
@@ -384,10 +400,13 @@ def _run(train_data: SplitData, val_data: SplitData, schema: LabelSchema, out_di
     if given_model is None:
         model, weights_origin = fresh_model(schema, config)
         if config.head_init == "probe" and weights_origin.pretrained:
-            probe_heads(model, train_data, schema, config.image_size)
+            probe_heads(model, train_data, schema, config.image_size,
+                        mirror=model.mirror_perms is not None)
             probed = True
     else:
         model = given_model
+        if hasattr(model, "set_mirror_views"):   # a warm start follows this run's setting
+            model.set_mirror_views(mirror_permutations(schema) if config.mirror_views else None)
         weights_origin = getattr(model, "weights_origin", None) or WeightsOrigin(
             getattr(model, "backbone_name", config.backbone), "checkpoint",
             origin or "given model")

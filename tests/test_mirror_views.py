@@ -194,3 +194,119 @@ def test_refit_with_mirror_views_ranks_right_facing_cars_that_no_label_shows(tmp
     assert [pred[i] for i in pool] == ["right", "left", "front"] * 4
     assert cache_path(ws, "resnet18" if "efficientnet_lite0" not in embeddings_mod.BACKBONES
                       else "efficientnet_lite0", "imagenet", 16, mirrored=True).is_file()
+
+
+# -- the network's mirror views (fine-tuned models, their checkpoints and ONNX exports) ------------
+def _mirror_net(seed: int = 0):
+    from data.balance import mirror_permutations
+    from models.network import MultiHeadNet
+
+    torch.manual_seed(seed)
+    return MultiHeadNet(DEFAULT_SCHEMA, mirror_perms=mirror_permutations(DEFAULT_SCHEMA)).eval()
+
+
+def test_a_network_with_mirror_views_predicts_mirrored_images_mirrored():
+    net = _mirror_net()
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        plain, emb = net.forward_with_embedding(x)
+        flipped = net(torch.flip(x, dims=[3]))
+    perm = net.mirror_perms["orientation"]
+    assert perm[ORIENT.index("left")] == ORIENT.index("right")
+    torch.testing.assert_close(flipped["orientation"], plain["orientation"][:, perm])
+    torch.testing.assert_close(flipped["color"], plain["color"])
+    torch.testing.assert_close(torch.softmax(plain["type"], 1).sum(1), torch.ones(3))
+    assert emb.shape == (3, net.feature_dim)                  # the plain view's embedding
+    net.set_mirror_views(None)                                # off: the plain view alone
+    with torch.no_grad():
+        assert not torch.allclose(net(torch.flip(x, dims=[3]))["orientation"],
+                                  net(x)["orientation"][:, perm])
+    with pytest.raises(ValueError, match="not a permutation"):
+        net.set_mirror_views({"orientation": [0] * len(ORIENT)})
+
+
+def test_mirror_views_survive_the_checkpoint_and_the_onnx_export(tmp_path):
+    from models.checkpoint import load_checkpoint, model_meta, save_checkpoint
+    from models.export import publish_onnx
+    from models.onnx_runtime import OnnxClassifier
+
+    net = _mirror_net(1)
+    path = save_checkpoint(tmp_path / "model.pt", net, model_meta(DEFAULT_SCHEMA, 32))
+    back, _ = load_checkpoint(path)
+    assert back.mirror_perms == net.mirror_perms
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(back(x)["orientation"], net(x)["orientation"])
+    images = (np.random.default_rng(0).random((4, 32, 32, 3)) * 255).astype(np.uint8)
+    onnx_path, report = publish_onnx(back, tmp_path / "export", images, 32)
+    assert report.passed, report.summary()
+    probs, _ = OnnxClassifier(onnx_path).predict(images)
+    mirrored, _ = OnnxClassifier(onnx_path).predict(np.ascontiguousarray(images[:, :, ::-1]))
+    perm = net.mirror_perms["orientation"]
+    np.testing.assert_allclose(mirrored["orientation"], probs["orientation"][:, perm], atol=1e-4)
+
+
+def test_training_with_mirror_views_draws_mirrored_images_with_mirrored_labels():
+    from data.dataset import LabelledImageDataset, SplitData
+
+    img = np.zeros((1, 8, 8, 3), np.uint8)
+    img[0, :, :4, 0] = 255                                    # red on the left
+    data = SplitData([1], img, [{"orientation": "left", "color": "red"}])
+    always = LabelledImageDataset(data, DEFAULT_SCHEMA, lambda im: im.astype(np.float32),
+                                  mirror_prob=1.0)
+    never = LabelledImageDataset(data, DEFAULT_SCHEMA, lambda im: im.astype(np.float32))
+    x_m, t_m = always[0]
+    x_p, t_p = never[0]
+    attrs = list(DEFAULT_SCHEMA.attributes)
+    assert ORIENT[int(t_m[attrs.index("orientation")])] == "right"
+    assert ORIENT[int(t_p[attrs.index("orientation")])] == "left"
+    assert int(t_m[attrs.index("color")]) == int(t_p[attrs.index("color")])
+    torch.testing.assert_close(x_m, torch.flip(x_p, dims=[2]))
+    half = LabelledImageDataset(data, DEFAULT_SCHEMA, lambda im: im.astype(np.float32),
+                                mirror_prob=0.5, seed=3)
+    sides = {ORIENT[int(half[0][1][attrs.index("orientation")])] for _ in range(40)}
+    assert sides == {"left", "right"}
+
+
+def test_a_mirror_probe_answers_as_the_mirror_head_refit_would(tmp_path):
+    """LP-FT with mirror views: the probed network (two views averaged) predicts what
+    models.heads' mirror-aware refit predicts on the same frozen features."""
+    from data.balance import mirror_permutations
+    from data.dataset import SplitData
+    from models.backbones import build_architecture
+    from models.embed import embed_images
+    from models.evaluate import predict_arrays
+    from models.network import MultiHeadNet
+    from models.train import TrainConfig, probe_heads, train
+
+    torch.manual_seed(0)
+    size = 32
+    rng = np.random.default_rng(0)
+    images, labels = [], []
+    for i in range(24):                                     # red half on the left: "left"
+        img = rng.integers(0, 40, (size, size, 3)).astype(np.uint8)
+        img[:, : size // 2, 0] = 200 + i
+        images.append(img)
+        labels.append({"orientation": "left" if i % 2 else "front-left"})
+    data = SplitData(list(range(24)), np.stack(images), labels)
+    net = MultiHeadNet(DEFAULT_SCHEMA, backbone=Backbone(
+        "resnet18", build_architecture("resnet18"), 512,
+        WeightsOrigin("resnet18", "imagenet-file", "test stand-in")),
+        mirror_perms=mirror_permutations(DEFAULT_SCHEMA))
+    probe_heads(net, data, DEFAULT_SCHEMA, size, mirror=True)
+    feats = embed_images(net.backbone, data.images, size)
+    flipped = embed_images(net.backbone, np.ascontiguousarray(data.images[:, :, ::-1]), size)
+    refit = fit_heads(feats, labels, DEFAULT_SCHEMA.classes, reference=feats, mirrored=flipped,
+                      mirror_map=MIRROR)
+    got = predict_arrays(net.eval(), data.images, size, 64).probs["orientation"]
+    want = refit.predict_proba(feats, flipped)["orientation"]
+    assert np.abs(got - want).max() < 1e-3
+    # and a short training run keeps mirror views in the saved model
+    config = TrainConfig(epochs=1, image_size=size, pretrained=False, batch_size=8,
+                         augment=False, mirror_views=True)
+    result = train(data, data, DEFAULT_SCHEMA, tmp_path / "run", config)
+    assert result.status == "succeeded"
+    from models.checkpoint import load_checkpoint
+    model, meta = load_checkpoint(tmp_path / "run" / "model.pt")
+    assert model.mirror_perms == mirror_permutations(DEFAULT_SCHEMA)
+    assert meta["params"]["mirror_views"] is True

@@ -61,6 +61,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="probe (default): start a fresh pretrained model's heads from a linear "
                         "probe on its frozen features, then fine-tune (LP-FT); random: torch's "
                         "random heads")
+    p.add_argument("--mirror-views", action=argparse.BooleanOptionalAction, default=None,
+                   help="train on random left-right mirrors (orientation label mirrored too) and "
+                        "predict the mean of each image and its mirror (one more backbone pass "
+                        "at inference; default: the recipe's, models.train.TrainConfig)")
     p.add_argument("--no-eval", action="store_true", help="skip the test-split evaluation")
     p.add_argument("--force-promote", action="store_true",
                    help="make the new model current even if it is worse than the current one "
@@ -127,7 +131,8 @@ def cmd_train(args: argparse.Namespace, ws: Workspace) -> int:
         backbone=args.backbone, weights=args.weights, seed=args.seed, num_threads=args.threads,
         patience=args.patience, bf16=False if args.no_bf16 else None,
         semi_supervised=args.semi_supervised, semi_threshold=args.semi_threshold,
-        semi_weight=args.semi_weight, head_init=args.head_init)
+        semi_weight=args.semi_weight, head_init=args.head_init,
+        mirror_views=TrainConfig.mirror_views if args.mirror_views is None else args.mirror_views)
     if args.warm_start:
         before = "warm start from the current model's weights (if there is one)"
     else:
