@@ -625,8 +625,10 @@ def simulate(data: SetData, x_all: np.ndarray, select: Selector, *, strategy: st
 
 def finetune(data: SetData, pixels: np.ndarray, pool_picks: Sequence[int], *, spec: str,
              seed: int, epochs: int, size: int, threads: int, semi: str, workdir: Path,
-             weights: Path | None = None, semi_max_images: int | None = None) -> dict[str, Any]:
-    """Train the product's model on ``pool_picks`` (10 % of them as val) and test it.
+             weights: Path | None = None, semi_max_images: int | None = None,
+             mirror: bool = False) -> dict[str, Any]:
+    """Train the product's model on ``pool_picks`` (10 % of them as val) and test it
+    (``mirror``: with ``TrainConfig.mirror_views``).
 
     The whole set goes into a fresh workspace (pool images unlabelled in "train", so FixMatch
     can use them; test images labelled in "test"); only the picked pool images are labelled.
@@ -668,6 +670,8 @@ def finetune(data: SetData, pixels: np.ndarray, pool_picks: Sequence[int], *, sp
             kwargs["semi_max_images"] = int(semi_max_images)
     elif semi != "none":
         return {"error": "models.train has no semi_supervised option"}
+    if mirror:
+        kwargs["mirror_views"] = True
     if "backbone" in config_fields:
         kwargs["backbone"] = name
     elif name != "resnet18":
@@ -926,6 +930,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mirror", action="store_true",
                    help="also run every strategy with the product's mirror-aware heads "
                         "(backbone '<spec>+mirror'; A stays the plain backbone's)")
+    p.add_argument("--finetune-mirror", action="store_true",
+                   help="fine-tune with mirror views (TrainConfig.mirror_views); rows are "
+                        "reported as backbone '<spec>+mirror'")
     p.add_argument("--merge-rows", type=Path, default=None,
                    help="CSV of an earlier run whose fine-tuned rows (e.g. A) join this one's")
     p.add_argument("--finetune-points", default="",
@@ -1145,10 +1152,12 @@ def run_finetunes(args: argparse.Namespace, data: SetData, pixels: np.ndarray, s
                            epochs=args.finetune_epochs, size=args.image_size,
                            threads=args.threads, semi=semi_ft, workdir=workdir,
                            weights=weights_for(spec, args),
-                           semi_max_images=getattr(args, "semi_max_images", None))
-            print(f"  finetune {spec}/{strategy}@{budget}/{semi_ft}/seed {seed}: {res}",
+                           semi_max_images=getattr(args, "semi_max_images", None),
+                           mirror=args.finetune_mirror)
+            label = f"{spec}+mirror" if args.finetune_mirror else spec
+            print(f"  finetune {label}/{strategy}@{budget}/{semi_ft}/seed {seed}: {res}",
                   flush=True)
-            out.append({"set": data.name, "backbone": spec, "origin": res.get("origin", origin),
+            out.append({"set": data.name, "backbone": label, "origin": res.get("origin", origin),
                         "strategy": strategy, "semi": semi_ft, "mode": "finetune",
                         "seed": seed, "budget": budget, "accuracy": res.get("accuracy"),
                         "pseudo_labels": None, "seconds": res.get("seconds"),
