@@ -41,6 +41,7 @@ from data.schema import LabelSchema
 from data.transforms import apply_albumentations, eval_transform, train_transform
 from models.backbones import WeightsOrigin, offline_advice
 from models.embed import embed_images
+from models import recipe
 from models.heads import fit_heads
 from models.checkpoint import CHECKPOINT_NAME, model_meta, save_checkpoint
 from models.evaluate import predict_arrays
@@ -87,7 +88,7 @@ class TrainConfig:
     semi_weight: float = 1.0            # lambda_u, weight of the unlabelled loss
     semi_max_images: int | None = None  # seeded subset of the unlabelled pool; None: all
     head_init: str = "probe"            # "probe": linear-probe the heads first (LP-FT); "random"
-    mirror_views: bool = False          # train on random mirrors, predict on both views
+    mirror_views: bool = recipe.MIRROR_VIEWS  # train on random mirrors, predict on both views
 
     def effective_epochs(self) -> int:
         if self.warm_start:

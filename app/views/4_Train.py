@@ -21,6 +21,7 @@ from core.guardrails import (ModelProvenance, model_provenance, refused_model,  
                              small_sets)
 from core.jobs import ACTIVE  # noqa: E402
 from data.errors import UserError  # noqa: E402
+from models import recipe  # noqa: E402
 from models.weights_catalog import (BACKBONES, LABELS, OFFLINE_BACKBONE,  # noqa: E402
                                     WeightsOrigin, located_status)
 
@@ -259,10 +260,15 @@ def body() -> None:
                 help="A state dict for the chosen backbone (verified before use), e.g. "
                      "torchvision's resnet18-f37072fd.pth copied from an online machine")
             weights_panel(backbone, weights_path.strip() or None, bool(pretrained))
-        opts = st.columns(3)
+        opts = st.columns(4)
         balance = opts[0].checkbox("Flip-balance orientation", value=False, disabled=running)
         weights = opts[1].checkbox("Class weights", value=False, disabled=running)
-        then_queue = opts[2].number_input(
+        mirror = opts[2].checkbox(
+            "Mirror views", value=recipe.MIRROR_VIEWS, disabled=running,
+            help="Train on random left-right mirrors (a left-facing car mirrored is a "
+                 "right-facing one) and let the model average each image with its mirror: "
+                 "better orientation from few labels, twice the inference time")
+        then_queue = opts[3].number_input(
             "Then queue N images", 0, 5000, 0, step=50, disabled=running,
             help="After evaluation, rank the next batch (entropy) with the new model; 0: don't")
         if ui.offer("train", "Retrain") and st.button(
@@ -272,7 +278,8 @@ def body() -> None:
             params = {"epochs": int(epochs), "warm_start": warm, "image_size": int(size),
                       "batch_size": int(batch), "pretrained": bool(pretrained) or warm,
                       "backbone": backbone,
-                      "balance_orientation": bool(balance), "class_weights": bool(weights)}
+                      "balance_orientation": bool(balance), "class_weights": bool(weights),
+                      "mirror_views": bool(mirror)}
             if warm:
                 params["warm_epochs"] = int(epochs)
             elif pretrained and weights_path.strip():

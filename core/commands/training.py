@@ -17,6 +17,7 @@ from core.commands.project import require_workspace
 from core.promotion import promote, rollback
 from data.progress import Progress
 from data.workspace import Workspace
+from models import recipe
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -64,7 +65,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--mirror-views", action=argparse.BooleanOptionalAction, default=None,
                    help="train on random left-right mirrors (orientation label mirrored too) and "
                         "predict the mean of each image and its mirror (one more backbone pass "
-                        "at inference; default: the recipe's, models.train.TrainConfig)")
+                        "at inference; default: "
+                        f"{'on' if recipe.MIRROR_VIEWS else 'off'})")
     p.add_argument("--no-eval", action="store_true", help="skip the test-split evaluation")
     p.add_argument("--force-promote", action="store_true",
                    help="make the new model current even if it is worse than the current one "
@@ -132,7 +134,7 @@ def cmd_train(args: argparse.Namespace, ws: Workspace) -> int:
         patience=args.patience, bf16=False if args.no_bf16 else None,
         semi_supervised=args.semi_supervised, semi_threshold=args.semi_threshold,
         semi_weight=args.semi_weight, head_init=args.head_init,
-        mirror_views=TrainConfig.mirror_views if args.mirror_views is None else args.mirror_views)
+        mirror_views=recipe.MIRROR_VIEWS if args.mirror_views is None else args.mirror_views)
     if args.warm_start:
         before = "warm start from the current model's weights (if there is one)"
     else:
