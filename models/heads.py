@@ -21,9 +21,9 @@ and its orientation is the schema's mirror class (left <-> right, front-left <->
 Given the embeddings of the horizontally mirrored images, each labelled image trains its head
 twice (as itself, and mirrored with the mirrored class), and prediction averages the two views,
 mapping the mirror view's classes back. The head then obeys the symmetry by construction instead
-of having to learn it from few labels. On the real sets (Lite0, 128 px, head-only, 3 seeds) this
-lifted orientation from 0.610 to 0.692 at 500 labels, above the 1,000-label plain head
-(docs/BENCHMARKS.md, "Mirror views").
+of having to learn it from few labels. On the real orientation set (Lite0, 128 px, 500 random
+labels, 3 seeds) it lifted the head from 0.621 to 0.671, above the fine-tuned 1,000-label
+reference 0.619 (docs/BENCHMARKS.md, "Mirror views and the fine-tuned reference A").
 
 Missing attributes are masked per head: an image labelled only for ``color`` trains the color
 head and nothing else. Features are standardised with statistics of a reference set (the
