@@ -12,6 +12,8 @@ back through ``mirror_perms[attribute]`` (left <-> right for orientation, the id
 and type). ``forward`` then returns log-probabilities, which every consumer treats as logits
 (``softmax(log p) == p``), so evaluation, scoring, the ONNX export and its parity check all see
 the averaged prediction without knowing about it. It costs a second backbone pass at inference.
+The embedding returned beside the logits is the plain view's, so diversity selection and the
+MC-dropout samples that pool scoring draws for BALD (:mod:`core.scoring`) use the plain view.
 Training mode runs the plain view only (the training set is mirrored at random instead,
 :class:`data.dataset.LabelledImageDataset`). Why: docs/BENCHMARKS.md, "Mirror views".
 """
