@@ -244,6 +244,8 @@ def test_export_job_then_page_offers_downloads_and_latency(trained: Workspace, m
     assert any(label.startswith("Jetson bundle") for label in labels)
     backends = set(at.dataframe[-1].value["backend"])
     assert backends == {"PyTorch eager", "ONNX Runtime fp32", "ONNX Runtime int8"}
+    # trained with the default recipe, so with mirror views: the page says what that costs
+    assert any("averages each image with its left-right mirror" in c.value for c in at.caption)
 
 
 def test_export_job_reports_a_refused_int8_model_and_continues(trained: Workspace, monkeypatch) -> None:

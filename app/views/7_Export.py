@@ -74,6 +74,11 @@ def body() -> None:
     ids = [m["id"] for m in reversed(models)]
     model_id = st.selectbox("Model", ids, index=ids.index(current["id"]),
                             format_func=lambda i: f"model #{i}" + (" (current)" if i == current["id"] else ""))
+    chosen = next(m for m in models if m["id"] == model_id)
+    if (chosen.get("params") or {}).get("mirror_views"):
+        st.caption(f"Model #{model_id} averages each image with its left-right mirror: two "
+                   "backbone passes per image, about twice the latency of a single-pass model. "
+                   "For the single-pass edge model, retrain with *Mirror views* off.")
     job = ui.job_panel("export", key="export")
     running = job is not None and job["status"] in ACTIVE
     with st.container(border=True):
