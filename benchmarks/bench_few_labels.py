@@ -250,6 +250,7 @@ def embeddings(spec: str, data: SetData, size: int, pixels: Callable[[], np.ndar
                ) -> tuple[np.ndarray, str] | None:
     """Cached ``(N, D)`` float32 features of every image of ``data`` (computed once);
     ``mirrored``: of the images flipped left-right (the product's mirror views)."""
+    from data.balance import flip_image
     from models.embed import embed_images
 
     view = "_mirror" if mirrored else ""
@@ -264,7 +265,7 @@ def embeddings(spec: str, data: SetData, size: int, pixels: Callable[[], np.ndar
     bb, origin = loaded
     t = time.perf_counter()
     images = pixels()
-    feats = embed_images(bb.module, np.ascontiguousarray(images[:, :, ::-1]) if mirrored
+    feats = embed_images(bb.module, flip_image(images) if mirrored
                          else images, size)
     cache_dir.mkdir(parents=True, exist_ok=True)
     np.save(path, feats)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from data.balance import flip_image
 from data.cache import ImageCache
 from data.progress import Progress, ProgressFn
 from data.workspace import Workspace
@@ -170,7 +171,7 @@ def pool_embeddings(ws: Workspace, backbone: str | None = None, image_size: int 
         chunk = missing[start:start + BATCH]
         pixels = cache.read([r.cache_row for r in chunk])
         if mirrored:
-            pixels = np.ascontiguousarray(pixels[:, :, ::-1])
+            pixels = flip_image(pixels)
         parts.append(embed_images(net.module, pixels, size))
         if progress is not None:
             done = min(start + BATCH, len(missing))

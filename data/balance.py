@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -23,8 +23,9 @@ from data.schema import LabelSchema
 
 
 def flip_image(image: np.ndarray) -> np.ndarray:
-    """Mirror an ``H x W x C`` image left to right (a contiguous copy)."""
-    return np.ascontiguousarray(image[:, ::-1])
+    """Mirror an ``H x W x C`` image, or an ``N x H x W x C`` batch, left to right (a
+    contiguous copy)."""
+    return np.ascontiguousarray(image[..., ::-1, :])
 
 
 def flip_label(values: Mapping[str, str], schema: LabelSchema) -> dict[str, str]:
@@ -45,15 +46,18 @@ def mirror_maps(schema: LabelSchema) -> dict[str, dict[str, str]]:
     return {attr: {c: schema.flip_value(c) for c in schema.classes[attr]}}
 
 
+def mirror_permutation(names: Sequence[str], flips: Mapping[str, str]) -> list[int]:
+    """``perm[k]``: the index in ``names`` of the class ``names[k]`` becomes in a mirror
+    (``flips``, a :func:`mirror_maps` entry; a class it does not name stays itself)."""
+    return [list(names).index(flips.get(c, c)) for c in names]
+
+
 def mirror_permutations(schema: LabelSchema) -> dict[str, list[int]]:
-    """{attribute: perm} with ``perm[k]`` the class index class k becomes in a mirror, for every
-    attribute (the identity where a mirror changes nothing). What a network's mirror views use."""
+    """{attribute: perm} (:func:`mirror_permutation`) for every attribute, the identity where a
+    mirror changes nothing. What a network's mirror views use."""
     maps = mirror_maps(schema)
-    out = {}
-    for attr, names in schema.classes.items():
-        flips = maps.get(attr, {})
-        out[attr] = [list(names).index(flips.get(c, c)) for c in names]
-    return out
+    return {attr: mirror_permutation(names, maps.get(attr, {}))
+            for attr, names in schema.classes.items()}
 
 
 def class_counts(labels: Mapping[int, Mapping[str, str]], schema: LabelSchema,

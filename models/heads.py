@@ -43,6 +43,8 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
+from data.balance import mirror_permutation
+
 DEFAULT_C = 1.0
 DEFAULT_MAX_ITER = 500
 
@@ -190,8 +192,7 @@ def fit_heads(embeddings: np.ndarray, labels: Sequence[Mapping[str, str]],
         bad = sorted({v for v in y if v not in known})
         if bad:
             raise ValueError(f"{attr}: labels {bad} are not classes of this head ({names})")
-        flips = dict((mirror_map or {}).get(attr, {}))
-        mirror = np.array([names.index(flips.get(c, c)) for c in names], dtype=np.int64)
+        flips = (mirror_map or {}).get(attr, {})
         if mirrored is not None:   # each row again, mirrored, with its mirrored class
             y_views = y + [flips.get(v, v) for v in y]
             xs = (np.concatenate([x[rows], mirrored[rows]]) - mean) / std
@@ -220,6 +221,7 @@ def fit_heads(embeddings: np.ndarray, labels: Sequence[Mapping[str, str]],
         intercept = b - (mean / std) @ w.T
         heads[attr] = HeadFit(attr, names, seen, coef.astype(np.float32),
                               intercept.astype(np.float32), len(rows), fitted=True,
-                              mirror=mirror if mirrored is not None else None)
+                              mirror=None if mirrored is None else
+                              np.array(mirror_permutation(names, flips), dtype=np.int64))
     return HeadsFit(heads, x.shape[1], class_weight, float(C),
                     fit_s=time.perf_counter() - t0, warnings=notes)

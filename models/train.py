@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from sklearn.utils.class_weight import compute_class_weight
 from torch.utils.data import DataLoader
 
-from data.balance import mirror_maps, mirror_permutations
+from data.balance import flip_image, mirror_maps, mirror_permutations
 from data.dataset import LabelledImageDataset, SplitData, encode_targets
 from data.errors import UserError
 from data.progress import CancelFn, Progress, ProgressFn
@@ -310,7 +310,7 @@ def probe_heads(model: MultiHeadResNet, train_data: SplitData, schema: LabelSche
     views will average.
     """
     features = embed_images(model.backbone, train_data.images, image_size)
-    mirrored = embed_images(model.backbone, np.ascontiguousarray(train_data.images[:, :, ::-1]),
+    mirrored = embed_images(model.backbone, flip_image(train_data.images),
                             image_size) if mirror else None
     fit = fit_heads(features, train_data.labels, schema.classes, reference=features,
                     mirrored=mirrored, mirror_map=mirror_maps(schema) if mirror else None)
