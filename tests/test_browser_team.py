@@ -109,6 +109,9 @@ def test_two_annotators_one_round_then_review(team_app, browser) -> None:  # noq
     bob = sign_in(browser, url, "Label", "bob")
     for page in (ann, bob):
         page.get_by_role("button", name="Save & next").wait_for()
+        # the button can be drawn before the image's caption arrives (seen in a fresh-clone CI
+        # run under load): wait for the caption too, then compare
+        page.locator("[data-testid='stImageCaption']").first.wait_for()
     # each is served a different image, at the same time
     assert shown_image(ann) and shown_image(bob) and shown_image(ann) != shown_image(bob)
     shoot(bob, "label_team")
